@@ -1,0 +1,146 @@
+"""Spiking networks built from spec strings in the literature's notation.
+
+Tokens joined by ``-``: ``{n}C{k}`` conv, n filters k x k (no padding, stride 1);
+``MP{k}`` / ``AP{k}`` max / average pooling k x k; ``FC{n}`` fully connected to n units,
+flattening first when needed. Every weight layer is followed by its pooling (if any)
+and then a spiking neuron layer: conv -> pool -> neuron (seed 003's order).
+
+Execution is multi-step: stateless layers run once over all T*B samples and only the
+neuron recurrence loops over time. With a static input (direct coding) the first
+block's weight layer and pooling run once on [B, ...] and are broadcast over T.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+_TOKEN = re.compile(r"(?P<conv>(?P<filters>\d+)C(?P<kernel>\d+))|(?P<pool>(?P<kind>MP|AP)(?P<size>\d+))|(?P<fc>FC(?P<units>\d+))")
+
+
+class ArchitectureError(ValueError):
+    """An architecture string that does not parse or does not fit the input."""
+
+    def __init__(self, arch: str, token: str, reason: str):
+        super().__init__(f"architecture {arch!r}: bad token {token!r}: {reason}")
+        self.token = token
+
+
+def parse(arch: str) -> list[tuple[str, str, tuple[int, ...]]]:
+    """``"12C5-MP2-FC10"`` -> ``[("12C5", "conv", (12, 5)), ("MP2", "MP", (2,)), ("FC10", "fc", (10,))]``."""
+    if not isinstance(arch, str) or not arch.strip():
+        raise ArchitectureError(str(arch), str(arch), "empty architecture; expected e.g. 'FC1000-FC10'")
+    layers = []
+    for token in arch.strip().split("-"):
+        m = _TOKEN.fullmatch(token.strip())
+        if m is None:
+            raise ArchitectureError(arch, token, "expected {n}C{k}, MP{k}, AP{k} or FC{n} (e.g. 12C5, MP2, FC10)")
+        if m["conv"]:
+            layer = (token, "conv", (int(m["filters"]), int(m["kernel"])))
+        elif m["pool"]:
+            layer = (token, m["kind"], (int(m["size"]),))
+        else:
+            layer = (token, "fc", (int(m["units"]),))
+        if any(v <= 0 for v in layer[2]):
+            raise ArchitectureError(arch, token, "sizes must be positive integers")
+        layers.append(layer)
+    return layers
+
+
+class _Block(nn.Module):
+    """A weight layer, its pooling, then a spiking neuron: [T, B, ...] -> (spikes, membrane)."""
+
+    def __init__(self, name: str, stateless: nn.Sequential, neuron: nn.Module, out_shape: tuple[int, ...]):
+        super().__init__()
+        self.name, self.stateless, self.neuron, self.out_shape = name, stateless, neuron, out_shape
+
+    def current(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the stateless layers to every step at once: [T, B, ...] -> [T, B, ...]."""
+        t, b = x.shape[:2]
+        return self.stateless(x.reshape(t * b, *x.shape[2:])).reshape(t, b, *self.out_shape)
+
+    def forward(self, x: torch.Tensor):
+        return self.neuron(self.current(x))
+
+
+class SpikingNetwork(nn.Module):
+    """A feed-forward SNN for ``input_shape`` (C, H, W) with ``num_classes`` output neurons.
+
+    ``neuron(shape=..., surrogate=...)`` builds each spiking layer. ``forward`` returns the
+    output layer's spikes and membranes, both [T, B, num_classes]; afterwards
+    ``firing_rates`` holds each layer's mean spike rate (detached), and with
+    ``record = True``, ``recorded`` holds every layer's spikes.
+    """
+
+    def __init__(self, arch: str, input_shape: Sequence[int], num_classes: int,
+                 neuron: Callable[..., nn.Module], surrogate=None):
+        super().__init__()
+        self.arch, self.input_shape = arch, tuple(input_shape)
+        self.blocks = nn.ModuleList()
+        self.record = False
+        self.recorded: list[torch.Tensor] = []
+        self.firing_rates: torch.Tensor | None = None
+        shape = self.input_shape
+        layers = parse(arch)
+        i = 0
+        while i < len(layers):
+            token, kind, args = layers[i]
+            if kind in ("MP", "AP"):
+                raise ArchitectureError(arch, token, "pooling must follow a conv layer (conv -> pool -> neuron)")
+            modules: list[nn.Module] = []
+            if kind == "conv":
+                if len(shape) != 3:
+                    raise ArchitectureError(arch, token, f"a conv layer needs a [C, H, W] input, gets {list(shape)}")
+                filters, k = args
+                if k > shape[1] or k > shape[2]:
+                    raise ArchitectureError(arch, token, f"kernel {k}x{k} does not fit its {shape[1]}x{shape[2]} input")
+                modules.append(nn.Conv2d(shape[0], filters, k))
+                shape = (filters, shape[1] - k + 1, shape[2] - k + 1)
+            else:
+                if len(shape) > 1:
+                    modules.append(nn.Flatten())
+                n_in = 1
+                for d in shape:
+                    n_in *= d
+                modules.append(nn.Linear(n_in, args[0]))
+                shape = (args[0],)
+            name = f"L{len(self.blocks) + 1}_{token}"
+            i += 1
+            while i < len(layers) and layers[i][1] in ("MP", "AP"):
+                token, kind, (size,) = layers[i]
+                if len(shape) != 3:
+                    raise ArchitectureError(arch, token, "pooling needs a spatial [C, H, W] input, not a flat FC output")
+                if size > shape[1] or size > shape[2]:
+                    raise ArchitectureError(arch, token, f"pool {size}x{size} does not fit its {shape[1]}x{shape[2]} input")
+                modules.append(nn.MaxPool2d(size) if kind == "MP" else nn.AvgPool2d(size))
+                shape = (shape[0], shape[1] // size, shape[2] // size)
+                name += f"_{token}"
+                i += 1
+            self.blocks.append(_Block(name, nn.Sequential(*modules), neuron(shape=shape, surrogate=surrogate), shape))
+        last = layers[-1][0]
+        if shape != (num_classes,):
+            raise ArchitectureError(arch, last, f"the last layer must be FC{num_classes}, one unit per class")
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [b.name for b in self.blocks]
+
+    def forward(self, x: torch.Tensor, time_steps: int | None = None):
+        """x: [T, B, *input_shape], or a static [B, *input_shape] repeated for ``time_steps``."""
+        rates, self.recorded = [], []
+        for i, block in enumerate(self.blocks):
+            if i == 0 and time_steps is not None:
+                current = block.stateless(x)
+                current = current.unsqueeze(0).expand(time_steps, *current.shape)
+                spk, mem = block.neuron(current)
+            else:
+                spk, mem = block(x)
+            rates.append((spk.detach() > 0).float().mean())
+            if self.record:
+                self.recorded.append(spk.detach())
+            x = spk
+        self.firing_rates = torch.stack(rates)
+        return spk, mem

@@ -1,0 +1,87 @@
+"""Losses on the output layer's spikes S and membranes U, both [T, B, C], and readouts.
+
+Every loss is called as ``loss(spk, mem, target)`` with integer class targets [B].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def _per_step_ce(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(1/T) * sum_t CE(x[t], y), in one call over all T*B rows."""
+    t = x.shape[0]
+    return F.cross_entropy(x.flatten(0, 1), target.repeat(t))
+
+
+class MembraneCE:
+    """sum_t CE(U[t], y) (seed 001); ``reduction="mean"`` averages over steps instead."""
+
+    def __init__(self, reduction: str = "sum"):
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        self.reduction = reduction
+
+    def __call__(self, spk, mem, target):
+        loss = _per_step_ce(mem, target)
+        return loss * mem.shape[0] if self.reduction == "sum" else loss
+
+
+class SpikeCountCE:
+    """CE(sum_t S[t], y) (snnTorch ``ce_count_loss``); ``normalize`` uses the rate sum_t S[t] / T (seed 000)."""
+
+    def __init__(self, normalize: bool = False):
+        self.normalize = normalize
+
+    def __call__(self, spk, mem, target):
+        counts = spk.sum(0)
+        if self.normalize:
+            counts = counts / spk.shape[0]
+        return F.cross_entropy(counts, target)
+
+
+class SpikeRateCE:
+    """(1/T) * sum_t CE(S[t], y) (seed 003, snnTorch ``ce_rate_loss``)."""
+
+    def __call__(self, spk, mem, target):
+        return _per_step_ce(spk, target)
+
+
+class MSECount:
+    """MSE(sum_t S[t], target counts) / T (snnTorch ``mse_count_loss``).
+
+    The target count is T*correct_rate for the label and T*incorrect_rate for the others.
+    """
+
+    def __init__(self, correct_rate: float = 1.0, incorrect_rate: float = 0.0):
+        for name, rate in (("correct_rate", correct_rate), ("incorrect_rate", incorrect_rate)):
+            if not 0 <= rate <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {rate}")
+        self.correct_rate, self.incorrect_rate = float(correct_rate), float(incorrect_rate)
+
+    def __call__(self, spk, mem, target):
+        t = spk.shape[0]
+        one_hot = F.one_hot(target, spk.shape[-1]).to(spk.dtype)
+        goal = t * (self.incorrect_rate + (self.correct_rate - self.incorrect_rate) * one_hot)
+        return F.mse_loss(spk.sum(0), goal) / t
+
+
+class MembraneSumCE:
+    """CE(sum_t U[t], y) (seed 002: the summed membrane as logits)."""
+
+    def __call__(self, spk, mem, target):
+        return F.cross_entropy(mem.sum(0), target)
+
+
+def spike_count(spk: torch.Tensor, mem: torch.Tensor) -> torch.Tensor:
+    """Predicted class = argmax_c sum_t S[t, :, c]; ties go to the lowest index."""
+    return spk.sum(0).argmax(-1)
+
+
+def membrane(spk: torch.Tensor, mem: torch.Tensor) -> torch.Tensor:
+    """Predicted class = argmax_c sum_t U[t, :, c] (for graded or membrane-trained nets)."""
+    return mem.sum(0).argmax(-1)
+
+
+READOUTS = {"spike_count": spike_count, "membrane": membrane}

@@ -1,0 +1,111 @@
+"""Surrogate gradients for the spike non-linearity S = H(x), x = U - threshold.
+
+The forward pass is always the strict Heaviside step H(x) = 1 if x > 0 else 0.
+The backward pass replaces the ill-defined dS/dx (a Dirac delta) with a smooth
+stand-in, the surrogate derivative. Each surrogate below is a small object whose
+``derivative`` gives that function; calling it on ``x`` spikes with that backward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class _SpikeFunction(torch.autograd.Function):
+    """H(x) forward, ``surrogate.derivative(x)`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, surrogate: "Surrogate") -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return grad_output * ctx.surrogate.derivative(x), None
+
+
+class Surrogate:
+    """Base class: a Heaviside spike whose backward pass is ``derivative``."""
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _SpikeFunction.apply(x, self)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+def _positive(name: str, value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"surrogate {name} must be > 0, got {value}")
+    return float(value)
+
+
+class ATan(Surrogate):
+    """Arc-tangent: dS/dx = (alpha/2) / (1 + (pi/2 * alpha * x)^2)."""
+
+    def __init__(self, alpha: float = 2.0):
+        self.alpha = _positive("alpha", alpha)
+
+    def derivative(self, x):
+        return (self.alpha / 2) / (1 + (math.pi / 2 * self.alpha * x) ** 2)
+
+
+class FastSigmoid(Surrogate):
+    """Fast sigmoid (SuperSpike): dS/dx = 1 / (slope * |x| + 1)^2."""
+
+    def __init__(self, slope: float = 25.0):
+        self.slope = _positive("slope", slope)
+
+    def derivative(self, x):
+        return 1 / (self.slope * x.abs() + 1) ** 2
+
+
+class Sigmoid(Surrogate):
+    """Logistic: dS/dx = slope * sigma(slope*x) * (1 - sigma(slope*x))."""
+
+    def __init__(self, slope: float = 25.0):
+        self.slope = _positive("slope", slope)
+
+    def derivative(self, x):
+        s = torch.sigmoid(self.slope * x)
+        return self.slope * s * (1 - s)
+
+
+class Triangular(Surrogate):
+    """Triangle of half-width w and unit area: dS/dx = max(0, 1 - |x|/w) / w."""
+
+    def __init__(self, width: float = 1.0):
+        self.width = _positive("width", width)
+
+    def derivative(self, x):
+        return (1 - x.abs() / self.width).clamp(min=0) / self.width
+
+
+class StraightThrough(Surrogate):
+    """Straight-through estimator: dS/dx = 1."""
+
+    def derivative(self, x):
+        return torch.ones_like(x)
+
+
+class Heaviside(Surrogate):
+    """No surrogate: dS/dx = 0 almost everywhere, so no gradient reaches the weights."""
+
+    def derivative(self, x):
+        return torch.zeros_like(x)
+
+
+atan = ATan
+fast_sigmoid = FastSigmoid
+sigmoid = Sigmoid
+triangular = Triangular
+straight_through = StraightThrough
+heaviside = Heaviside

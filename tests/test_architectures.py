@@ -1,0 +1,90 @@
+"""Spec-string architectures (SPEC section 5)."""
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from snnrun import architectures, neurons, surrogates
+from snnrun.architectures import ArchitectureError, SpikingNetwork
+
+LIF = functools.partial(neurons.LIF, beta=0.5)
+
+
+def layers(net):
+    return [m for b in net.blocks for m in b.stateless if not isinstance(m, nn.Flatten)]
+
+
+def test_csnn_layers_on_mnist():
+    net = SpikingNetwork("12C5-MP2-64C5-MP2-FC10", (1, 28, 28), 10, LIF, surrogates.FastSigmoid())
+    conv1, pool1, conv2, pool2, fc = layers(net)
+    assert (conv1.in_channels, conv1.out_channels, conv1.kernel_size) == (1, 12, (5, 5))
+    assert isinstance(pool1, nn.MaxPool2d) and pool1.kernel_size == 2
+    assert (conv2.in_channels, conv2.out_channels, conv2.kernel_size) == (12, 64, (5, 5))
+    assert isinstance(pool2, nn.MaxPool2d)
+    assert (fc.in_features, fc.out_features) == (1024, 10)
+    assert [type(b.neuron) for b in net.blocks] == [neurons.LIF] * 3
+    assert net.layer_names == ["L1_12C5_MP2", "L2_64C5_MP2", "L3_FC10"]
+    assert net.blocks[0].neuron.surrogate.slope == 25
+
+
+def test_dense_and_mixed_specs():
+    net = SpikingNetwork("FC1000-FC10", (1, 28, 28), 10, LIF)
+    fc1, fc2 = layers(net)
+    assert (fc1.in_features, fc1.out_features, fc2.in_features) == (784, 1000, 1000)
+    net = SpikingNetwork("32C3-AP2-FC128-FC10", (1, 28, 28), 10, LIF)
+    conv, pool, fc1, fc2 = layers(net)
+    assert isinstance(pool, nn.AvgPool2d) and fc1.in_features == 32 * 13 * 13
+
+
+def test_forward_shapes_rates_and_recording():
+    torch.manual_seed(0)
+    net = SpikingNetwork("8C5-MP2-FC10", (1, 12, 12), 10, LIF)
+    net.record = True
+    spk, mem = net(torch.rand(6, 3, 1, 12, 12) * 3)
+    assert spk.shape == mem.shape == (6, 3, 10)
+    assert net.firing_rates.shape == (2,)
+    assert [r.shape for r in net.recorded] == [(6, 3, 8, 4, 4), (6, 3, 10)]
+    assert net.firing_rates[0].item() == pytest.approx(net.recorded[0].mean().item())
+
+
+def test_static_input_equals_repeated_input():
+    torch.manual_seed(0)
+    net = SpikingNetwork("6C3-MP2-FC10", (1, 10, 10), 10, LIF)
+    x = torch.rand(4, 1, 10, 10) * 2
+    spk1, mem1 = net(x.unsqueeze(0).expand(9, *x.shape))
+    spk2, mem2 = net(x, time_steps=9)
+    assert torch.equal(spk1, spk2)
+    torch.testing.assert_close(mem1, mem2)
+
+
+def test_per_neuron_parameters_get_layer_shape():
+    net = SpikingNetwork("4C3-FC10", (1, 8, 8), 10,
+                         functools.partial(neurons.LIF, beta=0.9, learn_beta=True, per_neuron=True))
+    assert net.blocks[0].neuron.beta.shape == (4, 6, 6) and net.blocks[1].neuron.beta.shape == (10,)
+
+
+@pytest.mark.parametrize(
+    "arch, token, reason",
+    [
+        ("12X5-FC10", "12X5", "expected"),
+        ("FC-FC10", "FC", "expected"),
+        ("64C30-FC10", "64C30", "does not fit"),
+        ("12C5-MP2-64C5-MP2-64C5-FC10", "64C5", "does not fit"),
+        ("MP2-FC10", "MP2", "must follow a conv"),
+        ("FC100-MP2-FC10", "MP2", "spatial"),
+        ("FC100-12C5-FC10", "12C5", "conv layer needs"),
+        ("FC1000-FC5", "FC5", "FC10"),
+        ("FC0-FC10", "FC0", "positive"),
+        ("", "", "empty"),
+    ],
+)
+def test_bad_specs_name_the_token(arch, token, reason):
+    with pytest.raises(ArchitectureError, match=reason) as err:
+        SpikingNetwork(arch, (1, 28, 28), 10, LIF)
+    assert err.value.token == token and repr(token) in str(err.value)
+
+
+def test_parse():
+    assert architectures.parse("12C5-MP2-FC10") == [("12C5", "conv", (12, 5)), ("MP2", "MP", (2,)), ("FC10", "fc", (10,))]

@@ -1,0 +1,81 @@
+"""Each surrogate's backward equals its documented derivative (SPEC section 3)."""
+
+import math
+
+import pytest
+import torch
+
+from snnrun import surrogates
+
+X = torch.cat([torch.linspace(-2, 2, 80, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+
+
+def backward_of(surrogate, x=X):
+    x = x.clone().requires_grad_()
+    spk = surrogate(x)
+    spk.backward(torch.ones_like(x))
+    return spk.detach(), x.grad
+
+
+def primitive_grad(f, x=X):
+    """Autograd derivative of a smooth primitive f, i.e. what the surrogate stands in for."""
+    x = x.clone().requires_grad_()
+    f(x).sum().backward()
+    return x.grad
+
+
+@pytest.mark.parametrize("name", ["ATan", "FastSigmoid", "Sigmoid", "Triangular", "StraightThrough", "Heaviside"])
+def test_forward_is_strict_heaviside(name):
+    spk, _ = backward_of(getattr(surrogates, name)())
+    assert torch.equal(spk, (X > 0).double())
+    assert spk[X == 0].item() == 0
+
+
+@pytest.mark.parametrize(
+    "surrogate, primitive",
+    [
+        (surrogates.ATan(alpha=2.0), lambda x: torch.atan(math.pi / 2 * 2.0 * x) / math.pi),
+        (surrogates.ATan(alpha=5.0), lambda x: torch.atan(math.pi / 2 * 5.0 * x) / math.pi),
+        (surrogates.FastSigmoid(slope=25), lambda x: x / (1 + 25 * x.abs())),
+        (surrogates.FastSigmoid(slope=100), lambda x: x / (1 + 100 * x.abs())),
+        (surrogates.Sigmoid(slope=25), lambda x: torch.sigmoid(25 * x)),
+        (surrogates.StraightThrough(), lambda x: x),
+    ],
+    ids=["atan2", "atan5", "fast_sigmoid25", "fast_sigmoid100", "sigmoid25", "straight_through"],
+)
+def test_backward_is_derivative_of_primitive(surrogate, primitive):
+    _, grad = backward_of(surrogate)
+    torch.testing.assert_close(grad, primitive_grad(primitive), atol=1e-12, rtol=1e-10)
+
+
+def test_hand_values():
+    at = lambda s, v: backward_of(s, torch.tensor([v], dtype=torch.float64))[1].item()  # noqa: E731
+    assert at(surrogates.ATan(alpha=2.0), 0.0) == pytest.approx(1.0)
+    assert at(surrogates.ATan(alpha=2.0), 1 / math.pi) == pytest.approx(0.5)
+    assert at(surrogates.FastSigmoid(slope=25), 0.04) == pytest.approx(0.25)
+    assert at(surrogates.Sigmoid(slope=25), 0.0) == pytest.approx(6.25)
+    assert at(surrogates.Triangular(width=1.0), 0.5) == pytest.approx(0.5)
+    assert at(surrogates.Triangular(width=0.5), -0.25) == pytest.approx(1.0)
+    assert at(surrogates.Triangular(width=1.0), 1.5) == 0.0
+    assert at(surrogates.Heaviside(), 0.0) == 0.0
+
+
+def test_triangular_has_unit_area():
+    x = torch.linspace(-3, 3, 600001, dtype=torch.float64)
+    for width in (0.5, 1.0, 2.0):
+        area = torch.trapezoid(surrogates.Triangular(width).derivative(x), x).item()
+        assert area == pytest.approx(1.0, abs=1e-6)
+
+
+def test_gradcheck_against_own_derivative():
+    x = (torch.rand(50, dtype=torch.float64) - 0.5).requires_grad_()
+    for s in (surrogates.ATan(), surrogates.FastSigmoid(), surrogates.Sigmoid(), surrogates.Triangular()):
+        _, grad = backward_of(s, x.detach())
+        torch.testing.assert_close(grad, s.derivative(x.detach()))
+
+
+@pytest.mark.parametrize("cls, arg", [(surrogates.ATan, "alpha"), (surrogates.FastSigmoid, "slope"),
+                                      (surrogates.Sigmoid, "slope"), (surrogates.Triangular, "width")])
+def test_non_positive_slope_is_refused(cls, arg):
+    with pytest.raises(ValueError, match=arg):
+        cls(**{arg: 0})
