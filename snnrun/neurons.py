@@ -41,9 +41,7 @@ def lif_step(current, mem, spk, beta, threshold, surrogate, reset="subtract", de
 
 
 def _decay(name: str, value: float | None, tau: float | None, default: float) -> float:
-    """A decay factor in (0, 1], given directly or as a time constant: exp(-1/tau)."""
-    if value is not None and tau is not None:
-        raise ValueError(f"give either {name} or its time constant, not both")
+    """A decay factor in (0, 1], given directly or as a time constant exp(-1/tau), which wins if set."""
     if tau is not None:
         if not tau > 0:
             raise ValueError(f"time constant for {name} must be > 0, got {tau}")
@@ -122,7 +120,7 @@ class SpikingNeuron(nn.Module):
 class LIF(SpikingNeuron):
     """Leaky integrate-and-fire: U[t] = beta*U[t-1] + I[t] - R[t]*theta (``reset`` selects).
 
-    ``beta`` or ``tau`` (beta = exp(-1/tau)); ``learn_beta`` trains beta = sigmoid(w).
+    ``beta``, or ``tau`` (beta = exp(-1/tau), overrides beta); ``learn_beta`` trains beta = sigmoid(w).
     """
 
     def __init__(self, beta: float | None = None, tau: float | None = None, learn_beta: bool = False, **kwargs):
@@ -145,14 +143,15 @@ class LIF(SpikingNeuron):
 class Synaptic(LIF):
     """Current-based (CUBA) LIF: J[t] = alpha*J[t-1] + I[t]; U[t] = beta*U[t-1] + J[t] - R[t]*theta.
 
-    ``alpha`` or ``tau_syn`` (alpha = exp(-1/tau_syn)); alpha = 0 means J[t] = I[t].
+    ``alpha``, or ``tau_syn`` (alpha = exp(-1/tau_syn), overrides alpha); alpha = 0 means J[t] = I[t].
     """
 
     def __init__(self, alpha: float | None = None, tau_syn: float | None = None, **kwargs):
         super().__init__(**kwargs)
-        if alpha is not None and not 0 <= alpha <= 1:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        self.alpha = 0.0 if alpha == 0 else _decay("alpha", alpha, tau_syn, default=0.9)
+        if tau_syn is None and alpha == 0:
+            self.alpha = 0.0
+        else:
+            self.alpha = _decay("alpha", alpha, tau_syn, default=0.9)
 
     def forward(self, current):
         syn = torch.zeros_like(current[0])
@@ -174,8 +173,6 @@ class IF(Synaptic):
     """
 
     def __init__(self, alpha: float = 0.0, tau_syn: float | None = None, reset: str = "zero", **kwargs):
-        if tau_syn is not None:
-            alpha = None
         super().__init__(alpha=alpha, tau_syn=tau_syn, beta=1.0, reset=reset, **kwargs)
 
 

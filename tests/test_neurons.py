@@ -35,9 +35,9 @@ def test_threshold_is_strict():
     assert spk == [0, 0] and mem == pytest.approx([1.0, 0.5])
 
 
-def test_lif_tau_gives_beta():
-    lif = neurons.LIF(tau=10.0)
-    assert lif.beta.item() == pytest.approx(math.exp(-0.1))
+def test_lif_tau_gives_beta_and_overrides_it():
+    assert neurons.LIF(tau=10.0).beta.item() == pytest.approx(math.exp(-0.1))
+    assert neurons.LIF(beta=0.5, tau=10.0).beta.item() == pytest.approx(math.exp(-0.1))
 
 
 def test_lif_threshold_scales_reset():
@@ -128,7 +128,7 @@ def test_detach_reset_changes_only_gradients():
         (dict(beta=0.0), "beta"),
         (dict(threshold=0.0), "threshold"),
         (dict(reset="soft"), "reset"),
-        (dict(beta=0.9, tau=5.0), "either"),
+        (dict(tau=-1.0), "time constant"),
         (dict(beta=1.0, learn_beta=True), "learn_beta"),
     ],
 )

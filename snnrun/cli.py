@@ -1,0 +1,127 @@
+"""The ``snnrun`` command: compose the config with Hydra, build the parts, train or evaluate.
+
+Usage: ``snnrun [group=option ...] [key=value ...]``; ``snnrun --help`` lists the groups.
+Set SNNRUN_DEBUG=1 to see full tracebacks instead of one-paragraph errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .config import ConfigError, build, resolve_device
+from .data import DataError
+from .logger import RunLogger, flatten, write_json_atomic
+from .losses import READOUTS
+from .training import CheckpointError, Interrupted, Trainer, TrainingError, load_checkpoint
+
+log = logging.getLogger("snnrun")
+
+
+def config_dir() -> str:
+    """conf/ inside an installed wheel (snnrun/conf), else the source checkout's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"snnrun's conf/ folder is missing next to {here}")
+
+
+def hyperparameters(cfg: DictConfig) -> dict:
+    """Group choices plus every leaf value, for TensorBoard's hparams dashboard."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    flat = {k: v for k, v in flatten(plain).items() if not k.rsplit(".", 1)[-1].startswith("_")}
+    choices = {g: str(c) for g, c in HydraConfig.get().runtime.choices.items() if not g.startswith("hydra")}
+    return {**choices, **flat}
+
+
+def run(cfg: DictConfig) -> float:
+    """Train (or evaluate) one configuration; returns the final test accuracy."""
+    device = resolve_device(cfg.device)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    torch.manual_seed(cfg.seed)
+    parts = build(cfg, device)
+    state = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
+    if state is not None and state["arch"] != parts["model"].arch:
+        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} holds a {state['arch']} network but model.arch is "
+                              f"{parts['model'].arch}; use the same model, e.g. model.arch={state['arch']}")
+    data = instantiate(cfg.data)
+    data.train, data.test = data.train.to(device), data.test.to(device)
+    if data.input_shape != parts["model"].input_shape:
+        raise DataError(f"data gives {data.input_shape} images but the model was built for {parts['model'].input_shape}")
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    logger = RunLogger(run_dir, hyperparameters(cfg))
+    trainer = Trainer(
+        parts["model"], parts["encoder"], parts["loss"], READOUTS[cfg.readout], parts["optimizer"],
+        parts["scheduler"], data, cfg.time_steps, cfg.seed, run_dir, logger,
+        OmegaConf.to_container(cfg, resolve=True),
+        epochs=cfg.trainer.epochs, max_steps=cfg.trainer.max_steps, eval_every=cfg.trainer.eval_every,
+        log_every=cfg.trainer.log_every, grad_clip=cfg.trainer.grad_clip, raster_samples=cfg.trainer.raster_samples,
+    )
+    if state is not None:
+        try:
+            trainer.restore(state)
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CheckpointError(f"ckpt_path={cfg.ckpt_path} does not fit this configuration: "
+                                  f"{str(err).splitlines()[0]}") from None
+        log.info("resumed from %s at step %d", cfg.ckpt_path, trainer.step)
+    log.info("run folder %s  device %s  model %s  T=%d", run_dir, device, parts["model"].arch, cfg.time_steps)
+
+    if cfg.task == "eval":
+        metrics = trainer.test()
+        results = {"status": "ok", "task": "eval", "ckpt_path": str(cfg.ckpt_path), "steps": trainer.step, **metrics}
+        log.info("eval of %s: test_acc %.2f%%  test_loss %.4f", cfg.ckpt_path, 100 * metrics["test_acc"], metrics["test_loss"])
+    else:
+        try:
+            results = trainer.fit()
+        except TrainingError as err:
+            logger.finish({"status": "failed", "error": str(err), "steps": trainer.step})
+            raise
+    logger.finish(results)
+    return results["test_acc"]
+
+
+def _fail(message: str, code: int) -> float:
+    """Report a failure: one paragraph on stderr; in a sweep, a failed job (NaN) instead of an exit."""
+    log.error(message)
+    print(f"snnrun: error: {message}", file=sys.stderr)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if not (run_dir / "results.json").exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(run_dir / "results.json", {"status": "failed", "error": message})
+        return math.nan
+    sys.exit(code)
+
+
+@hydra.main(version_base=None, config_path=config_dir(), config_name="config")
+def main(cfg: DictConfig) -> float:
+    if os.environ.get("SNNRUN_DEBUG"):
+        return run(cfg)
+    try:
+        return run(cfg)
+    except (ConfigError, DataError, CheckpointError) as err:
+        return _fail(str(err), 2)
+    except TrainingError as err:
+        return _fail(str(err), 1)
+    except Interrupted as err:
+        overrides = " ".join(HydraConfig.get().overrides.task)
+        resume = f"snnrun {overrides} ckpt_path={err.checkpoint}".replace("  ", " ")
+        return _fail(f"{err.signame} received: stopped after step and saved {err.checkpoint}. Resume with:\n  {resume}",
+                     130 if err.signame == "SIGINT" else 143)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""Training: surrogate-gradient BPTT through T steps, periodic evaluation, checkpoints and resume.
+
+Read top to bottom: ``simulate`` runs the network on a batch, ``evaluate`` measures it on a
+split, ``Trainer.fit`` is the loop. A run is reproducible from (seed, step): the data order of
+each epoch is a function of (seed, epoch), random encoders draw from a generator whose state
+is checkpointed, and evaluation uses its own fixed generator, so a resumed run continues
+exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .data import Dataset, Split, batches, epoch_order
+
+log = logging.getLogger("snnrun")
+
+CHECKPOINT_FORMAT = "snnrun-checkpoint-1"
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (a NaN or inf loss)."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved."""
+
+    def __init__(self, signame: str, checkpoint: Path):
+        super().__init__(f"{signame} received: saved {checkpoint}")
+        self.signame, self.checkpoint = signame, checkpoint
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not fit the configured model."""
+
+
+def cosine(optimizer, total_steps: int, eta_min: float = 0.0):
+    """Cosine decay of the learning rate from its initial value to ``eta_min`` over the run."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=eta_min)
+
+
+def onecycle(optimizer, total_steps: int, pct_start: float = 0.25):
+    """One-cycle: warm up to the optimiser's lr for ``pct_start`` of the run, then anneal."""
+    max_lr = [group["lr"] for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a crash mid-write leaves the previous file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load with ``weights_only=True``: tensors and plain containers only, never code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"ckpt_path={path}: not a readable snnrun checkpoint ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"ckpt_path={path}: not an snnrun checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    return state
+
+
+def simulate(model, encoder, x, time_steps: int, generator):
+    """Encode a batch into ``time_steps`` steps and run the network -> output (spikes, membranes)."""
+    if encoder.static:
+        return model(x, time_steps=time_steps)
+    return model(encoder(x, time_steps, generator))
+
+
+@torch.no_grad()
+def evaluate(model, encoder, loss_fn, readout, split: Split, batch_size: int, time_steps: int, seed: int,
+             progress: bool = False) -> dict:
+    """Mean loss, accuracy and per-layer firing rates over a whole split."""
+    was_training = model.training
+    model.eval()
+    device = split.images.device
+    generator = torch.Generator(device=device).manual_seed(seed + 1)  # fixed, apart from training's
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    rates = 0
+    for x, y in tqdm(batches(split, batch_size), desc="eval", leave=False, disable=not progress,
+                     total=-(-len(split) // batch_size)):
+        spk, mem = simulate(model, encoder, x, time_steps, generator)
+        loss_sum += loss_fn(spk, mem, y) * len(y)
+        correct += (readout(spk, mem) == y).sum()
+        rates = rates + model.firing_rates * len(y)
+    model.train(was_training)
+    n = len(split)
+    return {
+        "test_loss": loss_sum.item() / n,
+        "test_acc": correct.item() / n,
+        "firing_rates": dict(zip(model.layer_names, (rates / n).tolist())),
+    }
+
+
+@contextmanager
+def stop_on_signals(trainer: "Trainer"):
+    """SIGINT/SIGTERM ask the trainer to stop after the current step; a second SIGINT aborts."""
+
+    def request(signum, frame):
+        if trainer.stop_signal == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.stop_signal = signal.Signals(signum).name
+        log.warning("%s received: finishing this step, then saving a checkpoint", trainer.stop_signal)
+
+    try:
+        previous = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread (e.g. a thread-based launcher): no handlers
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class Trainer:
+    def __init__(self, model, encoder, loss_fn, readout, optimizer, scheduler_factory, data: Dataset,
+                 time_steps: int, seed: int, run_dir: Path, logger, config: dict, *,
+                 epochs: int = 1, max_steps: int | None = None, eval_every: int | None = None,
+                 log_every: int = 50, grad_clip: float | None = None, raster_samples: int = 4):
+        self.model, self.encoder, self.loss_fn, self.readout = model, encoder, loss_fn, readout
+        self.optimizer, self.data, self.time_steps, self.seed = optimizer, data, time_steps, seed
+        self.run_dir, self.logger, self.config = Path(run_dir), logger, config
+        self.grad_clip, self.log_every, self.raster_samples = grad_clip, log_every, raster_samples
+        self.steps_per_epoch = len(data.train) // data.batch_size
+        self.total_steps = max_steps if max_steps is not None else epochs * self.steps_per_epoch
+        self.eval_every = eval_every or self.steps_per_epoch
+        self.scheduler = scheduler_factory(optimizer, total_steps=max(self.total_steps, 1)) if scheduler_factory else None
+        self.device = data.train.images.device
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.step, self.best_test_acc, self.last_eval = 0, -1.0, None
+        self.window = {"loss": 0.0, "correct": 0.0, "samples": 0, "seconds": 0.0}  # since the last evaluation
+        self.stop_signal: str | None = None
+        self.progress = sys.stderr.isatty()
+
+    # -- state ---------------------------------------------------------------------------------
+    def state(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "encoder": self.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "step": self.step,
+            "best_test_acc": self.best_test_acc,
+            "window": dict(self.window),
+            "rng": rng,
+            "arch": self.model.arch,
+            "input_shape": list(self.model.input_shape),
+            "config": self.config,
+        }
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.best_test_acc = state["step"], state["best_test_acc"]
+        self.window = dict(state["window"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["encoder"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def save(self, name: str) -> Path:
+        path = self.run_dir / "checkpoints" / f"{name}.pt"
+        save_checkpoint(path, self.state())
+        return path
+
+    # -- one step, one evaluation ----------------------------------------------------------------
+    def train_step(self, x, y) -> None:
+        spk, mem = simulate(self.model, self.encoder, x, self.time_steps, self.generator)
+        loss = self.loss_fn(spk, mem, y)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the loss is {loss.item()} at step {self.step + 1}; training stopped before that update. "
+                f"The last good checkpoint is {self.run_dir / 'checkpoints' / 'last.pt'}. "
+                "Try a lower optimizer.lr or trainer.grad_clip=1.0."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        if self.scheduler:
+            self.scheduler.step()
+        correct = (self.readout(spk, mem) == y).sum().item()
+        self.window["loss"] += loss.item() * len(y)
+        self.window["correct"] += correct
+        self.window["samples"] += len(y)
+        if self.step % self.log_every == 0:
+            self.logger.log_train(self.step + 1, loss.item(), correct / len(y), self.lr)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def test(self) -> dict:
+        return evaluate(self.model, self.encoder, self.loss_fn, self.readout, self.data.test,
+                        self.data.eval_batch_size, self.time_steps, self.seed, self.progress)
+
+    @torch.no_grad()
+    def traces(self) -> dict | None:
+        """Every layer's spikes and the output membranes of the first few test samples."""
+        k = min(self.raster_samples, len(self.data.test))
+        if k <= 0:
+            return None
+        x, y = next(batches(self.data.test, k))
+        self.model.record = True
+        try:
+            generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+            _, mem = simulate(self.model, self.encoder, x, self.time_steps, generator)
+        finally:
+            self.model.record = False
+        threshold = getattr(self.model.blocks[-1].neuron, "threshold", None)
+        return {
+            "spikes": dict(zip(self.model.layer_names, (s.cpu() for s in self.model.recorded))),
+            "membrane": mem.cpu(),
+            "labels": y.tolist(),
+            "threshold": float(torch.as_tensor(threshold).float().mean()) if threshold is not None else None,
+        }
+
+    def evaluate_and_save(self) -> dict:
+        metrics = self.test()
+        w = self.window
+        record = {
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "train_loss": w["loss"] / w["samples"] if w["samples"] else None,
+            "train_acc": w["correct"] / w["samples"] if w["samples"] else None,
+            **metrics,
+            "best_test_acc": max(self.best_test_acc, metrics["test_acc"]),
+            "train_samples_per_s": w["samples"] / w["seconds"] if w["seconds"] else 0.0,
+            "lr": self.lr,
+        }
+        self.window = {"loss": 0.0, "correct": 0.0, "samples": 0, "seconds": 0.0}
+        self.logger.log_eval(record, self.model, self.traces())
+        self.save("last")
+        if metrics["test_acc"] > self.best_test_acc:
+            self.best_test_acc = metrics["test_acc"]
+            self.save("best")
+        log.info("step %d  epoch %.2f  train_loss %s  test_loss %.4f  test_acc %.2f%%  (%.0f samples/s)",
+                 self.step, record["epoch"], f"{record['train_loss']:.4f}" if record["train_loss"] is not None else "-",
+                 record["test_loss"], 100 * record["test_acc"], record["train_samples_per_s"])
+        self.last_eval = record
+        return record
+
+    # -- the loop --------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        start_wall = time.perf_counter()
+        samples, seconds = 0, 0.0
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
+        with stop_on_signals(self):
+            while self.step < self.total_steps:
+                epoch, first_batch = divmod(self.step, self.steps_per_epoch)
+                order = epoch_order(len(self.data.train), self.seed, epoch, self.device)
+                for x, y in batches(self.data.train, self.data.batch_size, order, drop_last=True, start=first_batch):
+                    tic = time.perf_counter()
+                    self.train_step(x, y)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    elapsed = time.perf_counter() - tic
+                    self.window["seconds"] += elapsed
+                    seconds += elapsed
+                    samples += len(y)
+                    self.step += 1
+                    bar.update(1)
+                    if self.step % self.eval_every == 0 or self.step == self.total_steps:
+                        bar.set_postfix(test_acc=f"{self.evaluate_and_save()['test_acc']:.4f}")
+                    if self.stop_signal:
+                        raise Interrupted(self.stop_signal, self.save("last"))
+                    if self.step >= self.total_steps:
+                        break
+        bar.close()
+        final = self.last_eval if self.last_eval and self.last_eval["step"] == self.step else self.evaluate_and_save()
+        return {
+            "status": "ok",
+            "test_acc": final["test_acc"],
+            "test_loss": final["test_loss"],
+            "best_test_acc": self.best_test_acc,
+            "steps": self.step,
+            "epochs": self.step / self.steps_per_epoch,
+            "train_samples_per_s": samples / seconds if seconds else 0.0,
+            "wall_s": time.perf_counter() - start_wall,
+            "firing_rates": final["firing_rates"],
+        }
