@@ -1,0 +1,35 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SNNRUN_DATA", REPO.parent / "shared" / "data"))
+HAS_MNIST = (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason=f"real MNIST not found in {SHARED_DATA}")
+
+SNNRUN = shutil.which("snnrun", path=str(Path(sys.executable).parent)) or "snnrun"
+FAST = ["data=synthetic", "data.num_train=256", "data.num_test=128", "data.batch_size=32", "time_steps=8",
+        "model.arch=FC64-FC10", "trainer.raster_samples=2"]
+
+
+def snnrun(*args, cwd, env=None, timeout=300, check=True):
+    """Run the installed ``snnrun`` console script in a subprocess."""
+    full_env = {**os.environ, "SNNRUN_DATA": str(SHARED_DATA), **(env or {})}
+    full_env.pop("SNNRUN_DEBUG", None)
+    proc = subprocess.run([SNNRUN, *map(str, args)], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snnrun {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def read_results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

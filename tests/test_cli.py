@@ -1,0 +1,101 @@
+"""End-to-end: the real ``snnrun`` console script in a subprocess, its run folder read back."""
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import FAST, needs_mnist, read_metrics, read_results, snnrun
+
+
+def events(run_dir):
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "histograms": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short synthetic run shared by the tests that inspect its folder."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    snnrun(*FAST, "model.arch=4C5-MP2-FC10", "trainer.max_steps=8", "trainer.eval_every=4",
+           "trainer.log_every=2", "hydra.run.dir=run", cwd=cwd)
+    return cwd / "run"
+
+
+def test_run_folder_contents(trained):
+    results = read_results(trained)
+    assert results["status"] == "ok" and results["steps"] == 8
+    for key in ("test_acc", "test_loss", "best_test_acc", "epochs", "train_samples_per_s", "wall_s"):
+        assert isinstance(results[key], float), key
+    assert 0 <= results["test_acc"] <= 1 and results["best_test_acc"] >= results["test_acc"]
+    assert set(results["firing_rates"]) == {"L1_4C5_MP2", "L2_FC10"}
+    records = read_metrics(trained)
+    assert [r["step"] for r in records] == [4, 8]
+    for r in records:
+        assert {"epoch", "train_loss", "test_loss", "test_acc", "firing_rates", "train_samples_per_s"} <= set(r)
+        assert r["train_samples_per_s"] > 0
+    assert (trained / ".hydra" / "config.yaml").is_file() and (trained / "snnrun.log").is_file()
+    assert "test_acc" in (trained / "snnrun.log").read_text()
+    for name in ("last", "best"):
+        ckpt = torch.load(trained / "checkpoints" / f"{name}.pt", weights_only=True)
+        assert ckpt["arch"] == "4C5-MP2-FC10" and {"model", "optimizer", "rng", "config"} <= set(ckpt)
+    assert torch.load(trained / "checkpoints" / "last.pt", weights_only=True)["step"] == 8
+
+
+def test_tensorboard_events(trained):
+    acc = events(trained)
+    tags = acc.Tags()
+    for tag in ("train/loss", "train/acc", "lr", "test/loss", "test/acc", "throughput/train_samples_per_s",
+                "firing_rate/L1_4C5_MP2", "firing_rate/L2_FC10", "hparams/test_acc"):
+        assert tag in tags["scalars"], tag
+    assert [e.step for e in acc.Scalars("test/acc")] == [4, 8]
+    assert len(acc.Scalars("train/loss")) == 4
+    assert any(t.startswith("weights/") for t in tags["histograms"])
+    assert {"raster/L1_4C5_MP2", "raster/L2_FC10"} <= set(tags["images"])
+    assert any(t.startswith("membrane/sample0") for t in tags["images"])
+    hp = acc.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in hp and "_hparams_/session_start_info" in hp
+    assert b"neuron.beta" in hp["_hparams_/session_start_info"]
+    assert b"hparams/best_test_acc" in hp["_hparams_/experiment"]
+    assert [p.name for p in trained.iterdir() if p.is_dir()] != []
+    assert not any(p.is_dir() and p.name[0].isdigit() for p in trained.iterdir())  # no extra hparams run folder
+
+
+def test_resume_continues_from_checkpoint(trained, tmp_path):
+    snnrun(*FAST, "model.arch=4C5-MP2-FC10", "trainer.max_steps=12", "trainer.eval_every=4",
+           f"ckpt_path={trained / 'checkpoints' / 'last.pt'}", "hydra.run.dir=resumed", cwd=tmp_path)
+    assert [r["step"] for r in read_metrics(tmp_path / "resumed")] == [12]
+    assert read_results(tmp_path / "resumed")["steps"] == 12
+
+
+def test_eval_task_reproduces_final_accuracy(trained, tmp_path):
+    snnrun(*FAST, "model.arch=4C5-MP2-FC10", "task=eval", f"ckpt_path={trained / 'checkpoints' / 'last.pt'}",
+           "hydra.run.dir=ev", cwd=tmp_path)
+    results = read_results(tmp_path / "ev")
+    assert results["task"] == "eval" and results["steps"] == 8
+    assert results["test_acc"] == read_results(trained)["test_acc"]
+    assert results["test_loss"] == pytest.approx(read_results(trained)["test_loss"], rel=1e-6)
+
+
+def test_default_output_folder_layout(tmp_path):
+    snnrun(*FAST, "trainer.max_steps=2", cwd=tmp_path)
+    (day,) = (tmp_path / "outputs").iterdir()
+    (run,) = day.iterdir()
+    assert len(day.name) == 10 and (run / "results.json").is_file()
+
+
+def test_synthetic_training_learns(tmp_path):
+    snnrun(*FAST, "trainer.epochs=3", "optimizer.lr=2e-3", "hydra.run.dir=run", cwd=tmp_path)
+    assert read_results(tmp_path / "run")["test_acc"] > 0.5  # chance is 0.1
+
+
+@needs_mnist
+def test_csnn_on_real_mnist(tmp_path):
+    snnrun("model=csnn", "surrogate=fast_sigmoid", "trainer.max_steps=30", "optimizer.lr=2e-3",
+           "hydra.run.dir=run", cwd=tmp_path)
+    results = read_results(tmp_path / "run")
+    assert results["steps"] == 30 and results["test_acc"] > 0.5
+    assert set(results["firing_rates"]) == {"L1_12C5_MP2", "L2_64C5_MP2", "L3_FC10"}
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 30
