@@ -19,11 +19,10 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, build, resolve_device
-from .data import DataError
+from .config import USER_ERRORS, ConfigError, build, checkpoint_for, resolve_device
 from .logger import RunLogger, flatten, write_json_atomic
 from .losses import READOUTS
-from .training import CheckpointError, Interrupted, Trainer, TrainingError, load_checkpoint
+from .training import CheckpointError, Interrupted, Trainer, TrainingError
 
 log = logging.getLogger("snnrun")
 
@@ -52,14 +51,12 @@ def run(cfg: DictConfig) -> float:
         torch.set_num_threads(cfg.trainer.num_threads)
     torch.manual_seed(cfg.seed)
     parts = build(cfg, device)
-    state = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
-    if state is not None and state["arch"] != parts["model"].arch:
-        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} holds a {state['arch']} network but model.arch is "
-                              f"{parts['model'].arch}; use the same model, e.g. model.arch={state['arch']}")
+    state = checkpoint_for(cfg, parts["model"])
     data = instantiate(cfg.data)
     data.train, data.test = data.train.to(device), data.test.to(device)
-    if data.input_shape != parts["model"].input_shape:
-        raise DataError(f"data gives {data.input_shape} images but the model was built for {parts['model'].input_shape}")
+    if len(data.train) < data.batch_size:
+        raise ConfigError("data.batch_size", data.batch_size, f"at most the {len(data.train)} training samples",
+                          f"data.batch_size={len(data.train)}")
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     logger = RunLogger(run_dir, hyperparameters(cfg))
@@ -86,8 +83,9 @@ def run(cfg: DictConfig) -> float:
     else:
         try:
             results = trainer.fit()
-        except TrainingError as err:
-            logger.finish({"status": "failed", "error": str(err), "steps": trainer.step})
+        except (TrainingError, Interrupted) as err:
+            status = "failed" if isinstance(err, TrainingError) else "interrupted"
+            logger.finish({"status": status, "error": str(err), "steps": trainer.step})
             raise
     logger.finish(results)
     return results["test_acc"]
@@ -112,7 +110,7 @@ def main(cfg: DictConfig) -> float:
         return run(cfg)
     try:
         return run(cfg)
-    except (ConfigError, DataError, CheckpointError) as err:
+    except USER_ERRORS as err:
         return _fail(str(err), 2)
     except TrainingError as err:
         return _fail(str(err), 1)

@@ -6,13 +6,17 @@ correct override, so the command line can print one paragraph instead of a trace
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .architectures import ArchitectureError
+from .data import DataError, ensure_available
+from .training import CheckpointError, load_checkpoint
 
 
 class ConfigError(ValueError):
@@ -141,3 +145,44 @@ def build(cfg: DictConfig, device: torch.device) -> dict:
         "optimizer": _part(cfg, "optimizer")(model.parameters()),
         "scheduler": _part(cfg, "scheduler") if cfg.scheduler and "_target_" in cfg.scheduler else None,
     }
+
+
+def checkpoint_for(cfg: DictConfig, model) -> dict | None:
+    """The checkpoint named by ``ckpt_path``, loaded safely and checked against the model."""
+    if not cfg.get("ckpt_path"):
+        return None
+    state = load_checkpoint(cfg.ckpt_path)
+    if state.get("arch") != model.arch or tuple(state.get("input_shape", ())) != model.input_shape:
+        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} holds a {state.get('arch')} network for "
+                              f"{state.get('input_shape')} inputs, but the config builds {model.arch} for "
+                              f"{list(model.input_shape)}; use the same model, e.g. model.arch={state.get('arch')}")
+    missing = set(model.state_dict()) ^ set(state["model"])
+    if missing:
+        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} does not fit this configuration's model "
+                              f"(parameters that differ: {', '.join(sorted(missing)[:5])}); "
+                              "use the neuron options it was trained with")
+    return state
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Everything that can be checked before a run starts: values, device, parts, checkpoint, dataset."""
+    device = resolve_device(cfg.device)
+    parts = build(cfg, torch.device("cpu"))
+    checkpoint_for(cfg, parts["model"])
+    if str(cfg.data.get("_target_", "")).endswith("torchvision_dataset"):
+        ensure_available(cfg.data.name, cfg.data.root, cfg.data.download)
+    del device, parts
+
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
+
+class Preflight(Callback):
+    """Hydra callback: refuse a bad single run before Hydra creates its folder or log."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            preflight(config)
+        except USER_ERRORS as err:
+            print(f"snnrun: error: {err}", file=sys.stderr)
+            sys.exit(2)

@@ -43,12 +43,27 @@ class Dataset:
         return tuple(self.train.images.shape[1:])
 
 
+_RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _torchvision_class(name: str):
+    from torchvision import datasets
+
+    return {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
+
+
+def ensure_available(name: str, root: str, download: bool = True) -> None:
+    """Make sure the raw files are in ``root`` (downloading them if allowed), or raise DataError."""
+    cls = _torchvision_class(name)
+    raw = Path(root).expanduser() / cls.__name__ / "raw"
+    if not all((raw / f).is_file() for f in _RAW_FILES):
+        torchvision_dataset(name, root, download)
+
+
 def torchvision_dataset(name: str, root: str, download: bool = True,
                         batch_size: int = 128, eval_batch_size: int = 1000) -> Dataset:
     """MNIST or FashionMNIST through torchvision, downloaded into ``root`` when missing."""
-    from torchvision import datasets
-
-    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
+    cls = _torchvision_class(name)
     root_path = Path(root).expanduser()
     where = root_path / cls.__name__ / "raw"
     splits = []

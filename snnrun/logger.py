@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+log = logging.getLogger("snnrun")
 
 HPARAM_METRICS = ("test_acc", "best_test_acc", "test_loss")
 
@@ -38,7 +41,8 @@ def spike_raster(spikes: torch.Tensor, max_neurons: int = 128, px_per_step: int 
 def line_plot(values: torch.Tensor, threshold: float | None = None, height: int = 160, px_per_step: int = 8) -> torch.Tensor:
     """Traces [T, C] -> an RGB image [3, H, W], one coloured line per column, a grey dashed
     line at ``threshold`` and a light line at zero."""
-    values = values.float().cpu()
+    big = torch.finfo(torch.float32).max  # a blown-up run still gets a picture, not a crash
+    values = torch.nan_to_num(values.double().cpu(), nan=0.0, posinf=big, neginf=-big)
     t, c = values.shape
     width = max(t - 1, 1) * px_per_step + 1
     pos = torch.linspace(0, t - 1, width)
@@ -113,7 +117,10 @@ class RunLogger:
         for name, rate in record["firing_rates"].items():
             w.add_scalar(f"firing_rate/{name}", rate, step)
         for name, param in model.named_parameters():
-            w.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
+            try:
+                w.add_histogram(f"weights/{name}", param.detach().double().cpu(), step)
+            except ValueError as err:  # TensorBoard cannot bin some extreme ranges (e.g. 1e30 after a blow-up)
+                log.warning("step %d: no histogram for %s (%s)", step, name, err)
         if traces:
             for name, spikes in traces["spikes"].items():
                 w.add_image(f"raster/{name}", spike_raster(spikes), step, dataformats="HW")

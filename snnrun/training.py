@@ -194,11 +194,7 @@ class Trainer:
         spk, mem = simulate(self.model, self.encoder, x, self.time_steps, self.generator)
         loss = self.loss_fn(spk, mem, y)
         if not torch.isfinite(loss):
-            raise TrainingError(
-                f"the loss is {loss.item()} at step {self.step + 1}; training stopped before that update. "
-                f"The last good checkpoint is {self.run_dir / 'checkpoints' / 'last.pt'}. "
-                "Try a lower optimizer.lr or trainer.grad_clip=1.0."
-            )
+            self.fail(f"the loss is {loss.item()} at step {self.step + 1}; training stopped before that update.")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip:
@@ -212,6 +208,11 @@ class Trainer:
         self.window["samples"] += len(y)
         if self.step % self.log_every == 0:
             self.logger.log_train(self.step + 1, loss.item(), correct / len(y), self.lr)
+
+    def fail(self, what: str):
+        last = self.run_dir / "checkpoints" / "last.pt"
+        kept = f"The last good checkpoint, {last}, is intact. " if last.exists() else "No checkpoint was saved. "
+        raise TrainingError(f"{what} {kept}Try a lower optimizer.lr or trainer.grad_clip=1.0.")
 
     @property
     def lr(self) -> float:
@@ -243,6 +244,8 @@ class Trainer:
         }
 
     def evaluate_and_save(self) -> dict:
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            self.fail(f"the weights became NaN or inf in the update of step {self.step}; nothing after it was saved.")
         metrics = self.test()
         w = self.window
         record = {

@@ -1,0 +1,168 @@
+"""Bad input is refused before any work, faults during a run lose nothing (SPEC section 9)."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from conftest import FAST, SHARED_DATA, SNNRUN, read_metrics, read_results, snnrun
+from snnrun.training import load_checkpoint, save_checkpoint, CheckpointError
+
+BAD_DEVICE = "cuda:99" if torch.cuda.is_available() else "cuda"
+
+
+def refused(tmp_path, *args, key, base=FAST):
+    proc = snnrun(*base, *args, "hydra.run.dir=run", cwd=tmp_path, check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert key in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists(), "a refused run must not write its folder"
+    return proc.stderr
+
+
+@pytest.mark.parametrize("args, key", [
+    (["time_steps=0"], "time_steps"),
+    (["time_steps=-3"], "time_steps"),
+    (["neuron.beta=1.5"], "neuron.beta"),
+    (["neuron.beta=0"], "neuron.beta"),
+    (["neuron.threshold=0"], "neuron.threshold"),
+    (["optimizer.lr=0"], "optimizer.lr"),
+    (["optimizer.lr=-0.1"], "optimizer.lr"),
+    (["data.batch_size=0"], "data.batch_size"),
+    (["trainer.epochs=-1"], "trainer.epochs"),
+    (["trainer.max_steps=-1"], "trainer.max_steps"),
+    (["surrogate=fast_sigmoid", "surrogate.slope=0"], "surrogate.slope"),
+    (["encoder=poisson", "encoder.gain=-1"], "encoder.gain"),
+    (["model.arch=12X5-FC10"], "12X5"),
+    (["model.arch=64C30-FC10"], "64C30"),
+    ([f"device={BAD_DEVICE}"], "device"),
+    (["task=eval"], "ckpt_path"),
+    (["ckpt_path=/no/such/file.pt"], "ckpt_path"),
+])
+def test_bad_value_is_refused(tmp_path, args, key):
+    message = refused(tmp_path, *args, key=key)
+    assert "For example: snnrun" in message
+
+
+def test_unknown_group_option_lists_the_valid_ones(tmp_path):
+    proc = snnrun(*FAST, "surrogate=fastsigmoid", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "surrogate" in proc.stderr and "fast_sigmoid" in proc.stderr and "atan" in proc.stderr
+
+
+def test_missing_dataset_offline(tmp_path):
+    stderr = refused(tmp_path, f"data.root={tmp_path / 'empty'}", "data.download=false", key="data.root", base=[])
+    assert str(tmp_path / "empty" / "MNIST" / "raw") in stderr and "SNNRUN_DATA" in stderr
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("ckpt")
+    snnrun(*FAST, "trainer.max_steps=2", "hydra.run.dir=run", cwd=cwd)
+    return cwd / "run" / "checkpoints" / "last.pt"
+
+
+def test_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "notes.pt"
+    bad.write_text("these are my notes, not a checkpoint")
+    refused(tmp_path, f"ckpt_path={bad}", key="ckpt_path")
+
+
+def test_truncated_checkpoint(tmp_path, checkpoint):
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    refused(tmp_path, f"ckpt_path={cut}", key="ckpt_path")
+
+
+def test_checkpoint_of_another_architecture(tmp_path, checkpoint):
+    stderr = refused(tmp_path, f"ckpt_path={checkpoint}", "model.arch=FC32-FC10", key="ckpt_path")
+    assert "FC64-FC10" in stderr
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "snnrun-checkpoint-1", "model": _Exploit(str(marker))}, evil)
+    refused(tmp_path, f"ckpt_path={evil}", key="ckpt_path")
+    assert not marker.exists()
+    with pytest.raises(CheckpointError):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    proc = snnrun(*FAST, "model.arch=FC32-FC10", "optimizer=sgd", "optimizer.lr=1e36", "trainer.eval_every=1",
+                  "trainer.max_steps=20", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert re.search(r"the loss is (nan|inf) at step 2", proc.stderr), proc.stderr
+    results = read_results(tmp_path / "run")
+    assert results["status"] == "failed" and "step 2" in results["error"]
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["step"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_atomic_checkpoint_write_survives_a_crash(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"format": "snnrun-checkpoint-1", "step": 1})
+
+    def crash(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"format": "snnrun-checkpoint-1", "step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_checkpoint_and_resumes(tmp_path, sig, code):
+    env = {**os.environ, "SNNRUN_DATA": str(SHARED_DATA)}
+    proc = subprocess.Popen([SNNRUN, *FAST, "trainer.max_steps=100000", "trainer.eval_every=5", "hydra.run.dir=run"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not metrics.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert metrics.exists(), "the run never evaluated"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "Resume with" in err and "ckpt_path=" in err
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert 5 <= state["step"] < 100000
+    results = read_results(tmp_path / "run")
+    assert results["status"] == "interrupted" and results["steps"] == state["step"]
+    snnrun(*FAST, f"trainer.max_steps={state['step'] + 3}", f"ckpt_path={tmp_path / 'run/checkpoints/last.pt'}",
+           "hydra.run.dir=resumed", cwd=tmp_path)
+    assert read_results(tmp_path / "resumed")["steps"] == state["step"] + 3
+
+
+def test_resume_is_exact(tmp_path):
+    """Interrupted after 6 steps and resumed == uninterrupted, with a random encoder and shuffling."""
+    common = [*FAST, "encoder=poisson", "trainer.eval_every=4", "data.num_train=96"]  # 3 steps per epoch
+    snnrun(*common, "trainer.max_steps=12", "hydra.run.dir=straight", cwd=tmp_path)
+    snnrun(*common, "trainer.max_steps=6", "hydra.run.dir=first", cwd=tmp_path)
+    snnrun(*common, "trainer.max_steps=12", f"ckpt_path={tmp_path / 'first/checkpoints/last.pt'}",
+           "hydra.run.dir=second", cwd=tmp_path)
+    a, b = read_results(tmp_path / "straight"), read_results(tmp_path / "second")
+    assert (a["test_acc"], a["test_loss"], a["steps"]) == (b["test_acc"], b["test_loss"], b["steps"])
+    ma, mb = read_metrics(tmp_path / "straight")[-1], read_metrics(tmp_path / "second")[-1]
+    assert ma["step"] == mb["step"] == 12 and ma["train_loss"] == mb["train_loss"]
+    wa = load_checkpoint(tmp_path / "straight/checkpoints/last.pt")["model"]
+    wb = load_checkpoint(tmp_path / "second/checkpoints/last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
