@@ -68,10 +68,20 @@ class MSECount:
 
 
 class MembraneSumCE:
-    """CE(sum_t U[t], y) (seed 002: the summed membrane as logits)."""
+    """CE(sum_t U[t], y): the membrane summed over time as logits (seed 002).
+
+    ``reduction="mean"`` uses (1/T) sum_t U[t] instead, which is what seed 002's code computes
+    (its ``average_output=False`` flag selects the mean).
+    """
+
+    def __init__(self, reduction: str = "sum"):
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        self.reduction = reduction
 
     def __call__(self, spk, mem, target):
-        return F.cross_entropy(mem.sum(0), target)
+        logits = mem.sum(0) if self.reduction == "sum" else mem.mean(0)
+        return F.cross_entropy(logits, target)
 
 
 def spike_count(spk: torch.Tensor, mem: torch.Tensor) -> torch.Tensor:

@@ -180,8 +180,10 @@ class Graded(nn.Module):
     """Seed 002's real-valued neuron with an over-reset, output delayed one step.
 
     H[t] = d*H[t-1] + I[t];  O[t] = relu(H[t] - theta);  H[t] <- H[t] - (theta_p + O[t])*[O[t] > 0].
-    Returns (O[t-1], H[t-1] before its reset), zero at t = 0. O is differentiable through the
-    relu, so no surrogate is used; ``surrogate`` and ``shape`` are accepted for a uniform API.
+    Returns (O[t-1], H[t-1] after its reset), zero at t = 0. The state after the reset never
+    exceeds theta, which is what makes it usable as seed 002's logits (summed over time). O is
+    differentiable through the relu, so no surrogate is used; ``surrogate`` and ``shape`` are
+    accepted for a uniform API.
     """
 
     def __init__(self, decay: float = 0.9, threshold: float = 2.0, penalty: float = 2.5,
@@ -199,9 +201,9 @@ class Graded(nn.Module):
         for i_t in current[:-1]:
             h = self.decay * h + i_t
             o = F.relu(h - self.threshold)
+            h = h - (self.penalty + o) * (o > 0).to(h.dtype)
             mems.append(h)
             outs.append(o)
-            h = h - (self.penalty + o) * (o > 0).to(h.dtype)
         return torch.stack(outs), torch.stack(mems)
 
     def extra_repr(self) -> str:

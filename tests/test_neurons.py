@@ -78,7 +78,7 @@ def test_graded_trace():
     # d = 0.9, theta = 2, theta_p = 2.5; H = 3 -> O = 1, H <- 3 - 3.5 = -0.5; then -0.45; then 0.595
     spk, mem = run(neurons.Graded(), [3.0, 0.0, 1.0, 0.0])
     assert spk == pytest.approx([0.0, 1.0, 0.0, 0.0])  # delayed by one step
-    assert mem == pytest.approx([0.0, 3.0, -0.45, 0.595])
+    assert mem == pytest.approx([0.0, -0.5, -0.45, 0.595])  # the state after the over-reset
 
 
 def test_graded_output_is_differentiable():
