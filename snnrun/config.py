@@ -166,12 +166,10 @@ def checkpoint_for(cfg: DictConfig, model) -> dict | None:
 
 def preflight(cfg: DictConfig) -> None:
     """Everything that can be checked before a run starts: values, device, parts, checkpoint, dataset."""
-    device = resolve_device(cfg.device)
-    parts = build(cfg, torch.device("cpu"))
-    checkpoint_for(cfg, parts["model"])
+    resolve_device(cfg.device)
+    checkpoint_for(cfg, build(cfg, torch.device("cpu"))["model"])
     if str(cfg.data.get("_target_", "")).endswith("torchvision_dataset"):
         ensure_available(cfg.data.name, cfg.data.root, cfg.data.download)
-    del device, parts
 
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
