@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+PRECISIONS = ("fp32", "bf16")
 _TOKEN = re.compile(r"(?P<conv>(?P<filters>\d+)C(?P<kernel>\d+))|(?P<pool>(?P<kind>MP|AP)(?P<size>\d+))|(?P<fc>FC(?P<units>\d+))")
 
 
@@ -51,19 +52,26 @@ def parse(arch: str) -> list[tuple[str, str, tuple[int, ...]]]:
 
 
 class _Block(nn.Module):
-    """A weight layer, its pooling, then a spiking neuron: [T, B, ...] -> (spikes, membrane)."""
+    """A weight layer, its pooling (``stateless``), then a spiking ``neuron``."""
 
     def __init__(self, name: str, stateless: nn.Sequential, neuron: nn.Module, out_shape: tuple[int, ...]):
         super().__init__()
         self.name, self.stateless, self.neuron, self.out_shape = name, stateless, neuron, out_shape
+        self.conv = isinstance(stateless[0], nn.Conv2d)
+        if self.conv:  # NHWC convolutions run about 1.8x faster on CPU (oneDNN) and suit tensor cores
+            stateless.to(memory_format=torch.channels_last)
+
+    def apply_stateless(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight layer and pooling on [N, ...]; the current comes out in at least fp32."""
+        if self.conv:
+            x = x.contiguous(memory_format=torch.channels_last)
+        current = self.stateless(x)
+        return current.to(torch.promote_types(current.dtype, torch.float32))  # neurons integrate in fp32
 
     def current(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the stateless layers to every step at once: [T, B, ...] -> [T, B, ...]."""
         t, b = x.shape[:2]
-        return self.stateless(x.reshape(t * b, *x.shape[2:])).reshape(t, b, *self.out_shape)
-
-    def forward(self, x: torch.Tensor):
-        return self.neuron(self.current(x))
+        return self.apply_stateless(x.reshape(t * b, *x.shape[2:])).reshape(t, b, *self.out_shape)
 
 
 class SpikingNetwork(nn.Module):
@@ -73,12 +81,17 @@ class SpikingNetwork(nn.Module):
     output layer's spikes and membranes, both [T, B, num_classes]; afterwards
     ``firing_rates`` holds each layer's mean spike rate (detached), and with
     ``record = True``, ``recorded`` holds every layer's spikes.
+
+    ``precision="bf16"`` runs the weight layers (conv, linear) in bfloat16 autocast. Spikes
+    are exactly 0 or 1 in bf16; the neurons still integrate their current in fp32.
     """
 
     def __init__(self, arch: str, input_shape: Sequence[int], num_classes: int,
-                 neuron: Callable[..., nn.Module], surrogate=None):
+                 neuron: Callable[..., nn.Module], surrogate=None, precision: str = "fp32"):
         super().__init__()
-        self.arch, self.input_shape = arch, tuple(input_shape)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.arch, self.input_shape, self.precision = arch, tuple(input_shape), precision
         self.blocks = nn.ModuleList()
         self.record = False
         self.recorded: list[torch.Tensor] = []
@@ -131,13 +144,15 @@ class SpikingNetwork(nn.Module):
     def forward(self, x: torch.Tensor, time_steps: int | None = None):
         """x: [T, B, *input_shape], or a static [B, *input_shape] repeated for ``time_steps``."""
         rates, self.recorded = [], []
+        bf16 = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         for i, block in enumerate(self.blocks):
-            if i == 0 and time_steps is not None:
-                current = block.stateless(x)
-                current = current.unsqueeze(0).expand(time_steps, *current.shape)
-                spk, mem = block.neuron(current)
-            else:
-                spk, mem = block(x)
+            with bf16:
+                if i == 0 and time_steps is not None:
+                    current = block.apply_stateless(x)
+                    current = current.unsqueeze(0).expand(time_steps, *current.shape)
+                else:
+                    current = block.current(x)
+            spk, mem = block.neuron(current)
             rates.append((spk.detach() > 0).float().mean())
             if self.record:
                 self.recorded.append(spk.detach())

@@ -14,7 +14,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from .architectures import ArchitectureError
+from .architectures import PRECISIONS, ArchitectureError
 from .data import DataError, ensure_available
 from .training import CheckpointError, load_checkpoint
 
@@ -119,6 +119,7 @@ def check(cfg: DictConfig) -> None:
     if cfg.get("ckpt_path") and not Path(str(cfg.ckpt_path)).expanduser().is_file():
         raise ConfigError("ckpt_path", cfg.ckpt_path, "an existing checkpoint file",
                           "ckpt_path=outputs/2026-01-01/12-00-00/checkpoints/last.pt")
+    _require(cfg, "model.precision", lambda v: v in PRECISIONS, " or ".join(PRECISIONS), "model.precision=bf16")
     neuron = cfg.neuron
     if neuron.get("beta") is not None and neuron.get("tau") is None:
         _require(cfg, "neuron.beta", lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]", "neuron.beta=0.9")

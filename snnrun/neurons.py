@@ -40,6 +40,107 @@ def lif_step(current, mem, spk, beta, threshold, surrogate, reset="subtract", de
     return surrogate(mem - threshold), mem
 
 
+def _sum_to(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """Reduce a per-element gradient [B, *shape] to the parameter's shape (() or shape)."""
+    return grad.sum().reshape(param.shape) if param.dim() == 0 else grad.sum(0).reshape(param.shape)
+
+
+class _LIFSequence(torch.autograd.Function):
+    """``lif_step`` over all T steps as one autograd op: current [T, ...] -> (S, U).
+
+    Forward runs the recurrence in place without building a graph. Backward is BPTT by hand,
+    from t = T-1 down to 0, on the adjoint a[t] = dL/dU_pre[t] (before rectification):
+
+        a[t] = m[t] * (dL/dU[t] + sigma'(U[t] - theta) * dL/dS[t] + K[t] * a[t+1])
+
+    with m[t] the rectifier's gate, K[t] = dU_pre[t+1]/dU[t] (beta; beta*(1 - S[t]) for the
+    zero reset) and dL/dS[t] including the reset's path R[t+1] = S[t] unless it is detached.
+    Then dL/dI[t] = a[t]. Only U is saved: S = U > theta and m = U > 0 are recomputed from it.
+    """
+
+    @staticmethod
+    def forward(ctx, current, beta, threshold, surrogate, reset, detach_reset, rectify):
+        mem, spk = torch.empty_like(current), torch.empty_like(current)
+        for t in range(current.shape[0]):
+            u = mem[t]
+            if t == 0:
+                u.copy_(current[0])
+            else:
+                torch.mul(mem[t - 1], beta, out=u)
+                if reset == "zero":
+                    u.addcmul_(u, spk[t - 1], value=-1)  # U*(1 - R), exact for R in {0, 1}
+                u.add_(current[t])
+                if reset == "subtract":
+                    u.addcmul_(spk[t - 1], threshold, value=-1)  # R*theta is exact: rounds as U - R*theta
+            if rectify:
+                u.clamp_(min=0)
+            torch.gt(u, threshold, out=spk[t])
+        ctx.save_for_backward(mem, beta, threshold)
+        ctx.surrogate, ctx.reset, ctx.detach_reset, ctx.rectify = surrogate, reset, detach_reset, rectify
+        ctx.set_materialize_grads(False)
+        return spk, mem
+
+    @staticmethod
+    def backward(ctx, grad_spk, grad_mem):
+        mem, beta, threshold = ctx.saved_tensors
+        reset, surrogate = ctx.reset, ctx.surrogate
+        reset_path = not ctx.detach_reset and reset != "none"
+        need_beta, need_th = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        grad_in = torch.empty_like(mem)
+        acc_beta = torch.zeros_like(mem[0]) if need_beta else None
+        acc_th = torch.zeros_like(mem[0]) if need_th else None
+        nxt = None  # a[t+1]; per-step tensors stay in cache, which beats whole-sequence ops on CPU
+        for t in reversed(range(mem.shape[0])):
+            u, a = mem[t], grad_in[t]
+            g_s = None if grad_spk is None else grad_spk[t]
+            if nxt is not None and reset_path:  # S[t] is R[t+1]
+                g_r = nxt * threshold if reset == "subtract" else nxt * u * beta
+                g_s = -g_r if g_s is None else g_s - g_r
+            if g_s is None:
+                a.zero_()
+            else:
+                torch.mul(surrogate.derivative(u - threshold), g_s, out=a)
+                if need_th:
+                    acc_th.sub_(a)
+            if grad_mem is not None:
+                a.add_(grad_mem[t])
+            if nxt is not None:  # a[t+1] * dU_pre[t+1]/dU[t]
+                if reset == "zero":
+                    a.add_((nxt * beta).masked_fill_(u > threshold, 0))
+                else:
+                    a.addcmul_(nxt, beta)
+            if ctx.rectify:
+                a.mul_(u > 0)  # max(U, 0) passes gradient where U > 0, as torch.clamp does
+            if t > 0:
+                prev = mem[t - 1]
+                if need_beta:
+                    acc_beta.addcmul_(a, prev.masked_fill(prev > threshold, 0) if reset == "zero" else prev)
+                if need_th and reset == "subtract":
+                    acc_th.sub_(a * (prev > threshold))
+            nxt = a
+        return (grad_in, _sum_to(acc_beta, beta) if need_beta else None,
+                _sum_to(acc_th, threshold) if need_th else None, None, None, None, None)
+
+
+class _LeakyIntegral(torch.autograd.Function):
+    """J[t] = alpha*J[t-1] + I[t] over all steps; backward dL/dI[t] = dL/dJ[t] + alpha*dL/dI[t+1]."""
+
+    @staticmethod
+    def forward(ctx, current, alpha: float):
+        out = current.clone()
+        for t in range(1, out.shape[0]):
+            out[t].add_(out[t - 1] * alpha)  # not add_(alpha=): no fused multiply-add, same rounding as the reference
+        ctx.alpha = alpha
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        for t in reversed(range(grad.shape[0] - 1)):
+            grad[t].add_(grad[t + 1], alpha=ctx.alpha)
+        return grad, None
+
+
 def _decay(name: str, value: float | None, tau: float | None, default: float) -> float:
     """A decay factor in (0, 1], given directly or as a time constant exp(-1/tau), which wins if set."""
     if tau is not None:
@@ -58,6 +159,8 @@ class SpikingNeuron(nn.Module):
     ``per_neuron=True`` gives every neuron of ``shape`` its own parameters; otherwise they
     are scalars shared by the layer. Learned parameters are reparameterised so they stay in
     range without clamping: theta = exp(log_theta) and, in subclasses, beta = sigmoid(w).
+    ``fused=True`` runs the time loop as one autograd op (hand-written BPTT, see
+    ``_LIFSequence``); ``fused=False`` runs ``lif_step`` under autograd, the reference.
     """
 
     def __init__(
@@ -70,13 +173,14 @@ class SpikingNeuron(nn.Module):
         surrogate: Surrogate | None = None,
         per_neuron: bool = False,
         shape: Sequence[int] = (),
+        fused: bool = True,
     ):
         super().__init__()
         if reset not in RESETS:
             raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
         if not threshold > 0:
             raise ValueError(f"threshold must be > 0, got {threshold}")
-        self.reset, self.detach_reset, self.rectify = reset, detach_reset, rectify
+        self.reset, self.detach_reset, self.rectify, self.fused = reset, detach_reset, rectify, fused
         self.surrogate = surrogate if surrogate is not None else ATan()
         self.param_shape = tuple(shape) if per_neuron else ()
         self._register("log_threshold", math.log(threshold), learn_threshold)
@@ -103,6 +207,9 @@ class SpikingNeuron(nn.Module):
         )
 
     def forward(self, current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fused:
+            return _LIFSequence.apply(current, self.beta.to(current), self.threshold.to(current), self.surrogate,
+                                      self.reset, self.detach_reset, self.rectify)
         kwargs = self._step_kwargs()
         mem = torch.zeros_like(current[0])
         spk = torch.zeros_like(current[0])
@@ -154,6 +261,10 @@ class Synaptic(LIF):
             self.alpha = _decay("alpha", alpha, tau_syn, default=0.9)
 
     def forward(self, current):
+        if self.alpha == 0:
+            return super().forward(current)
+        if self.fused:
+            return super().forward(_LeakyIntegral.apply(current, self.alpha))
         syn = torch.zeros_like(current[0])
         filtered = []
         for i_t in current:

@@ -1,5 +1,6 @@
 """Spec-string architectures (SPEC section 5)."""
 
+import copy
 import functools
 
 import pytest
@@ -88,3 +89,53 @@ def test_bad_specs_name_the_token(arch, token, reason):
 
 def test_parse():
     assert architectures.parse("12C5-MP2-FC10") == [("12C5", "conv", (12, 5)), ("MP2", "MP", (2,)), ("FC10", "fc", (10,))]
+
+
+def _nchw_reference(net, x, time_steps):
+    """The same network run layer by layer in plain NCHW with the step-by-step neuron."""
+    out, spikes = x.unsqueeze(0).expand(time_steps, *x.shape), []
+    for block in net.blocks:
+        t, b = out.shape[:2]
+        stateless = copy.deepcopy(block.stateless).to(memory_format=torch.contiguous_format)
+        current = stateless(out.reshape(t * b, *out.shape[2:]).contiguous()).reshape(t, b, *block.out_shape)
+        reference = copy.deepcopy(block.neuron)
+        reference.fused = False
+        out, mem = reference(current)
+        spikes.append(out)
+    return spikes, mem
+
+
+def test_conv_layers_run_channels_last_with_unchanged_results():
+    torch.manual_seed(0)
+    net = SpikingNetwork("6C3-MP2-8C3-MP2-FC10", (1, 14, 14), 10, LIF)
+    conv = net.blocks[0].stateless[0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(5, 1, 14, 14) * 3
+    net.record = True
+    _, mem = net(x, time_steps=7)
+    ref_spikes, ref_mem = _nchw_reference(net, x, 7)
+    assert net.recorded[0].sum() > 0
+    for ours, ref in zip(net.recorded, ref_spikes):
+        assert torch.equal(ours, ref)
+    torch.testing.assert_close(mem, ref_mem, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_runs_weight_layers_in_bf16_and_neurons_in_fp32():
+    torch.manual_seed(0)
+    net = SpikingNetwork("6C3-MP2-FC10", (1, 10, 10), 10, LIF, precision="bf16")
+    currents = []
+    net.blocks[0].neuron.register_forward_hook(lambda m, args, out: currents.append(args[0]))
+    x = torch.rand(4, 1, 10, 10) * 3
+    spk, mem = net(x, time_steps=6)
+    assert currents[0].dtype == torch.float32 and mem.dtype == spk.dtype == torch.float32
+    assert set(spk.unique().tolist()) <= {0.0, 1.0}
+    mem.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())
+    net.precision = "fp32"
+    net(x, time_steps=6)
+    torch.testing.assert_close(currents[0], currents[1], rtol=0.02, atol=0.02)  # bf16 rounding only
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision"):
+        SpikingNetwork("FC10", (1, 4, 4), 10, LIF, precision="fp8")

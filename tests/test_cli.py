@@ -91,6 +91,14 @@ def test_synthetic_training_learns(tmp_path):
     assert read_results(tmp_path / "run")["test_acc"] > 0.5  # chance is 0.1
 
 
+@pytest.mark.parametrize("speed", ["model.precision=bf16", "neuron.fused=false"])
+def test_speed_options_train(tmp_path, speed):
+    snnrun(*FAST, "model.arch=4C5-MP2-FC10", "trainer.epochs=2", "optimizer.lr=2e-3", speed, "hydra.run.dir=run",
+           cwd=tmp_path)
+    results = read_results(tmp_path / "run")
+    assert results["status"] == "ok" and results["test_acc"] > 0.3  # chance is 0.1
+
+
 @needs_mnist
 def test_csnn_on_real_mnist(tmp_path):
     snnrun("model=csnn", "surrogate=fast_sigmoid", "trainer.max_steps=30", "optimizer.lr=2e-3",

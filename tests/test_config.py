@@ -69,6 +69,7 @@ def test_arch_override():
     ("trainer.max_steps=-5", "trainer.max_steps"), ("surrogate.alpha=0", "surrogate.alpha"),
     ("encoder=poisson", None), ("task=eval", "ckpt_path"), ("ckpt_path=/no/such.pt", "ckpt_path"),
     ("model.arch=12X5-FC10", "model.arch"), ("model.arch=64C30-FC10", "model.arch"), ("readout=max", "readout"),
+    ("model.precision=fp16", "model.precision"),
 ])
 def test_bad_values_refused_before_work(override, key):
     extra = ["encoder.gain=-1"] if override == "encoder=poisson" else []

@@ -23,8 +23,9 @@ def run(neuron, inputs):
         ("none", [0, 1, 1, 0, 1], [0.8, 1.2, 1.4, 0.7, 1.85]),
     ],
 )
-def test_lif_trace(reset, spikes, mems):
-    lif = neurons.LIF(beta=0.5, threshold=1.0, reset=reset)
+@pytest.mark.parametrize("fused", [True, False])
+def test_lif_trace(reset, spikes, mems, fused):
+    lif = neurons.LIF(beta=0.5, threshold=1.0, reset=reset, fused=fused)
     spk, mem = run(lif, [0.8, 0.8, 0.8, 0.0, 1.5])
     assert spk == spikes
     assert mem == pytest.approx(mems)
@@ -135,3 +136,57 @@ def test_detach_reset_changes_only_gradients():
 def test_bad_parameters_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         neurons.LIF(**kwargs)
+
+
+def _forward_backward(cls, fused, current, weights, **kwargs):
+    torch.manual_seed(0)
+    neuron = cls(fused=fused, **kwargs).double()
+    x = current.clone().requires_grad_()
+    spk, mem = neuron(x)
+    ((spk * weights[0]).sum() + (mem * weights[1]).sum()).backward()
+    return spk, mem, x.grad, {n: p.grad for n, p in neuron.named_parameters()}
+
+
+@pytest.mark.parametrize("cls", [neurons.LIF, neurons.Synaptic])
+@pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
+@pytest.mark.parametrize("detach_reset", [True, False])
+@pytest.mark.parametrize("rectify", [False, True])
+@pytest.mark.parametrize("per_neuron", [False, True])
+def test_fused_time_loop_matches_step_by_step_autograd(cls, reset, detach_reset, rectify, per_neuron):
+    """The fused op's hand-written BPTT gives autograd's gradients for every option."""
+    torch.manual_seed(3)
+    current = torch.randn(24, 4, 3, 5, dtype=torch.float64) * 0.8
+    current[5] = 0  # exact zeros: the rectifier's gate at U = 0 must match torch.clamp's
+    weights = torch.randn(2, 24, 4, 3, 5, dtype=torch.float64)
+    kwargs = dict(beta=0.8, threshold=0.7, reset=reset, detach_reset=detach_reset, rectify=rectify,
+                  learn_beta=True, learn_threshold=True, per_neuron=per_neuron, shape=(3, 5),
+                  surrogate=surrogates.FastSigmoid(5.0))
+    ref = _forward_backward(cls, False, current, weights, **kwargs)
+    fused = _forward_backward(cls, True, current, weights, **kwargs)
+    assert ref[0].sum() > 0 and torch.equal(ref[0], fused[0])
+    torch.testing.assert_close(fused[1], ref[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused[2], ref[2], rtol=1e-10, atol=1e-10)
+    assert fused[3].keys() == ref[3].keys() == {"beta_logit", "log_threshold"}
+    for name in ref[3]:
+        torch.testing.assert_close(fused[3][name], ref[3][name], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("surrogate", [surrogates.ATan(), surrogates.Sigmoid(), surrogates.Triangular(0.5),
+                                       surrogates.StraightThrough(), surrogates.Heaviside()])
+def test_fused_uses_any_surrogate(surrogate):
+    current = torch.randn(10, 3, 7, dtype=torch.float64)
+    weights = torch.randn(2, 10, 3, 7, dtype=torch.float64)
+    ref = _forward_backward(neurons.LIF, False, current, weights, surrogate=surrogate)
+    fused = _forward_backward(neurons.LIF, True, current, weights, surrogate=surrogate)
+    torch.testing.assert_close(fused[2], ref[2], rtol=1e-10, atol=1e-10)
+
+
+def test_fused_with_only_spikes_or_only_membrane_used():
+    current = torch.randn(10, 3, 7, dtype=torch.float64)
+    for used in (0, 1):
+        grads = []
+        for fused in (False, True):
+            x = current.clone().requires_grad_()
+            neurons.LIF(fused=fused).double()(x)[used].sum().backward()
+            grads.append(x.grad)
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-10)

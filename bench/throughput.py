@@ -1,0 +1,285 @@
+"""Training throughput of snnrun against snnTorch on the same networks, measured side by side.
+
+    python bench/throughput.py [--iters 10] [--rounds 3] [--threads 2] [--device cpu]
+                               [--workloads dense csnn25 csnn50 lif] [--data ../shared/data]
+
+Both libraries train the same network (weights copied from snnrun's into snnTorch's, and their
+outputs checked equal before timing) with the same neuron, surrogate, loss, optimiser, batch,
+T and thread count. Variants take turns, round after round, so drift in the machine's speed
+hits all of them alike; each figure is the median over rounds. Peak memory is measured per
+variant in a fresh subprocess (growth of the peak RSS over three training steps on CPU,
+``torch.cuda.max_memory_allocated`` on a GPU). Writes bench/results/throughput.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+HERE = Path(__file__).resolve().parent
+
+# workload -> (snnrun preset, overrides)
+WORKLOADS = {
+    "dense": ("seed001_dense_tutorial5", ["time_steps=25"]),
+    "csnn25": ("seed003_csnn_tutorial6", ["time_steps=25"]),
+    "csnn50": ("seed003_csnn_tutorial6", ["time_steps=50"]),
+}
+# variant -> extra snnrun overrides (None: snnTorch)
+VARIANTS = {
+    "snnTorch 1.0": None,
+    "snnrun step-by-step autograd": ["neuron.fused=false"],
+    "snnrun fp32": [],
+    "snnrun bf16": ["model.precision=bf16"],
+}
+LIF_SHAPE = (100, 64, 4096)
+
+
+def compose(workload: str, overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from snnrun.cli import config_dir
+
+    preset, extra = WORKLOADS[workload]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose("config", overrides=[f"experiment={preset}", *extra, *overrides])
+
+
+def snntorch_model(model, cfg):
+    """The tutorial-style snnTorch network (a Python loop over T) with snnrun's weights."""
+    import snntorch as snn
+    from snntorch import surrogate
+
+    spike_grad = (surrogate.atan(alpha=cfg.surrogate.alpha) if "alpha" in cfg.surrogate
+                  else surrogate.fast_sigmoid(slope=cfg.surrogate.slope))
+    beta, T = cfg.neuron.beta, cfg.time_steps
+    layers = [block.stateless for block in model.blocks]
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weights = torch.nn.ModuleList([_copy(s) for s in layers])
+            self.lifs = torch.nn.ModuleList([snn.Leaky(beta=beta, spike_grad=spike_grad) for _ in layers])
+
+        def forward(self, x):
+            mems = [lif.init_leaky() for lif in self.lifs]
+            spk_rec, mem_rec = [], []
+            for _ in range(T):
+                h = x
+                for i, (w, lif) in enumerate(zip(self.weights, self.lifs)):
+                    h, mems[i] = lif(w(h), mems[i])
+                spk_rec.append(h)
+                mem_rec.append(mems[-1])
+            return torch.stack(spk_rec), torch.stack(mem_rec)
+
+    return Net().to(next(model.parameters()).device)
+
+
+def _copy(stateless):
+    """A plain NCHW copy of one weight layer and its pooling (snnTorch's tutorials use no channels_last)."""
+    import copy
+
+    layer = copy.deepcopy(stateless)
+    return layer.to(memory_format=torch.contiguous_format)
+
+
+def snntorch_loss(cfg):
+    """The tutorials' losses: sum_t CE(U[t], y) (tutorial 5), snnTorch's ce_rate_loss (tutorial 6)."""
+    from snntorch import functional as SF
+
+    if cfg.loss._target_.endswith("MembraneCE"):
+        return lambda spk, mem, y: sum(F.cross_entropy(m, y) for m in mem)
+    rate = SF.ce_rate_loss()
+    return lambda spk, mem, y: rate(spk, y)
+
+
+def make_variant(workload: str, variant: str, device: torch.device, batch: torch.Tensor):
+    """-> (step function, train samples per step, output spikes on ``batch`` before training)."""
+    from snnrun.config import build
+
+    extra = VARIANTS[variant]
+    cfg = compose(workload, extra or [])
+    torch.manual_seed(0)
+    parts = build(cfg, device)
+    model, loss_fn, T = parts["model"], parts["loss"], cfg.time_steps
+    if extra is None:
+        model = snntorch_model(model, cfg)
+        loss_fn = snntorch_loss(cfg)
+        forward = model
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
+    else:
+        forward = lambda x: model(x, time_steps=T)  # noqa: E731  (direct input: static)
+        optimizer = parts["optimizer"]
+    x, y = batch
+
+    def step():
+        spk, mem = forward(x)
+        loss = loss_fn(spk, mem, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    with torch.no_grad():
+        spikes = forward(x)[0].sum(0)
+    return step, spikes
+
+
+def make_lif(variant: str, device: torch.device):
+    """The neuron alone: LIF (beta 0.9, atan) forward + backward on [T, B, N] = LIF_SHAPE."""
+    if variant == "snnrun bf16":
+        return None
+    gen = torch.Generator().manual_seed(0)
+    current = (torch.randn(LIF_SHAPE, generator=gen) * 0.5 + 0.3).to(device)
+    weights = torch.randn(LIF_SHAPE, generator=gen).to(device)
+    if VARIANTS[variant] is None:
+        import snntorch as snn
+        from snntorch import surrogate
+
+        lif = snn.Leaky(beta=0.9, spike_grad=surrogate.atan())
+
+        def run(x):
+            mem, out = lif.init_leaky(), []
+            for t in range(x.shape[0]):
+                spk, mem = lif(x[t], mem)
+                out.append(spk)
+            return torch.stack(out)
+    else:
+        from snnrun.neurons import LIF
+        from snnrun.surrogates import ATan
+
+        lif = LIF(beta=0.9, surrogate=ATan(), fused="neuron.fused=false" not in VARIANTS[variant]).to(device)
+
+        def run(x):
+            return lif(x)[0]
+
+    def step():
+        x = current.detach().requires_grad_()
+        (run(x) * weights).sum().backward()
+
+    return step
+
+
+def timed(step, iters: int, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    tic = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync()
+    return time.perf_counter() - tic
+
+
+def batch_for(args, device):
+    g = torch.Generator().manual_seed(0)
+    if args.data:
+        from snnrun.data import to_float, torchvision_dataset
+
+        train = torchvision_dataset("MNIST", args.data, False, args.batch, args.batch).train
+        idx = torch.randperm(len(train), generator=g)[: args.batch]
+        return to_float(train.images[idx]).to(device), train.labels[idx].to(device)
+    return (torch.rand(args.batch, 1, 28, 28, generator=g).to(device),
+            torch.randint(0, 10, (args.batch,), generator=g).to(device))
+
+
+def peak_memory(workload: str, variant: str, args) -> float:
+    """MiB a few training steps add on top of what the built model and data hold (fresh process)."""
+    cmd = [sys.executable, __file__, "--probe", workload, variant, "--device", args.device,
+           "--threads", str(args.threads), "--batch", str(args.batch)] + (["--data", args.data] if args.data else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+
+
+def probe(args) -> None:
+    device = torch.device(args.device)
+    workload, variant = args.probe
+    if workload == "lif":
+        step = make_lif(variant, device)
+    else:
+        step = make_variant(workload, variant, device, batch_for(args, device))[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak RSS (VmHWM) to the current RSS
+        base = _status_kib("VmRSS")
+    for _ in range(3):
+        step()
+    if device.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = (_status_kib("VmHWM") - base) / 1024
+    print(json.dumps({"peak_mib": peak}))
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status (peak memory on CPU needs Linux)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", nargs="+", default=["dense", "csnn25", "csnn50", "lif"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--iters", type=int, default=10, help="training steps per timing")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--data", default=None, help="folder holding MNIST/raw (default: random images)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--probe", nargs=2, metavar=("WORKLOAD", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(HERE / "results" / "throughput.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.probe:
+        return probe(args)
+    device = torch.device(args.device)
+    batch = batch_for(args, device)
+    rows = [f"Device: {device.type}"
+            + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else f", {args.threads} threads")
+            + f"; torch {torch.__version__}; batch {args.batch}; {args.iters} steps x {args.rounds} rounds, median.",
+            "", "| workload | variant | samples/s (LIF: ms/step) | vs snnTorch | peak memory (MiB) |", "|---|---|---|---|---|"]
+    for workload in args.workloads:
+        steps, reference = {}, None
+        for variant in args.variants:
+            if workload == "lif":
+                step = make_lif(variant, device)
+                if step is None:
+                    continue
+            else:
+                step, spikes = make_variant(workload, variant, device, batch)
+                if variant == "snnTorch 1.0":
+                    reference = spikes
+                elif variant != "snnrun bf16" and reference is not None and not torch.equal(spikes, reference):
+                    raise SystemExit(f"{workload}: {variant} and snnTorch disagree before training; not the same network")
+            step()  # warm-up
+            steps[variant] = step
+        seconds = {v: [] for v in steps}
+        for _ in range(args.rounds):
+            for variant, step in steps.items():
+                seconds[variant].append(timed(step, args.iters, device) / args.iters)
+        median = {v: statistics.median(s) for v, s in seconds.items()}
+        base = median.get("snnTorch 1.0")
+        for variant, sec in median.items():
+            speed = f"{1000 * sec:.1f} ms" if workload == "lif" else f"{args.batch / sec:.0f}"
+            ratio = f"{base / sec:.2f}x" if base else "-"
+            mem = "-" if args.no_memory else f"{peak_memory(workload, variant, args):.0f}"
+            rows.append(f"| {workload} | {variant} | {speed} | {ratio} | {mem} |")
+            print(rows[-1], flush=True)
+    table = "\n".join(rows)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
