@@ -66,6 +66,7 @@ def run(cfg: DictConfig) -> float:
         OmegaConf.to_container(cfg, resolve=True),
         epochs=cfg.trainer.epochs, max_steps=cfg.trainer.max_steps, eval_every=cfg.trainer.eval_every,
         log_every=cfg.trainer.log_every, grad_clip=cfg.trainer.grad_clip, raster_samples=cfg.trainer.raster_samples,
+        augment_shift=cfg.trainer.augment_shift,
     )
     if state is not None:
         try:
@@ -87,7 +88,7 @@ def run(cfg: DictConfig) -> float:
             status = "failed" if isinstance(err, TrainingError) else "interrupted"
             logger.finish({"status": status, "error": str(err), "steps": trainer.step})
             raise
-    logger.finish(results)
+    logger.finish({**results, "threads": torch.get_num_threads()})
     return results["test_acc"]
 
 
@@ -119,6 +120,11 @@ def main(cfg: DictConfig) -> float:
         resume = f"snnrun {overrides} ckpt_path={err.checkpoint}".replace("  ", " ")
         return _fail(f"{err.signame} received: stopped after step and saved {err.checkpoint}. Resume with:\n  {resume}",
                      130 if err.signame == "SIGINT" else 143)
+    except Exception as err:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        log.exception("job failed")  # the traceback goes to the job's log; the sweep goes on
+        return _fail(f"{type(err).__name__}: {err}", 1)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ def check(cfg: DictConfig) -> None:
         if _get(cfg, key) is not None:
             low = 0 if key.endswith("max_steps") else 1
             _require(cfg, key, lambda v: _is_int(v) and v >= low, f"null or an integer >= {low}", example)
+    _require(cfg, "trainer.augment_shift", lambda v: _is_int(v) and v >= 0, "an integer >= 0", "trainer.augment_shift=2")
     _require(cfg, "trainer.log_every", lambda v: _is_int(v) and v > 0, "a positive integer", "trainer.log_every=50")
     if _get(cfg, "trainer.grad_clip") is not None:
         _require(cfg, "trainer.grad_clip", lambda v: _is_number(v) and v > 0, "null or a positive number", "trainer.grad_clip=1.0")

@@ -123,3 +123,16 @@ def epoch_order(n: int, seed: int, epoch: int, device) -> torch.Tensor:
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image of a batch [B, C, H, W] by its own random (dy, dx) in
+    [-max_shift, max_shift], filling the uncovered border with 0 (training augmentation)."""
+    if max_shift <= 0:
+        return x
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, b, 1), generator=generator, device=x.device)
+    rows = (dy + torch.arange(h, device=x.device))[:, :, None]  # [B, H, 1]
+    cols = (dx + torch.arange(w, device=x.device))[:, None, :]  # [B, 1, W]
+    return padded[torch.arange(b, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)

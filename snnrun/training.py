@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .data import Dataset, Split, batches, epoch_order
+from .data import Dataset, Split, batches, epoch_order, random_shift
 
 log = logging.getLogger("snnrun")
 
@@ -137,11 +137,13 @@ class Trainer:
     def __init__(self, model, encoder, loss_fn, readout, optimizer, scheduler_factory, data: Dataset,
                  time_steps: int, seed: int, run_dir: Path, logger, config: dict, *,
                  epochs: int = 1, max_steps: int | None = None, eval_every: int | None = None,
-                 log_every: int = 50, grad_clip: float | None = None, raster_samples: int = 4):
+                 log_every: int = 50, grad_clip: float | None = None, raster_samples: int = 4,
+                 augment_shift: int = 0):
         self.model, self.encoder, self.loss_fn, self.readout = model, encoder, loss_fn, readout
         self.optimizer, self.data, self.time_steps, self.seed = optimizer, data, time_steps, seed
         self.run_dir, self.logger, self.config = Path(run_dir), logger, config
         self.grad_clip, self.log_every, self.raster_samples = grad_clip, log_every, raster_samples
+        self.augment_shift = augment_shift
         self.steps_per_epoch = len(data.train) // data.batch_size
         self.total_steps = max_steps if max_steps is not None else epochs * self.steps_per_epoch
         self.eval_every = eval_every or self.steps_per_epoch
@@ -282,7 +284,7 @@ class Trainer:
                 order = epoch_order(len(self.data.train), self.seed, epoch, self.device)
                 for x, y in batches(self.data.train, self.data.batch_size, order, drop_last=True, start=first_batch):
                     tic = time.perf_counter()
-                    self.train_step(x, y)
+                    self.train_step(random_shift(x, self.augment_shift, self.generator), y)
                     if self.device.type == "cuda":
                         torch.cuda.synchronize()
                     elapsed = time.perf_counter() - tic

@@ -1,0 +1,105 @@
+"""Sweep summaries: when a multirun ends, one table with a row per job, best first.
+
+Each job folder of the sweep holds Hydra's ``.hydra/overrides.yaml`` and snnrun's
+``results.json``; ``SweepSummary`` (a Hydra callback) reads them back and writes
+``summary.csv`` and ``summary.md`` into the sweep folder. A job that failed, or left no
+results at all, is a failed row with the first line of its error; it never hides the rows
+of the jobs that finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+COLUMNS = ("job", "overrides", "status", "test_acc", "best_test_acc", "test_loss", "train_samples_per_s", "wall_s",
+           "error")
+
+
+def _job_folders(sweep_dir: Path) -> list[Path]:
+    jobs = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
+    return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def collect(sweep_dir: str | Path) -> list[dict]:
+    """One row per job folder, sorted: finished jobs by test accuracy (best first), then failures."""
+    sweep_dir = Path(sweep_dir)
+    rows, job_overrides = [], []
+    for job in _job_folders(sweep_dir):
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+        job_overrides.append(overrides)
+        row = dict.fromkeys(COLUMNS)
+        row["job"] = job.name
+        path = job / "results.json"
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError):
+            results = {"status": "failed", "error": f"no readable results.json in {job} (the job crashed or was killed)"}
+        for key in COLUMNS[2:]:
+            row[key] = results.get(key)
+        if row["status"] != "ok":
+            row["status"] = row["status"] or "failed"
+            row["error"] = _first_line(row["error"] or "unknown error")
+        rows.append(row)
+    shared = set.intersection(*(set(o) for o in job_overrides)) if len(job_overrides) > 1 else set()
+    for row, overrides in zip(rows, job_overrides):
+        row["overrides"] = " ".join(o for o in overrides if o not in shared)
+    return sorted(rows, key=lambda r: (r["status"] != "ok", -(r["test_acc"] if r["test_acc"] is not None else -1)))
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.0f}"
+    return str(value)
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[c]).replace("|", "\\|") for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_summary(sweep_dir: str | Path) -> list[dict]:
+    """Write summary.csv and summary.md into ``sweep_dir``; returns the rows."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(sweep_dir / "summary.csv", buf.getvalue())
+    _write_atomic(sweep_dir / "summary.md", markdown(rows))
+    return rows
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of every multirun, summarise its jobs into one table."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = write_summary(sweep_dir)
+        ok = sum(r["status"] == "ok" for r in rows)
+        print(f"\nsweep summary ({ok} of {len(rows)} jobs ok): {sweep_dir / 'summary.md'}\n\n{markdown(rows)}", flush=True)

@@ -1,0 +1,95 @@
+"""Multirun sweeps: per-job folders, a summary table, failed jobs as rows, launchers and optuna."""
+
+import csv
+import importlib.util
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import FAST, read_results, snnrun
+
+SWEEP = [*FAST, "trainer.max_steps=4", "trainer.log_every=1"]
+
+
+def needs(module):
+    return pytest.mark.skipif(importlib.util.find_spec(module) is None,
+                              reason=f"{module} is not installed (pip install -e '.[sweep]')")
+
+
+def summary(sweep_dir):
+    with open(sweep_dir / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_surrogates_give_two_jobs_and_a_summary(tmp_path):
+    proc = snnrun("-m", "surrogate=atan,fast_sigmoid", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1"):
+        assert read_results(sweep / job)["status"] == "ok"
+        (events,) = (sweep / job).glob("events.out.tfevents.*")
+        acc = EventAccumulator(str(events)).Reload()
+        assert "test/acc" in acc.Tags()["scalars"]
+        assert b"surrogate" in acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]  # no extra run folders
+    rows = summary(sweep)
+    assert sorted(r["overrides"] for r in rows) == ["surrogate=atan", "surrogate=fast_sigmoid"]
+    assert all(r["status"] == "ok" and 0 <= float(r["test_acc"]) <= 1 for r in rows)
+    assert float(rows[0]["test_acc"]) >= float(rows[1]["test_acc"])  # best first
+    assert all(float(r["wall_s"]) > 0 and float(r["train_samples_per_s"]) > 0 for r in rows)
+    md = (sweep / "summary.md").read_text().splitlines()
+    assert len(md) == 4 and md[0].startswith("| job | overrides | status | test_acc")
+    assert {line.split(" | ")[1] for line in md[2:]} == {"surrogate=atan", "surrogate=fast_sigmoid"}
+    assert "sweep summary (2 of 2 jobs ok)" in proc.stdout and "surrogate=fast_sigmoid" in proc.stdout
+
+
+def test_a_failed_job_is_a_failed_row_and_the_others_are_kept(tmp_path):
+    snnrun("-m", "neuron.beta=0.9,1.5,0.8", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    rows = summary(tmp_path / "sweep")
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
+    failed = rows[-1]
+    assert failed["overrides"] == "neuron.beta=1.5" and failed["test_acc"] == ""
+    assert "neuron.beta=1.5 is not allowed" in failed["error"] and "\n" not in failed["error"]
+
+
+def test_summary_marks_a_job_without_results_as_failed(tmp_path):
+    from snnrun.sweep import write_summary
+
+    snnrun("-m", "seed=0,1", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    (tmp_path / "sweep" / "1" / "results.json").unlink()  # as if the job had been killed
+    rows = write_summary(tmp_path / "sweep")
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "ok"), ("1", "failed")]
+    assert "no readable results.json" in rows[1]["error"]
+
+
+@needs("hydra_plugins.hydra_joblib_launcher")
+def test_joblib_launcher_runs_jobs_in_parallel_without_oversubscribing(tmp_path):
+    snnrun("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "surrogate=atan,fast_sigmoid", *SWEEP,
+           "hydra.sweep.dir=sweep", cwd=tmp_path)
+    rows = summary(tmp_path / "sweep")
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    import os
+    cores = len(os.sched_getaffinity(0))
+    threads = [read_results(tmp_path / "sweep" / job)["threads"] for job in ("0", "1")]
+    assert sum(threads) <= max(cores, 2), f"{threads} torch threads per job on {cores} cores"
+
+
+@needs("hydra_plugins.hydra_submitit_launcher")
+def test_submitit_local_launcher(tmp_path):
+    snnrun("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "surrogate=atan,fast_sigmoid",
+           *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=600)
+    rows = summary(tmp_path / "sweep")
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+
+
+@needs("hydra_plugins.hydra_optuna_sweeper")
+def test_optuna_search_returns_a_best_value(tmp_path):
+    searched = [o for o in SWEEP if not o.startswith("time_steps=")]  # a fixed value would pin the searched T
+    proc = snnrun("hparams_search=optuna_lif", "hydra.sweeper.n_trials=3", *searched, "hydra.sweep.dir=sweep",
+                  cwd=tmp_path, timeout=600)
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert 0 <= best["best_value"] <= 1
+    assert set(best["best_params"]) == {"optimizer.lr", "neuron.beta", "surrogate.slope", "time_steps"}
+    rows = summary(tmp_path / "sweep")
+    assert len(rows) == 3 and float(rows[0]["test_acc"]) == pytest.approx(best["best_value"])
+    assert "Best value" in proc.stdout + proc.stderr
