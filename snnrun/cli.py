@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import hydra
@@ -19,6 +20,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from . import distributed
 from .config import USER_ERRORS, ConfigError, build, checkpoint_for, resolve_device
 from .logger import RunLogger, flatten, write_json_atomic
 from .losses import READOUTS
@@ -46,7 +48,10 @@ def hyperparameters(cfg: DictConfig) -> dict:
 
 def run(cfg: DictConfig) -> float:
     """Train (or evaluate) one configuration; returns the final test accuracy."""
+    world = distributed.world()
     device = resolve_device(cfg.device)
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)  # one GPU per rank
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     torch.manual_seed(cfg.seed)
@@ -57,16 +62,19 @@ def run(cfg: DictConfig) -> float:
     if len(data.train) < data.batch_size:
         raise ConfigError("data.batch_size", data.batch_size, f"at most the {len(data.train)} training samples",
                           f"data.batch_size={len(data.train)}")
+    if data.batch_size % world.size:
+        raise ConfigError("data.batch_size", data.batch_size, f"a multiple of the {world.size} torchrun processes "
+                          "(each takes an equal shard of every batch)", f"data.batch_size={128 * world.size}")
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    logger = RunLogger(run_dir, hyperparameters(cfg))
+    logger = RunLogger(run_dir, hyperparameters(cfg)) if world.main else None  # only rank 0 writes
     trainer = Trainer(
         parts["model"], parts["encoder"], parts["loss"], READOUTS[cfg.readout], parts["optimizer"],
         parts["scheduler"], data, cfg.time_steps, cfg.seed, run_dir, logger,
         OmegaConf.to_container(cfg, resolve=True),
         epochs=cfg.trainer.epochs, max_steps=cfg.trainer.max_steps, eval_every=cfg.trainer.eval_every,
         log_every=cfg.trainer.log_every, grad_clip=cfg.trainer.grad_clip, raster_samples=cfg.trainer.raster_samples,
-        augment_shift=cfg.trainer.augment_shift,
+        augment_shift=cfg.trainer.augment_shift, world=world,
     )
     if state is not None:
         try:
@@ -86,9 +94,11 @@ def run(cfg: DictConfig) -> float:
             results = trainer.fit()
         except (TrainingError, Interrupted) as err:
             status = "failed" if isinstance(err, TrainingError) else "interrupted"
-            logger.finish({"status": status, "error": str(err), "steps": trainer.step})
+            if logger:
+                logger.finish({"status": status, "error": str(err), "steps": trainer.step})
             raise
-    logger.finish({**results, "threads": torch.get_num_threads()})
+    if logger:
+        logger.finish({**results, "threads": torch.get_num_threads(), "processes": world.size})
     return results["test_acc"]
 
 
@@ -106,7 +116,7 @@ def _fail(message: str, code: int) -> float:
 
 
 @hydra.main(version_base=None, config_path=config_dir(), config_name="config")
-def main(cfg: DictConfig) -> float:
+def task(cfg: DictConfig) -> float:
     if os.environ.get("SNNRUN_DEBUG"):
         return run(cfg)
     try:
@@ -125,6 +135,21 @@ def main(cfg: DictConfig) -> float:
             raise
         log.exception("job failed")  # the traceback goes to the job's log; the sweep goes on
         return _fail(f"{type(err).__name__}: {err}", 1)
+
+
+def main():
+    """The console script: under torchrun, join the process group first and share rank 0's
+    launch time, so every rank resolves the same run folder; ranks > 0 write nothing in it."""
+    world = distributed.init()
+    launch = datetime.fromtimestamp(distributed.launch_time())
+    OmegaConf.register_new_resolver("launch", launch.strftime, replace=True)
+    if not world.main:
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    try:
+        task()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ exactly as if it had never stopped.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -21,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .data import Dataset, Split, batches, epoch_order, random_shift
+from .distributed import World, all_sum
 
 log = logging.getLogger("snnrun")
 
@@ -79,11 +81,13 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def simulate(model, encoder, x, time_steps: int, generator):
-    """Encode a batch into ``time_steps`` steps and run the network -> output (spikes, membranes)."""
+def simulate(model, encoder, x, time_steps: int, generator, shard: slice = slice(None)):
+    """Encode a batch into ``time_steps`` steps and run the network on its ``shard`` of rows
+    -> output (spikes, membranes). The whole batch is encoded, so random encoders draw the
+    same numbers whatever the shard."""
     if encoder.static:
-        return model(x, time_steps=time_steps)
-    return model(encoder(x, time_steps, generator))
+        return model(x[shard], time_steps=time_steps)
+    return model(encoder(x, time_steps, generator)[:, shard])
 
 
 @torch.no_grad()
@@ -138,7 +142,7 @@ class Trainer:
                  time_steps: int, seed: int, run_dir: Path, logger, config: dict, *,
                  epochs: int = 1, max_steps: int | None = None, eval_every: int | None = None,
                  log_every: int = 50, grad_clip: float | None = None, raster_samples: int = 4,
-                 augment_shift: int = 0):
+                 augment_shift: int = 0, world: World = World()):
         self.model, self.encoder, self.loss_fn, self.readout = model, encoder, loss_fn, readout
         self.optimizer, self.data, self.time_steps, self.seed = optimizer, data, time_steps, seed
         self.run_dir, self.logger, self.config = Path(run_dir), logger, config
@@ -152,7 +156,13 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.step, self.best_test_acc, self.last_eval = 0, -1.0, None
         self.window = {"loss": 0.0, "correct": 0.0, "samples": 0, "seconds": 0.0}  # since the last evaluation
-        self.stop_signal: str | None = None
+        self.stop_signal: str | None = None  # set by a signal handler at any time
+        self.stopping = False  # whether any rank had a stop signal at the last step (agreed by all ranks)
+        self.world = world  # under torchrun: this rank; its replica syncs gradients through DDP
+        self.replica = self.model
+        if world.size > 1:
+            self.replica = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.progress = sys.stderr.isatty()
 
     # -- state ---------------------------------------------------------------------------------
@@ -193,10 +203,17 @@ class Trainer:
 
     # -- one step, one evaluation ----------------------------------------------------------------
     def train_step(self, x, y) -> None:
-        spk, mem = simulate(self.model, self.encoder, x, self.time_steps, self.generator)
+        shard = self.world.shard(len(y))
+        spk, mem = simulate(self.replica, self.encoder, x, self.time_steps, self.generator, shard)
+        y = y[shard]
         loss = self.loss_fn(spk, mem, y)
-        if not torch.isfinite(loss):
-            self.fail(f"the loss is {loss.item()} at step {self.step + 1}; training stopped before that update.")
+        correct = (self.readout(spk, mem) == y).sum().item()
+        # one all-reduce: every rank agrees on the batch's figures, a NaN anywhere, a stop signal anywhere
+        loss_sum, correct, n, stop = all_sum([loss.item() * len(y), correct, len(y), float(bool(self.stop_signal))],
+                                             self.device)
+        self.stopping = stop > 0
+        if not math.isfinite(loss_sum):
+            self.fail(f"the loss is {loss_sum / n} at step {self.step + 1}; training stopped before that update.")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip:
@@ -204,12 +221,11 @@ class Trainer:
         self.optimizer.step()
         if self.scheduler:
             self.scheduler.step()
-        correct = (self.readout(spk, mem) == y).sum().item()
-        self.window["loss"] += loss.item() * len(y)
+        self.window["loss"] += loss_sum
         self.window["correct"] += correct
-        self.window["samples"] += len(y)
-        if self.step % self.log_every == 0:
-            self.logger.log_train(self.step + 1, loss.item(), correct / len(y), self.lr)
+        self.window["samples"] += int(n)
+        if self.step % self.log_every == 0 and self.world.main:
+            self.logger.log_train(self.step + 1, loss_sum / n, correct / n, self.lr)
 
     def fail(self, what: str):
         last = self.run_dir / "checkpoints" / "last.pt"
@@ -245,9 +261,13 @@ class Trainer:
             "threshold": float(torch.as_tensor(threshold).float().mean()) if threshold is not None else None,
         }
 
-    def evaluate_and_save(self) -> dict:
+    def check_weights(self) -> None:
+        """Never checkpoint NaN or inf weights over good ones."""
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             self.fail(f"the weights became NaN or inf in the update of step {self.step}; nothing after it was saved.")
+
+    def evaluate_and_save(self) -> dict:
+        self.check_weights()
         metrics = self.test()
         w = self.window
         record = {
@@ -261,11 +281,13 @@ class Trainer:
             "lr": self.lr,
         }
         self.window = {"loss": 0.0, "correct": 0.0, "samples": 0, "seconds": 0.0}
-        self.logger.log_eval(record, self.model, self.traces())
-        self.save("last")
+        if self.world.main:
+            self.logger.log_eval(record, self.model, self.traces())
+            self.save("last")
         if metrics["test_acc"] > self.best_test_acc:
             self.best_test_acc = metrics["test_acc"]
-            self.save("best")
+            if self.world.main:
+                self.save("best")
         log.info("step %d  epoch %.2f  train_loss %s  test_loss %.4f  test_acc %.2f%%  (%.0f samples/s)",
                  self.step, record["epoch"], f"{record['train_loss']:.4f}" if record["train_loss"] is not None else "-",
                  record["test_loss"], 100 * record["test_acc"], record["train_samples_per_s"])
@@ -295,8 +317,10 @@ class Trainer:
                     bar.update(1)
                     if self.step % self.eval_every == 0 or self.step == self.total_steps:
                         bar.set_postfix(test_acc=f"{self.evaluate_and_save()['test_acc']:.4f}")
-                    if self.stop_signal:
-                        raise Interrupted(self.stop_signal, self.save("last"))
+                    if self.stopping:
+                        self.check_weights()
+                        path = self.save("last") if self.world.main else self.run_dir / "checkpoints" / "last.pt"
+                        raise Interrupted(self.stop_signal or "SIGTERM", path)
                     if self.step >= self.total_steps:
                         break
         bar.close()

@@ -1,0 +1,71 @@
+"""Data-parallel training of one run across processes with ``torchrun``.
+
+torchrun starts one process per rank and sets RANK, LOCAL_RANK and WORLD_SIZE; snnrun then
+joins the process group (nccl on GPUs, gloo on CPU), wraps the model in
+DistributedDataParallel and gives each rank its contiguous shard of every global batch.
+Every rank draws the same data order and encoder noise, so N ranks compute exactly what one
+process computes on the whole batch. All ranks share rank 0's launch time and so the same
+run folder; only rank 0 writes into it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, batch: int) -> slice:
+        """This rank's rows of a global batch of ``batch`` rows."""
+        per = batch // self.size
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+
+def world() -> World:
+    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                 int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init() -> World:
+    """Join torchrun's process group (once); a single process is a world of one."""
+    w = world()
+    if w.size > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(w.local_rank)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return w
+
+
+def launch_time() -> float:
+    """Rank 0's clock, the same on every rank (names the shared run folder)."""
+    now = [time.time()]
+    if dist.is_initialized():
+        dist.broadcast_object_list(now, src=0)
+    return now[0]
+
+
+def all_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few numbers over all ranks (identity in a single process)."""
+    if not dist.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

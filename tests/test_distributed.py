@@ -1,0 +1,47 @@
+"""Data-parallel training with torchrun: same result as one process, one run folder."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from conftest import FAST, read_results, snnrun
+
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+ARGS = [*FAST, "trainer.max_steps=6", "trainer.eval_every=3", "encoder=poisson", "device=cpu"]
+
+
+def weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def test_two_processes_equal_one_process_and_write_one_folder(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "SNNRUN_DEBUG"}
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "snnrun", *ARGS],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (day,) = (tmp_path / "outputs").iterdir()
+    (ddp,) = day.iterdir()  # both ranks resolved the same folder; nothing else was created
+    assert sorted(p.name for p in ddp.iterdir()) == [
+        ".hydra", "checkpoints", *sorted(p.name for p in ddp.glob("events.out.tfevents.*")),
+        "metrics.jsonl", "results.json", "snnrun.log"]
+    assert len(list(ddp.glob("events.out.tfevents.*"))) == 1
+
+    snnrun(*ARGS, "hydra.run.dir=single", cwd=tmp_path)
+    single = tmp_path / "single"
+    r1, r2 = read_results(single), read_results(ddp)
+    assert r2["processes"] == 2 and r1["processes"] == 1
+    assert r1["test_acc"] == r2["test_acc"] and abs(r1["test_loss"] - r2["test_loss"]) < 1e-4
+    w1, w2 = weights(single), weights(ddp)
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5)
+
+
+def test_batch_must_split_evenly_over_processes(tmp_path):
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "snnrun", *ARGS, "data.batch_size=33"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "data.batch_size=33 is not allowed" in proc.stderr and "multiple of the 2 torchrun processes" in proc.stderr
