@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 PRECISIONS = ("fp32", "bf16")
+INITS = ("default", "xavier_uniform")
 _TOKEN = re.compile(r"(?P<conv>(?P<filters>\d+)C(?P<kernel>\d+))|(?P<pool>(?P<kind>MP|AP)(?P<size>\d+))|(?P<fc>FC(?P<units>\d+))")
 
 
@@ -84,13 +85,17 @@ class SpikingNetwork(nn.Module):
 
     ``precision="bf16"`` runs the weight layers (conv, linear) in bfloat16 autocast. Spikes
     are exactly 0 or 1 in bf16; the neurons still integrate their current in fp32.
+    ``init="xavier_uniform"`` re-initialises every weight matrix and kernel (seed 002);
+    ``"default"`` keeps PyTorch's.
     """
 
     def __init__(self, arch: str, input_shape: Sequence[int], num_classes: int,
-                 neuron: Callable[..., nn.Module], surrogate=None, precision: str = "fp32"):
+                 neuron: Callable[..., nn.Module], surrogate=None, precision: str = "fp32", init: str = "default"):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         self.arch, self.input_shape, self.precision = arch, tuple(input_shape), precision
         self.blocks = nn.ModuleList()
         self.record = False
@@ -133,6 +138,10 @@ class SpikingNetwork(nn.Module):
                 name += f"_{token}"
                 i += 1
             self.blocks.append(_Block(name, nn.Sequential(*modules), neuron(shape=shape, surrogate=surrogate), shape))
+        if init == "xavier_uniform":
+            for p in self.parameters():
+                if p.dim() >= 2:
+                    nn.init.xavier_uniform_(p)
         last = layers[-1][0]
         if shape != (num_classes,):
             raise ArchitectureError(arch, last, f"the last layer must be FC{num_classes}, one unit per class")

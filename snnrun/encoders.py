@@ -76,11 +76,16 @@ class Poisson(Encoder):
 
 
 class Noise(Encoder):
-    """Multiplicative uniform noise (seed 002): x[t] = x * u, u ~ U[0, 1) fresh each step."""
+    """Multiplicative uniform noise (seed 002): x[t] = (x + shift) * u, u ~ U[0, 1) fresh each step.
+
+    Seed 002 normalises its images to x - 0.5 first (``shift=-0.5``)."""
+
+    def __init__(self, shift: float = 0.0):
+        self.shift = float(shift)
 
     def __call__(self, x, time_steps, generator=None):
         u = torch.rand((time_steps, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
-        return x * u
+        return (x + self.shift) * u if self.shift else x * u
 
 
 class Latency(Encoder):

@@ -63,7 +63,7 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.0f}"
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
     return str(value)
 
 

@@ -139,3 +139,14 @@ def test_bf16_runs_weight_layers_in_bf16_and_neurons_in_fp32():
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision"):
         SpikingNetwork("FC10", (1, 4, 4), 10, LIF, precision="fp8")
+
+
+def test_xavier_uniform_init():
+    torch.manual_seed(0)
+    net = SpikingNetwork("FC100-FC10", (1, 28, 28), 10, LIF, init="xavier_uniform")
+    fc1, fc2 = layers(net)
+    for fc in (fc1, fc2):
+        bound = (6 / (fc.in_features + fc.out_features)) ** 0.5
+        assert fc.weight.abs().max() <= bound and fc.weight.abs().max() > 0.9 * bound
+    with pytest.raises(ValueError, match="init"):
+        SpikingNetwork("FC10", (1, 4, 4), 10, LIF, init="orthogonal")

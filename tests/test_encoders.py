@@ -57,6 +57,13 @@ def test_noise_is_uniform_fraction_of_input():
     assert not torch.equal(out[0], out[1])  # fresh noise every step
 
 
+def test_noise_shift_is_added_before_the_noise():
+    x = torch.full((10000,), 0.8)
+    out = encoders.Noise(shift=-0.5)(x, 4, torch.Generator().manual_seed(0))
+    assert out.min() >= 0 and out.max() < 0.3
+    assert out.mean().item() == pytest.approx(0.15, abs=0.005)
+
+
 def test_latency_spike_times():
     x = torch.tensor([1.0, 0.5, 0.0, 0.005, 0.25])
     out = encoders.Latency()(x, 11)

@@ -153,8 +153,10 @@ def test_signal_saves_checkpoint_and_resumes(tmp_path, sig, code):
 
 
 def test_resume_is_exact(tmp_path):
-    """Interrupted after 6 steps and resumed == uninterrupted, with a random encoder and shuffling."""
-    common = [*FAST, "encoder=poisson", "trainer.eval_every=4", "data.num_train=96"]  # 3 steps per epoch
+    """Interrupted after 6 steps and resumed == uninterrupted, with a random encoder, random
+    shifts and shuffling."""
+    common = [*FAST, "encoder=poisson", "trainer.augment_shift=2", "trainer.eval_every=4",
+              "data.num_train=96"]  # 3 steps per epoch
     snnrun(*common, "trainer.max_steps=12", "hydra.run.dir=straight", cwd=tmp_path)
     snnrun(*common, "trainer.max_steps=6", "hydra.run.dir=first", cwd=tmp_path)
     snnrun(*common, "trainer.max_steps=12", f"ckpt_path={tmp_path / 'first/checkpoints/last.pt'}",
