@@ -18,8 +18,9 @@ def composed(*overrides):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def test_every_seed_has_a_preset():
-    assert [p[:7] for p in PRESETS] == ["seed000", "seed001", "seed002", "seed003"]
+def test_every_seed_has_a_preset_and_there_is_a_csnn_recipe():
+    assert [p[:7] for p in PRESETS if p.startswith("seed")] == ["seed000", "seed001", "seed002", "seed003"]
+    assert "csnn_best" in PRESETS
 
 
 @pytest.mark.parametrize("preset, expected", [
@@ -42,6 +43,15 @@ def test_preset_settings(preset, expected):
         assert neuron.beta.item() == 0.5 and neuron.surrogate.slope == 25
     if preset.startswith("seed002"):
         assert (neuron.decay, neuron.threshold, neuron.penalty) == (0.9, 2.0, 2.5) and cfg.optimizer.momentum == 0.5
+        assert parts["encoder"].shift == -0.5 and cfg.model.init == "xavier_uniform"
+
+
+def test_csnn_best_settings():
+    cfg = composed("experiment=csnn_best")
+    parts = build(cfg, torch.device("cpu"))
+    assert parts["model"].arch == "12C5-MP2-64C5-MP2-FC10" and parts["model"].precision == "bf16"
+    assert hasattr(parts["model"].blocks[0].neuron, "beta_logit")  # learned beta
+    assert cfg.trainer.augment_shift == 2 and cfg.readout == "membrane" and cfg.trainer.epochs == 15
 
 
 @pytest.mark.parametrize("preset", PRESETS)
