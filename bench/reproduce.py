@@ -22,6 +22,9 @@ PRESETS = [
     # (preset, extra overrides, setting, reported figure)
     ("seed001_dense_tutorial5", [], "FC1000-FC10, lif β=0.95, atan, direct, T=25, membrane_ce, Adam 5e-4, batch 128, 1 epoch",
      "93.9 % after 1 epoch"),
+    ("seed001_dense_tutorial5", ["seed=1"], "the same, another seed", "93.9 % after 1 epoch"),
+    ("seed001_dense_tutorial5", ["seed=2"], "the same, another seed", "93.9 % after 1 epoch"),
+    ("seed001_dense_tutorial5", ["model.precision=bf16"], "the same (seed 0) with bf16 weight layers", "93.9 % after 1 epoch"),
     ("seed003_csnn_tutorial6", ["trainer.max_steps=150"], "12C5-MP2-64C5-MP2-FC10, lif β=0.5, fast_sigmoid 25, direct, T=50, "
      "spike_rate_ce, Adam 1e-2, batch 128, 150 iterations", "95.7 % after 150 iterations"),
     ("seed003_csnn_tutorial6", ["trainer.max_steps=150", "model.precision=bf16"], "the same with bf16 weight layers",
