@@ -1,6 +1,6 @@
 """Training throughput of snnrun against snnTorch on the same networks, measured side by side.
 
-    python bench/throughput.py [--iters 10] [--rounds 3] [--threads 2] [--device cpu]
+    python bench/throughput.py [--iters 20] [--rounds 3] [--threads 2] [--device cpu]
                                [--workloads dense csnn25 csnn50 lif] [--data ../shared/data]
 
 Both libraries train the same network (weights copied from snnrun's into snnTorch's, and their
@@ -229,7 +229,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", nargs="+", default=["dense", "csnn25", "csnn50", "lif"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--iters", type=int, default=10, help="training steps per timing")
+    parser.add_argument("--iters", type=int, default=20, help="training steps per timing")
+    parser.add_argument("--lif-iters", type=int, default=3, help="steps per timing of the LIF layer alone")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -240,13 +241,18 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results" / "throughput.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.device == "cpu":
+        from snnrun.cli import keep_freed_memory
+
+        keep_freed_memory()  # as the snnrun command does; the same process setting for every variant
     if args.probe:
         return probe(args)
     device = torch.device(args.device)
     batch = batch_for(args, device)
     rows = [f"Device: {device.type}"
             + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else f", {args.threads} threads")
-            + f"; torch {torch.__version__}; batch {args.batch}; {args.iters} steps x {args.rounds} rounds, median.",
+            + f"; torch {torch.__version__}; batch {args.batch}; {args.iters} steps (LIF: {args.lif_iters}) x "
+            f"{args.rounds} rounds, median.",
             "", "| workload | variant | samples/s (LIF: ms/step) | vs snnTorch | peak memory (MiB) |", "|---|---|---|---|---|"]
     for workload in args.workloads:
         steps, reference = {}, None
@@ -266,7 +272,8 @@ def main() -> None:
         seconds = {v: [] for v in steps}
         for _ in range(args.rounds):
             for variant, step in steps.items():
-                seconds[variant].append(timed(step, args.iters, device) / args.iters)
+                iters = args.lif_iters if workload == "lif" else args.iters
+                seconds[variant].append(timed(step, iters, device) / iters)
         median = {v: statistics.median(s) for v, s in seconds.items()}
         base = median.get("snnTorch 1.0")
         for variant, sec in median.items():
