@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from .surrogates import ATan, Surrogate
@@ -81,6 +82,7 @@ class _LIFSequence(torch.autograd.Function):
         return spk, mem
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_spk, grad_mem):
         mem, beta, threshold = ctx.saved_tensors
         reset, surrogate = ctx.reset, ctx.surrogate
@@ -134,6 +136,7 @@ class _LeakyIntegral(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         grad = grad.clone()
         for t in reversed(range(grad.shape[0] - 1)):
