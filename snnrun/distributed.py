@@ -29,9 +29,8 @@ class World:
         return self.rank == 0
 
     def shard(self, batch: int) -> slice:
-        """This rank's rows of a global batch of ``batch`` rows."""
-        per = batch // self.size
-        return slice(self.rank * per, (self.rank + 1) * per)
+        """This rank's contiguous rows of a batch of ``batch`` rows (equal shares when it divides)."""
+        return slice(self.rank * batch // self.size, (self.rank + 1) * batch // self.size)
 
 
 def world() -> World:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import FAST, read_results, snnrun
@@ -45,3 +46,33 @@ def test_batch_must_split_evenly_over_processes(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "data.batch_size=33 is not allowed" in proc.stderr and "multiple of the 2 torchrun processes" in proc.stderr
+
+
+def test_shards_cover_every_row_once():
+    from snnrun.distributed import World
+
+    for batch in (6, 7, 1000, 2):
+        rows = [i for r in range(3) for i in range(batch)[World(r, 3).shard(batch)]]
+        assert rows == list(range(batch))
+
+
+def test_sharded_evaluation_sums_to_the_single_process_figures():
+    """Each rank's share of the sums (before the all-reduce) adds up to one process's figures."""
+    import functools
+
+    from snnrun import encoders, losses, neurons
+    from snnrun.architectures import SpikingNetwork
+    from snnrun.data import synthetic
+    from snnrun.distributed import World
+    from snnrun.training import evaluate
+
+    torch.manual_seed(0)
+    model = SpikingNetwork("FC32-FC10", (1, 12, 12), 10, functools.partial(neurons.LIF, beta=0.8))
+    test = synthetic(num_train=8, num_test=70, image_size=12).test
+    args = (model, encoders.Poisson(), losses.MembraneCE(), losses.spike_count, test, 32, 6, 0)
+    whole = evaluate(*args)
+    parts = [evaluate(*args, world=World(rank, 3)) for rank in range(3)]
+    for key in ("test_loss", "test_acc"):
+        assert sum(p[key] for p in parts) == pytest.approx(whole[key], rel=1e-6)
+    for layer, rate in whole["firing_rates"].items():
+        assert sum(p["firing_rates"][layer] for p in parts) == pytest.approx(rate, rel=1e-5)
