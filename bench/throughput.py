@@ -14,6 +14,7 @@ variant in a fresh subprocess (growth of the peak RSS over three training steps 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -83,8 +84,6 @@ def snntorch_model(model, cfg):
 
 def _copy(stateless):
     """A plain NCHW copy of one weight layer and its pooling (snnTorch's tutorials use no channels_last)."""
-    import copy
-
     layer = copy.deepcopy(stateless)
     return layer.to(memory_format=torch.contiguous_format)
 
@@ -99,8 +98,8 @@ def snntorch_loss(cfg):
     return lambda spk, mem, y: rate(spk, y)
 
 
-def make_variant(workload: str, variant: str, device: torch.device, batch: torch.Tensor):
-    """-> (step function, train samples per step, output spikes on ``batch`` before training)."""
+def make_variant(workload: str, variant: str, device: torch.device, batch: tuple[torch.Tensor, torch.Tensor]):
+    """-> (one training step, the output spike counts on ``batch`` before training)."""
     from snnrun.config import build
 
     extra = VARIANTS[variant]

@@ -82,9 +82,6 @@ def run(cfg: DictConfig) -> float:
     if len(data.train) < data.batch_size:
         raise ConfigError("data.batch_size", data.batch_size, f"at most the {len(data.train)} training samples",
                           f"data.batch_size={len(data.train)}")
-    if data.batch_size % world.size:
-        raise ConfigError("data.batch_size", data.batch_size, f"a multiple of the {world.size} torchrun processes "
-                          "(each takes an equal shard of every batch)", f"data.batch_size={128 * world.size}")
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     logger = RunLogger(run_dir, hyperparameters(cfg)) if world.main else None  # only rank 0 writes

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from .architectures import PRECISIONS, ArchitectureError
 from .data import DataError, ensure_available
+from .distributed import world
 from .training import CheckpointError, load_checkpoint
 
 
@@ -101,6 +102,9 @@ def check(cfg: DictConfig) -> None:
     _require(cfg, "task", lambda v: v in ("train", "eval"), "train or eval", "task=eval ckpt_path=outputs/.../checkpoints/best.pt")
     _require(cfg, "readout", lambda v: v in ("spike_count", "membrane"), "spike_count or membrane", "readout=membrane")
     _require(cfg, "data.batch_size", lambda v: _is_int(v) and v > 0, "a positive integer", "data.batch_size=128")
+    processes = world().size
+    _require(cfg, "data.batch_size", lambda v: v % processes == 0, f"a multiple of the {processes} torchrun processes "
+             "(each takes an equal shard of every batch)", f"data.batch_size={128 * processes}")
     _require(cfg, "data.eval_batch_size", lambda v: _is_int(v) and v > 0, "a positive integer", "data.eval_batch_size=1000")
     _require(cfg, "optimizer.lr", lambda v: _is_number(v) and v > 0, "a positive number", "optimizer.lr=5e-4")
     _require(cfg, "trainer.epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0", "trainer.epochs=3")

@@ -85,7 +85,7 @@ class Noise(Encoder):
 
     def __call__(self, x, time_steps, generator=None):
         u = torch.rand((time_steps, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
-        return (x + self.shift) * u if self.shift else x * u
+        return (x + self.shift) * u
 
 
 class Latency(Encoder):

@@ -23,10 +23,15 @@ _PALETTE = torch.tensor([
 ], dtype=torch.uint8)
 
 
-def write_json_atomic(path: Path, data) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename: readers see the old file or the new one, never half."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def spike_raster(spikes: torch.Tensor, max_neurons: int = 128, px_per_step: int = 4) -> torch.Tensor:

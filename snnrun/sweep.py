@@ -12,12 +12,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from .logger import write_text_atomic
 
 COLUMNS = ("job", "overrides", "status", "test_acc", "best_test_acc", "test_loss", "train_samples_per_s", "wall_s",
            "error")
@@ -74,12 +75,6 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_summary(sweep_dir: str | Path) -> list[dict]:
     """Write summary.csv and summary.md into ``sweep_dir``; returns the rows."""
     sweep_dir = Path(sweep_dir)
@@ -88,8 +83,8 @@ def write_summary(sweep_dir: str | Path) -> list[dict]:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(sweep_dir / "summary.csv", buf.getvalue())
-    _write_atomic(sweep_dir / "summary.md", markdown(rows))
+    write_text_atomic(sweep_dir / "summary.csv", buf.getvalue())
+    write_text_atomic(sweep_dir / "summary.md", markdown(rows))
     return rows
 
 

@@ -206,10 +206,12 @@ class Trainer:
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
+    def checkpoint(self, name: str) -> Path:
+        return self.run_dir / "checkpoints" / f"{name}.pt"
+
     def save(self, name: str) -> Path:
-        path = self.run_dir / "checkpoints" / f"{name}.pt"
-        save_checkpoint(path, self.state())
-        return path
+        save_checkpoint(self.checkpoint(name), self.state())
+        return self.checkpoint(name)
 
     # -- one step, one evaluation ----------------------------------------------------------------
     def train_step(self, x, y) -> None:
@@ -238,7 +240,7 @@ class Trainer:
             self.logger.log_train(self.step + 1, loss_sum / n, correct / n, self.lr)
 
     def fail(self, what: str):
-        last = self.run_dir / "checkpoints" / "last.pt"
+        last = self.checkpoint("last")
         kept = f"The last good checkpoint, {last}, is intact. " if last.exists() else "No checkpoint was saved. "
         raise TrainingError(f"{what} {kept}Try a lower optimizer.lr or trainer.grad_clip=1.0.")
 
@@ -329,7 +331,7 @@ class Trainer:
                         bar.set_postfix(test_acc=f"{self.evaluate_and_save()['test_acc']:.4f}")
                     if self.stopping:
                         self.check_weights()
-                        path = self.save("last") if self.world.main else self.run_dir / "checkpoints" / "last.pt"
+                        path = self.save("last") if self.world.main else self.checkpoint("last")
                         raise Interrupted(self.stop_signal or "SIGTERM", path)
                     if self.step >= self.total_steps:
                         break
