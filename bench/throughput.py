@@ -1,7 +1,7 @@
 """Training throughput of snnrun against snnTorch on the same networks, measured side by side.
 
     python bench/throughput.py [--iters 20] [--rounds 3] [--threads 2] [--device cpu]
-                               [--workloads dense csnn25 csnn50 lif] [--data ../shared/data]
+                               [--workloads dense csnn25 csnn50 lif] [--data /path/to/datasets]
 
 Both libraries train the same network (weights copied from snnrun's into snnTorch's, and their
 outputs checked equal before timing) with the same neuron, surrogate, loss, optimiser, batch,
@@ -29,9 +29,9 @@ HERE = Path(__file__).resolve().parent
 
 # workload -> (snnrun preset, overrides)
 WORKLOADS = {
-    "dense": ("seed001_dense_tutorial5", ["time_steps=25"]),
-    "csnn25": ("seed003_csnn_tutorial6", ["time_steps=25"]),
-    "csnn50": ("seed003_csnn_tutorial6", ["time_steps=50"]),
+    "dense": ("tutorial5_dense", ["time_steps=25"]),
+    "csnn25": ("tutorial6_csnn", ["time_steps=25"]),
+    "csnn50": ("tutorial6_csnn", ["time_steps=50"]),
 }
 # variant -> extra snnrun overrides (None: snnTorch)
 VARIANTS = {
@@ -100,13 +100,15 @@ def snntorch_loss(cfg):
 
 def make_variant(workload: str, variant: str, device: torch.device, batch: tuple[torch.Tensor, torch.Tensor]):
     """-> (one training step, the output spike counts on ``batch`` before training)."""
-    from snnrun.config import build
+    from snnrun.config import assemble
 
     extra = VARIANTS[variant]
-    cfg = compose(workload, extra or [])
-    torch.manual_seed(0)
-    parts = build(cfg, device)
-    model, loss_fn, T = parts["model"], parts["loss"], cfg.time_steps
+    x, y = batch
+    # snnrun assembles the network as the snnrun command does (seed 0); the data it trains on is ``batch``
+    cfg = compose(workload, [*(extra or []), "data=synthetic", f"data.num_train={len(y)}", "data.num_test=1",
+                             f"data.batch_size={len(y)}", f"device={device}", "seed=0"])
+    parts = assemble(cfg).parts
+    model, loss_fn, T = parts.model, parts.loss, cfg.time_steps
     if extra is None:
         model = snntorch_model(model, cfg)
         loss_fn = snntorch_loss(cfg)
@@ -114,8 +116,7 @@ def make_variant(workload: str, variant: str, device: torch.device, batch: tuple
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
     else:
         forward = lambda x: model(x, time_steps=T)  # noqa: E731  (direct input: static)
-        optimizer = parts["optimizer"]
-    x, y = batch
+        optimizer = parts.optimizer
 
     def step():
         spk, mem = forward(x)
@@ -177,11 +178,11 @@ def timed(step, iters: int, device: torch.device) -> float:
 def batch_for(args, device):
     g = torch.Generator().manual_seed(0)
     if args.data:
-        from snnrun.data import to_float, torchvision_dataset
+        from snnrun.data import torchvision_dataset
 
-        train = torchvision_dataset("MNIST", args.data, False, args.batch, args.batch).train
+        train = torchvision_dataset("MNIST", args.data, download=False).train
         idx = torch.randperm(len(train), generator=g)[: args.batch]
-        return to_float(train.images[idx]).to(device), train.labels[idx].to(device)
+        return (train.inputs[idx].float() / 255).to(device), train.labels[idx].to(device)
     return (torch.rand(args.batch, 1, 28, 28, generator=g).to(device),
             torch.randint(0, 10, (args.batch,), generator=g).to(device))
 

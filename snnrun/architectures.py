@@ -3,7 +3,7 @@
 Tokens joined by ``-``: ``{n}C{k}`` conv, n filters k x k (no padding, stride 1);
 ``MP{k}`` / ``AP{k}`` max / average pooling k x k; ``FC{n}`` fully connected to n units,
 flattening first when needed. Every weight layer is followed by its pooling (if any)
-and then a spiking neuron layer: conv -> pool -> neuron (seed 003's order).
+and then a spiking neuron layer: conv -> pool -> neuron (the order of snnTorch's tutorial 6).
 
 Execution is multi-step: stateless layers run once over all T*B samples and only the
 neuron recurrence loops over time. With a static input (direct coding) the first
@@ -12,11 +12,14 @@ block's weight layer and pooling run once on [B, ...] and are broadcast over T.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
+
+from .options import one_of
 
 PRECISIONS = ("fp32", "bf16")
 INITS = ("default", "xavier_uniform")
@@ -85,23 +88,22 @@ class SpikingNetwork(nn.Module):
 
     ``precision="bf16"`` runs the weight layers (conv, linear) in bfloat16 autocast. Spikes
     are exactly 0 or 1 in bf16; the neurons still integrate their current in fp32.
-    ``init="xavier_uniform"`` re-initialises every weight matrix and kernel (seed 002);
+    ``init="xavier_uniform"`` re-initialises every weight matrix and kernel (the graded_fc100 preset);
     ``"default"`` keeps PyTorch's.
     """
 
     def __init__(self, arch: str, input_shape: Sequence[int], num_classes: int,
                  neuron: Callable[..., nn.Module], surrogate=None, precision: str = "fp32", init: str = "default"):
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        one_of("precision", precision, PRECISIONS)
+        one_of("init", init, INITS)
         self.arch, self.input_shape, self.precision = arch, tuple(input_shape), precision
         self.blocks = nn.ModuleList()
         self.record = False
         self.recorded: list[torch.Tensor] = []
         self.firing_rates: torch.Tensor | None = None
         shape = self.input_shape
+        self.state_numel = 0  # elements every layer produces per sample and step (memory estimates)
         layers = parse(arch)
         i = 0
         while i < len(layers):
@@ -117,14 +119,13 @@ class SpikingNetwork(nn.Module):
                     raise ArchitectureError(arch, token, f"kernel {k}x{k} does not fit its {shape[1]}x{shape[2]} input")
                 modules.append(nn.Conv2d(shape[0], filters, k))
                 shape = (filters, shape[1] - k + 1, shape[2] - k + 1)
+                self.state_numel += math.prod(shape)
             else:
                 if len(shape) > 1:
                     modules.append(nn.Flatten())
-                n_in = 1
-                for d in shape:
-                    n_in *= d
-                modules.append(nn.Linear(n_in, args[0]))
+                modules.append(nn.Linear(math.prod(shape), args[0]))
                 shape = (args[0],)
+                self.state_numel += args[0]
             name = f"L{len(self.blocks) + 1}_{token}"
             i += 1
             while i < len(layers) and layers[i][1] in ("MP", "AP"):
@@ -135,9 +136,11 @@ class SpikingNetwork(nn.Module):
                     raise ArchitectureError(arch, token, f"pool {size}x{size} does not fit its {shape[1]}x{shape[2]} input")
                 modules.append(nn.MaxPool2d(size) if kind == "MP" else nn.AvgPool2d(size))
                 shape = (shape[0], shape[1] // size, shape[2] // size)
+                self.state_numel += math.prod(shape)
                 name += f"_{token}"
                 i += 1
             self.blocks.append(_Block(name, nn.Sequential(*modules), neuron(shape=shape, surrogate=surrogate), shape))
+            self.state_numel += 3 * math.prod(shape)  # spikes, membrane and its gradient
         if init == "xavier_uniform":
             for p in self.parameters():
                 if p.dim() >= 2:

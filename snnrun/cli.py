@@ -18,14 +18,12 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed
-from .config import USER_ERRORS, ConfigError, build, checkpoint_for, resolve_device
+from . import checkpoints, distributed
+from .config import USER_ERRORS, Preflight, assemble
 from .logger import RunLogger, flatten, write_json_atomic
-from .losses import READOUTS
-from .training import CheckpointError, Interrupted, Trainer, TrainingError
+from .training import Interrupted, Trainer, TrainingError
 
 log = logging.getLogger("snnrun")
 
@@ -52,7 +50,8 @@ def keep_freed_memory() -> None:
 
     BPTT allocates the same large tensors every step; by default glibc maps each one in fresh
     pages and unmaps it when freed, and the page faults on the next step made CPU steps up to
-    3x slower (measured: dense seed 001 steps of 13.5 ms jumping to 30-55 ms). No-op off glibc.
+    3x slower (measured: dense tutorial-5 steps of 13.5 ms jumping to 30-55 ms). GPU tensors are
+    not affected. No-op off glibc.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -67,40 +66,17 @@ def keep_freed_memory() -> None:
 def run(cfg: DictConfig) -> float:
     """Train (or evaluate) one configuration; returns the final test accuracy."""
     world = distributed.world()
-    device = resolve_device(cfg.device)
-    if world.size > 1 and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)  # one GPU per rank
-    if device.type == "cpu":
-        keep_freed_memory()
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
-    torch.manual_seed(cfg.seed)
-    parts = build(cfg, device)
-    state = checkpoint_for(cfg, parts["model"])
-    data = instantiate(cfg.data)
-    data.train, data.test = data.train.to(device), data.test.to(device)
-    if len(data.train) < data.batch_size:
-        raise ConfigError("data.batch_size", data.batch_size, f"at most the {len(data.train)} training samples",
-                          f"data.batch_size={len(data.train)}")
-
+    assembly = Preflight.take() or assemble(cfg, world)  # a single run was assembled before its folder existed
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     logger = RunLogger(run_dir, hyperparameters(cfg)) if world.main else None  # only rank 0 writes
-    trainer = Trainer(
-        parts["model"], parts["encoder"], parts["loss"], READOUTS[cfg.readout], parts["optimizer"],
-        parts["scheduler"], data, cfg.time_steps, cfg.seed, run_dir, logger,
-        OmegaConf.to_container(cfg, resolve=True),
-        epochs=cfg.trainer.epochs, max_steps=cfg.trainer.max_steps, eval_every=cfg.trainer.eval_every,
-        log_every=cfg.trainer.log_every, grad_clip=cfg.trainer.grad_clip, raster_samples=cfg.trainer.raster_samples,
-        augment_shift=cfg.trainer.augment_shift, world=world,
-    )
-    if state is not None:
-        try:
-            trainer.restore(state)
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise CheckpointError(f"ckpt_path={cfg.ckpt_path} does not fit this configuration: "
-                                  f"{str(err).splitlines()[0]}") from None
+    trainer = Trainer(assembly.parts, assembly.data, assembly.options, run_dir=run_dir, logger=logger,
+                      config=OmegaConf.to_container(cfg, resolve=True), world=world)
+    if assembly.checkpoint is not None:
+        with checkpoints.restoring(cfg.ckpt_path):
+            trainer.restore(assembly.checkpoint)
         log.info("resumed from %s at step %d", cfg.ckpt_path, trainer.step)
-    log.info("run folder %s  device %s  model %s  T=%d", run_dir, device, parts["model"].arch, cfg.time_steps)
+    log.info("run folder %s  device %s  model %s  T=%d", run_dir, assembly.device, assembly.parts.model.arch,
+             cfg.time_steps)
 
     if cfg.task == "eval":
         metrics = trainer.test()
@@ -145,7 +121,7 @@ def task(cfg: DictConfig) -> float:
     except Interrupted as err:
         overrides = " ".join(HydraConfig.get().overrides.task)
         resume = f"snnrun {overrides} ckpt_path={err.checkpoint}".replace("  ", " ")
-        return _fail(f"{err.signame} received: stopped after step and saved {err.checkpoint}. Resume with:\n  {resume}",
+        return _fail(f"{err}. Resume with:\n  {resume}",
                      130 if err.signame == "SIGINT" else 143)
     except Exception as err:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -158,6 +134,7 @@ def main():
     """The console script: under torchrun, join the process group first and share rank 0's
     launch time, so every rank resolves the same run folder; ranks > 0 write nothing in it."""
     world = distributed.init()
+    keep_freed_memory()
     launch = datetime.fromtimestamp(distributed.launch_time())
     OmegaConf.register_new_resolver("launch", launch.strftime, replace=True)
     if not world.main:

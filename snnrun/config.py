@@ -1,29 +1,51 @@
-"""Turning a composed config into parts, refusing impossible values before any work starts.
+"""From a composed config to the parts of a run, refusing impossible values before any work starts.
 
-Every refusal is a ``ConfigError`` naming the key, the value given, what is allowed, and a
-correct override, so the command line can print one paragraph instead of a traceback.
+Every constructor checks its own options and raises an ``OptionError`` (or an
+``ArchitectureError``) naming the option; ``assemble`` builds each part once and turns those
+errors into a one-paragraph ``ConfigError`` about ``group.option``. ``check`` keeps only the
+rules for keys no constructor owns. For a single run the Hydra callback ``Preflight``
+assembles before Hydra creates the run folder, so a refused run writes nothing, and hands
+what it built to the task; a sweep job assembles inside its own job.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from .architectures import PRECISIONS, ArchitectureError
-from .data import DataError, ensure_available
-from .distributed import world
-from .training import CheckpointError, load_checkpoint
+from . import checkpoints, data
+from .architectures import ArchitectureError
+from .checkpoints import CheckpointError
+from .data import DataError, DataSpec
+from .distributed import World, world
+from .losses import READOUTS
+from .options import OptionError
+from .training import Parts, TrainerOptions
 
 
 class ConfigError(ValueError):
     def __init__(self, key: str, value, allowed: str, example: str):
         super().__init__(f"{key}={value!r} is not allowed: {key} must be {allowed}. For example: snnrun {example}")
         self.key = key
+
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
+
+def _get(cfg: DictConfig, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node.get(part) if node is not None else None
+    return node
 
 
 def _require(cfg: DictConfig, key: str, ok, allowed: str, example: str) -> None:
@@ -36,77 +58,22 @@ def _require(cfg: DictConfig, key: str, ok, allowed: str, example: str) -> None:
         raise ConfigError(key, value, allowed, example)
 
 
-def _get(cfg: DictConfig, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node.get(part) if node is not None else None
-    return node
-
-
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError("device", name, "auto, cpu, cuda, cuda:N or mps", "device=cpu") from None
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available() and (device.index is None or device.index < torch.cuda.device_count()),
-        "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
-    }.get(device.type, False)
-    if not available:
-        raise ConfigError("device", name, "a device this machine has (here: cpu"
-                          + (", cuda" if torch.cuda.is_available() else "") + ")", "device=auto")
-    return device
-
-
-def input_shape(data_cfg: DictConfig) -> tuple[int, int, int]:
-    """The image shape a data config yields, known without loading it."""
-    if data_cfg.get("image_size") is not None:
-        return (1, int(data_cfg.image_size), int(data_cfg.image_size))
-    return (1, 28, 28)
-
-
-def _part(cfg: DictConfig, group: str, **kwargs):
-    """Instantiate one group, turning a constructor's ValueError into a ConfigError on that group."""
-    try:
-        return instantiate(cfg[group], **kwargs)
-    except Exception as err:
-        cause = err.__cause__ if err.__cause__ is not None else err
-        if isinstance(cause, ArchitectureError):
-            raise ConfigError(f"{group}.arch", cfg[group].get("arch"), f"a valid architecture ({cause})",
-                              "model.arch=12C5-MP2-64C5-MP2-FC10") from None
-        if isinstance(cause, (ValueError, TypeError)):
-            raise ConfigError(group, dict(cfg[group]), f"valid options for {cfg[group].get('_target_')} ({cause})",
-                              f"{group}=<option> or {group}.<key>=<value>") from None
-        raise
-
-
-def check(cfg: DictConfig) -> None:
-    """The plain scalar keys."""
+def check(cfg: DictConfig, processes: int = 1) -> None:
+    """The keys no constructor owns: run-level scalars, batch sizes, the learning rate, the trainer block."""
     _require(cfg, "time_steps", lambda v: _is_int(v) and v > 0, "a positive integer", "time_steps=25")
     _require(cfg, "seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer", "seed=0")
     _require(cfg, "task", lambda v: v in ("train", "eval"), "train or eval", "task=eval ckpt_path=outputs/.../checkpoints/best.pt")
-    _require(cfg, "readout", lambda v: v in ("spike_count", "membrane"), "spike_count or membrane", "readout=membrane")
+    _require(cfg, "readout", lambda v: v in READOUTS, " or ".join(READOUTS), "readout=membrane")
     _require(cfg, "data.batch_size", lambda v: _is_int(v) and v > 0, "a positive integer", "data.batch_size=128")
-    processes = world().size
     _require(cfg, "data.batch_size", lambda v: v % processes == 0, f"a multiple of the {processes} torchrun processes "
              "(each takes an equal shard of every batch)", f"data.batch_size={128 * processes}")
     _require(cfg, "data.eval_batch_size", lambda v: _is_int(v) and v > 0, "a positive integer", "data.eval_batch_size=1000")
-    _require(cfg, "optimizer.lr", lambda v: _is_number(v) and v > 0, "a positive number", "optimizer.lr=5e-4")
+    _require(cfg, "optimizer.lr", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+             "a positive number", "optimizer.lr=5e-4")
     _require(cfg, "trainer.epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0", "trainer.epochs=3")
     for key, example in (("trainer.max_steps", "trainer.max_steps=500"), ("trainer.eval_every", "trainer.eval_every=100")):
         if _get(cfg, key) is not None:
@@ -114,8 +81,10 @@ def check(cfg: DictConfig) -> None:
             _require(cfg, key, lambda v: _is_int(v) and v >= low, f"null or an integer >= {low}", example)
     _require(cfg, "trainer.augment_shift", lambda v: _is_int(v) and v >= 0, "an integer >= 0", "trainer.augment_shift=2")
     _require(cfg, "trainer.log_every", lambda v: _is_int(v) and v > 0, "a positive integer", "trainer.log_every=50")
+    _require(cfg, "trainer.raster_samples", lambda v: _is_int(v) and v >= 0, "an integer >= 0", "trainer.raster_samples=4")
     if _get(cfg, "trainer.grad_clip") is not None:
-        _require(cfg, "trainer.grad_clip", lambda v: _is_number(v) and v > 0, "null or a positive number", "trainer.grad_clip=1.0")
+        _require(cfg, "trainer.grad_clip", lambda v: isinstance(v, (int, float)) and v > 0, "null or a positive number",
+                 "trainer.grad_clip=1.0")
     if _get(cfg, "trainer.num_threads") is not None:
         _require(cfg, "trainer.num_threads", lambda v: _is_int(v) and v > 0, "null or a positive integer", "trainer.num_threads=2")
     if cfg.task == "eval" and not cfg.get("ckpt_path"):
@@ -124,69 +93,184 @@ def check(cfg: DictConfig) -> None:
     if cfg.get("ckpt_path") and not Path(str(cfg.ckpt_path)).expanduser().is_file():
         raise ConfigError("ckpt_path", cfg.ckpt_path, "an existing checkpoint file",
                           "ckpt_path=outputs/2026-01-01/12-00-00/checkpoints/last.pt")
-    _require(cfg, "model.precision", lambda v: v in PRECISIONS, " or ".join(PRECISIONS), "model.precision=bf16")
-    neuron = cfg.neuron
-    if neuron.get("beta") is not None and neuron.get("tau") is None:
-        _require(cfg, "neuron.beta", lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]", "neuron.beta=0.9")
-    _require(cfg, "neuron.threshold", lambda v: _is_number(v) and v > 0, "a positive number", "neuron.threshold=1.0")
-    for key in ("alpha", "slope", "width"):
-        if key in cfg.surrogate:
-            _require(cfg, f"surrogate.{key}", lambda v: _is_number(v) and v > 0, "a positive number", f"surrogate.{key}=25")
-    if "gain" in cfg.encoder:
-        _require(cfg, "encoder.gain", lambda v: _is_number(v) and v >= 0, "a number >= 0", "encoder.gain=1.0")
 
 
-def build(cfg: DictConfig, device: torch.device) -> dict:
-    """Check the config and build every part except the dataset, which is loaded last."""
-    check(cfg)
-    surrogate = _part(cfg, "surrogate")
-    neuron = _part(cfg, "neuron")
-    neuron(shape=(1,), surrogate=surrogate)  # constructs once so bad neuron options fail here
-    model = _part(cfg, "model", input_shape=input_shape(cfg.data), num_classes=cfg.data.get("num_classes", 10),
-                  neuron=neuron, surrogate=surrogate)
-    return {
-        "model": model.to(device),
-        "encoder": _part(cfg, "encoder"),
-        "loss": _part(cfg, "loss"),
-        "optimizer": _part(cfg, "optimizer")(model.parameters()),
-        "scheduler": _part(cfg, "scheduler") if cfg.scheduler and "_target_" in cfg.scheduler else None,
-    }
+def resolve_device(name: str, rank: World = World()) -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu; under torchrun each rank takes its local GPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            device = torch.device("cuda")
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            device = torch.device("mps")
+        else:
+            device = torch.device("cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except (RuntimeError, TypeError):
+            raise ConfigError("device", name, "auto, cpu, cuda, cuda:N or mps", "device=cpu") from None
+        available = {
+            "cpu": True,
+            "cuda": torch.cuda.is_available() and (device.index is None or device.index < torch.cuda.device_count()),
+            "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+        }.get(device.type, False)
+        if not available:
+            raise ConfigError("device", name, "a device this machine has (here: cpu"
+                              + (", cuda" if torch.cuda.is_available() else "") + ")", "device=auto")
+    if rank.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", rank.local_rank)  # one GPU per rank
+    return device
 
 
-def checkpoint_for(cfg: DictConfig, model) -> dict | None:
-    """The checkpoint named by ``ckpt_path``, loaded safely and checked against the model."""
-    if not cfg.get("ckpt_path"):
+@contextmanager
+def options_of(group: str, node):
+    """Turn an error of the part built from config group ``group`` into a ConfigError on ``group.option``."""
+    try:
+        yield
+    except (ValueError, TypeError, InstantiationException) as err:
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ is not None else err
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(cause, OptionError):
+            raise ConfigError(f"{group}.{cause.option}", cause.value, cause.allowed,
+                              f"{group}.{cause.option}={cause.example}") from None
+        if isinstance(cause, ArchitectureError):
+            raise ConfigError(f"{group}.arch", node.get("arch"), f"a valid architecture ({cause})",
+                              "model.arch=12C5-MP2-64C5-MP2-FC10") from None
+        if isinstance(cause, (TypeError, ValueError)):
+            target = node.get("_target_") if isinstance(node, DictConfig) else group
+            raise ConfigError(group, dict(node), f"valid options for {target} ({cause})",
+                              f"{group}=<option> or {group}.<key>=<value>") from None
+        raise
+
+
+def _part(cfg: DictConfig, group: str, **kwargs):
+    with options_of(group, cfg[group]):
+        return instantiate(cfg[group], **kwargs)
+
+
+def _guarded(group: str, node, factory):
+    """A partial whose calls (made later, e.g. by the model for each layer) report errors on ``group``."""
+
+    def call(*args, **kwargs):
+        with options_of(group, node):
+            return factory(*args, **kwargs)
+
+    return call
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for tensors: the GPU's free memory, or on CPU MemAvailable (capped by a cgroup limit)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
         return None
-    state = load_checkpoint(cfg.ckpt_path)
-    if state.get("arch") != model.arch or tuple(state.get("input_shape", ())) != model.input_shape:
-        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} holds a {state.get('arch')} network for "
-                              f"{state.get('input_shape')} inputs, but the config builds {model.arch} for "
-                              f"{list(model.input_shape)}; use the same model, e.g. model.arch={state.get('arch')}")
-    missing = set(model.state_dict()) ^ set(state["model"])
-    if missing:
-        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} does not fit this configuration's model "
-                              f"(parameters that differ: {', '.join(sorted(missing)[:5])}); "
-                              "use the neuron options it was trained with")
-    return state
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        free = int(meminfo["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        limit, used = (Path("/sys/fs/cgroup", f).read_text().strip() for f in ("memory.max", "memory.current"))
+        if limit != "max":
+            free = min(free, int(limit) - int(used))
+    except (OSError, ValueError):
+        pass
+    return free
 
 
-def preflight(cfg: DictConfig) -> None:
-    """Everything that can be checked before a run starts: values, device, parts, checkpoint, dataset."""
-    resolve_device(cfg.device)
-    checkpoint_for(cfg, build(cfg, torch.device("cpu"))["model"])
-    if str(cfg.data.get("_target_", "")).endswith("torchvision_dataset"):
-        ensure_available(cfg.data.name, cfg.data.root, cfg.data.download)
+def check_memory(model, options: TrainerOptions, device: torch.device) -> None:
+    """Refuse a run whose per-step states (every layer's output, spikes, membranes and their
+    gradients, over T steps of the larger batch) cannot fit in the device's free memory."""
+    batch = max(options.batch_size, options.eval_batch_size)
+    per_step = 4 * model.state_numel * batch
+    params = 4 * 4 * sum(p.numel() for p in model.parameters())  # weights, gradients, two optimiser moments
+    need = per_step * options.time_steps + params
+    free = available_memory(device)
+    if free is None or need <= free:
+        return
+    fits = max(1, int((free - params) // per_step)) if free > params else 1
+    gib = 2 ** 30
+    where = "this machine" if device.type == "cpu" else str(device)
+    raise ConfigError("time_steps", options.time_steps,
+                      f"small enough for the run to fit in memory: {model.arch} at T={options.time_steps} with batches "
+                      f"of {batch} needs about {need / gib:.1f} GiB, and {where} has {free / gib:.1f} GiB "
+                      "available (lower time_steps, data.batch_size or data.eval_batch_size)", f"time_steps={fits}")
 
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError)
+def load_data(data_cfg: DictConfig, spec: DataSpec) -> data.Dataset:
+    """Call the data config's loader with the keys it takes, and check the result against ``spec``."""
+    with options_of("data", data_cfg):
+        loader = instantiate({"_target_": data_cfg._target_, "_partial_": True})
+        accepted = inspect.signature(loader.func).parameters
+        dataset = loader(**{k: v for k, v in data_cfg.items() if k in accepted})
+    spec.check(dataset, str(data_cfg.get("name", data_cfg._target_)))
+    return dataset
+
+
+@dataclass
+class Assembly:
+    """A run, ready to train or evaluate: built once, by ``assemble``."""
+
+    device: torch.device
+    spec: DataSpec
+    data: data.Dataset
+    parts: Parts
+    options: TrainerOptions
+    checkpoint: dict | None  # the state to resume or evaluate, already checked against the model
+
+
+def assemble(cfg: DictConfig, rank: World | None = None) -> Assembly:
+    """Check the config, then build every part, read the checkpoint and load the data, once."""
+    rank = rank or world()
+    check(cfg, rank.size)
+    device = resolve_device(cfg.device, rank)
+    with options_of("trainer", cfg.trainer):
+        options = TrainerOptions.from_config(cfg)
+    if options.num_threads:
+        torch.set_num_threads(options.num_threads)
+    with options_of("data", cfg.data):
+        spec = DataSpec.from_config(cfg.data)
+    torch.manual_seed(cfg.seed)
+    surrogate = _part(cfg, "surrogate")
+    neuron = _guarded("neuron", cfg.neuron, _part(cfg, "neuron"))
+    model = _part(cfg, "model", input_shape=spec.input_shape, num_classes=spec.num_classes, neuron=neuron,
+                  surrogate=surrogate)
+    encoder, loss = _part(cfg, "encoder"), _part(cfg, "loss")
+    check_memory(model, options, device)
+    state = None
+    if cfg.get("ckpt_path"):
+        state = checkpoints.load(cfg.ckpt_path)
+        checkpoints.check_fits(state, model, cfg.ckpt_path)
+    dataset = load_data(cfg.data, spec)
+    if len(dataset.train) < options.batch_size:
+        raise ConfigError("data.batch_size", options.batch_size, f"at most the {len(dataset.train)} training samples",
+                          f"data.batch_size={len(dataset.train)}")
+    model = model.to(device)
+    dataset = data.Dataset(dataset.train.to(device), dataset.test.to(device))
+    optimizer = _guarded("optimizer", cfg.optimizer, _part(cfg, "optimizer"))(model.parameters())
+    scheduler = None
+    if cfg.scheduler and "_target_" in cfg.scheduler:
+        total = max(options.total_steps(len(dataset.train)), 1)
+        scheduler = _guarded("scheduler", cfg.scheduler, _part(cfg, "scheduler"))(optimizer, total_steps=total)
+    parts = Parts(model, encoder, loss, READOUTS[cfg.readout], optimizer, scheduler)
+    return Assembly(device, spec, dataset, parts, options, state)
 
 
 class Preflight(Callback):
-    """Hydra callback: refuse a bad single run before Hydra creates its folder or log."""
+    """Hydra callback: assemble a single run before Hydra creates its folder or log; refuse it
+    there when anything is wrong, else keep the assembly for the task (``take``)."""
+
+    _assembly: Assembly | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
-            preflight(config)
+            Preflight._assembly = assemble(config)
         except USER_ERRORS as err:
             print(f"snnrun: error: {err}", file=sys.stderr)
             sys.exit(2)
+
+    @staticmethod
+    def take() -> Assembly | None:
+        assembly, Preflight._assembly = Preflight._assembly, None
+        return assembly

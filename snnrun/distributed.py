@@ -64,7 +64,3 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     dist.all_reduce(t)
     return t.tolist()
 
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()

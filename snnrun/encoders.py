@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _non_negative(name: str, value: float) -> float:
-    if value < 0:
-        raise ValueError(f"encoder {name} must be >= 0, got {value}")
-    return float(value)
+from .options import non_negative, number, positive
 
 
 class Encoder:
@@ -37,18 +33,16 @@ class Direct(Encoder):
 
 
 class Rate(Encoder):
-    """Deterministic rate code by integrate-and-fire encoder neurons (seed 000).
+    """Deterministic rate code by integrate-and-fire encoder neurons (the if_rate_fc500 preset).
 
     V <- max(V + gain*x + bias, 0); spike and reset V to 0 when V > threshold.
     The spike count grows with the intensity.
     """
 
     def __init__(self, gain: float = 1.0, bias: float = 0.0, threshold: float = 1.0):
-        self.gain = _non_negative("gain", gain)
-        self.bias = float(bias)
-        if not threshold > 0:
-            raise ValueError(f"encoder threshold must be > 0, got {threshold}")
-        self.threshold = float(threshold)
+        self.gain = non_negative("gain", gain)
+        self.bias = number("bias", bias)
+        self.threshold = positive("threshold", threshold)
 
     def __call__(self, x, time_steps, generator=None):
         v = torch.zeros_like(x)
@@ -66,8 +60,8 @@ class Poisson(Encoder):
     """Poisson (Bernoulli) rate code: S[t] ~ Bernoulli(clamp(gain*x + offset, 0, 1))."""
 
     def __init__(self, gain: float = 1.0, offset: float = 0.0):
-        self.gain = _non_negative("gain", gain)
-        self.offset = float(offset)
+        self.gain = non_negative("gain", gain)
+        self.offset = number("offset", offset)
 
     def __call__(self, x, time_steps, generator=None):
         p = (self.gain * x + self.offset).clamp(0, 1)
@@ -76,12 +70,12 @@ class Poisson(Encoder):
 
 
 class Noise(Encoder):
-    """Multiplicative uniform noise (seed 002): x[t] = (x + shift) * u, u ~ U[0, 1) fresh each step.
+    """Multiplicative uniform noise: x[t] = (x + shift) * u, u ~ U[0, 1) fresh each step.
 
-    Seed 002 normalises its images to x - 0.5 first (``shift=-0.5``)."""
+    The graded_fc100 preset normalises its images to x - 0.5 first (``shift=-0.5``)."""
 
     def __init__(self, shift: float = 0.0):
-        self.shift = float(shift)
+        self.shift = number("shift", shift)
 
     def __call__(self, x, time_steps, generator=None):
         u = torch.rand((time_steps, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
@@ -92,7 +86,7 @@ class Latency(Encoder):
     """Time-to-first-spike: one spike at t = round((T - 1)(1 - x)); none where x < threshold."""
 
     def __init__(self, threshold: float = 0.01):
-        self.threshold = _non_negative("threshold", threshold)
+        self.threshold = non_negative("threshold", threshold, example=0.01)
 
     def __call__(self, x, time_steps, generator=None):
         t_spike = torch.round((time_steps - 1) * (1 - x.clamp(0, 1))).long()

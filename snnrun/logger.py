@@ -16,17 +16,13 @@ log = logging.getLogger("snnrun")
 
 HPARAM_METRICS = ("test_acc", "best_test_acc", "test_loss")
 
-# tab10 colours, one per output neuron in membrane traces.
-_PALETTE = torch.tensor([
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-], dtype=torch.uint8)
-
-
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename: readers see the old file or the new one, never half."""
+    """Write via a temporary file, fsync and a rename: readers see the old file or the new one, never half."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -34,46 +30,47 @@ def write_json_atomic(path: Path, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-def spike_raster(spikes: torch.Tensor, max_neurons: int = 128, px_per_step: int = 4) -> torch.Tensor:
-    """Spikes [T, K, *] of K samples -> an image [H, W]: per sample a band of neurons (rows) by time
-    (columns), white where a neuron fired, bands separated by a grey line."""
+def raster_figure(spikes: torch.Tensor, labels: list[int], max_neurons: int = 512):
+    """One layer's spikes [T, K, *] for K samples -> a figure with a panel per sample: a mark at
+    (time step, neuron) for every spike, the first ``max_neurons`` neurons of the layer."""
+    from matplotlib.figure import Figure  # imported only when a figure is drawn: keeps the CLI's start fast
+
     t, k = spikes.shape[:2]
-    rows = spikes.reshape(t, k, -1)[:, :, :max_neurons].permute(1, 2, 0).float()  # [K, N, T]
-    bands = [torch.cat([(rows[i] > 0).float(), torch.full((1, t), 0.5)]) for i in range(k)]
-    return torch.cat(bands)[:-1].repeat_interleave(px_per_step, dim=1)
+    flat = spikes.detach().reshape(t, k, -1).cpu()
+    n = min(flat.shape[2], max_neurons)
+    fig = Figure(figsize=(1.0 + 2.6 * k, 3.2), layout="constrained")
+    for i, ax in enumerate(fig.subplots(1, k, sharey=True, squeeze=False)[0]):
+        steps, neurons = (flat[:, i, :n] > 0).nonzero(as_tuple=True)
+        ax.scatter(steps.numpy(), neurons.numpy(), s=6, marker="|", color="black", linewidths=0.8)
+        ax.set_xlim(-0.5, t - 0.5)
+        ax.set_ylim(-0.5, n - 0.5)
+        ax.set_xlabel("time step")
+        ax.set_title(f"sample {i}, label {labels[i]}", fontsize="medium")
+        if i == 0:
+            ax.set_ylabel("neuron" + (f" (first {n} of {flat.shape[2]})" if flat.shape[2] > n else ""))
+    return fig
 
 
-def line_plot(values: torch.Tensor, threshold: float | None = None, height: int = 160, px_per_step: int = 8) -> torch.Tensor:
-    """Traces [T, C] -> an RGB image [3, H, W], one coloured line per column, a grey dashed
-    line at ``threshold`` and a light line at zero."""
-    big = torch.finfo(torch.float32).max  # a blown-up run still gets a picture, not a crash
-    values = torch.nan_to_num(values.double().cpu(), nan=0.0, posinf=big, neginf=-big)
-    t, c = values.shape
-    width = max(t - 1, 1) * px_per_step + 1
-    pos = torch.linspace(0, t - 1, width)
-    i0 = pos.floor().long().clamp(max=t - 1)
-    i1 = (i0 + 1).clamp(max=t - 1)
-    frac = (pos - i0).unsqueeze(1)
-    curve = values[i0] * (1 - frac) + values[i1] * frac  # [W, C]
-    marks = [0.0] + ([threshold] if threshold is not None else [])
-    lo = min(curve.min().item(), *marks)
-    hi = max(curve.max().item(), *marks)
-    span = hi - lo if hi > lo else 1.0
+def membrane_figure(mem: torch.Tensor, labels: list[int], threshold: float | None = None):
+    """The output membranes [T, K, C] of K samples -> a figure with a panel per sample: one
+    labelled line per class (the true class drawn thicker) and the threshold dashed."""
+    from matplotlib.figure import Figure
 
-    def row(v):
-        return ((hi - v) / span * (height - 1)).round().long() if torch.is_tensor(v) else round((hi - v) / span * (height - 1))
-
-    img = torch.full((height, width, 3), 255, dtype=torch.uint8)
-    img[row(0.0), :] = 225
-    if threshold is not None:
-        img[row(threshold), (torch.arange(width) // 4) % 2 == 0] = 128
-    y = row(curve)  # [W, C]
-    y_next = torch.cat([y[1:], y[-1:]])
-    r = torch.arange(height).view(height, 1, 1)
-    mask = (r >= torch.minimum(y, y_next)) & (r <= torch.maximum(y, y_next))  # [H, W, C]
-    for j in range(c):
-        img[mask[:, :, j]] = _PALETTE[j % len(_PALETTE)]
-    return img.permute(2, 0, 1)
+    values = mem.detach().double().cpu()
+    values = values.masked_fill(~torch.isfinite(values), float("nan"))  # a blown-up run still gets a picture
+    t, k, c = values.shape
+    fig = Figure(figsize=(1.6 + 3.2 * k, 3.4), layout="constrained")
+    for i, ax in enumerate(fig.subplots(1, k, sharey=True, squeeze=False)[0]):
+        for j in range(c):
+            ax.plot(range(t), values[:, i, j].numpy(), label=str(j), linewidth=2.4 if j == labels[i] else 1.0)
+        if threshold is not None:
+            ax.axhline(threshold, linestyle="--", color="grey", linewidth=1.0, label="threshold")
+        ax.set_xlabel("time step")
+        ax.set_title(f"sample {i}, label {labels[i]}", fontsize="medium")
+        if i == 0:
+            ax.set_ylabel("membrane potential U (V)")
+    ax.legend(title="class", fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return fig
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict:
@@ -128,10 +125,8 @@ class RunLogger:
                 log.warning("step %d: no histogram for %s (%s)", step, name, err)
         if traces:
             for name, spikes in traces["spikes"].items():
-                w.add_image(f"raster/{name}", spike_raster(spikes), step, dataformats="HW")
-            for i, mem in enumerate(traces["membrane"].unbind(1)):
-                w.add_image(f"membrane/sample{i}_label{traces['labels'][i]}",
-                            line_plot(mem, traces["threshold"]), step)
+                w.add_figure(f"raster/{name}", raster_figure(spikes, traces["labels"]), step)
+            w.add_figure("membrane/output", membrane_figure(traces["membrane"], traces["labels"], traces["threshold"]), step)
         w.flush()
 
     def finish(self, results: dict) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from .options import in_range, one_of
+
 
 def _per_step_ce(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(1/T) * sum_t CE(x[t], y), in one call over all T*B rows."""
@@ -16,12 +18,10 @@ def _per_step_ce(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class MembraneCE:
-    """sum_t CE(U[t], y) (seed 001); ``reduction="mean"`` averages over steps instead."""
+    """sum_t CE(U[t], y) (snnTorch tutorial 5); ``reduction="mean"`` averages over steps instead."""
 
     def __init__(self, reduction: str = "sum"):
-        if reduction not in ("sum", "mean"):
-            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-        self.reduction = reduction
+        self.reduction = one_of("reduction", reduction, ("sum", "mean"))
 
     def __call__(self, spk, mem, target):
         loss = _per_step_ce(mem, target)
@@ -29,7 +29,7 @@ class MembraneCE:
 
 
 class SpikeCountCE:
-    """CE(sum_t S[t], y) (snnTorch ``ce_count_loss``); ``normalize`` uses the rate sum_t S[t] / T (seed 000)."""
+    """CE(sum_t S[t], y) (snnTorch ``ce_count_loss``); ``normalize`` uses the rate sum_t S[t] / T."""
 
     def __init__(self, normalize: bool = False):
         self.normalize = normalize
@@ -42,7 +42,7 @@ class SpikeCountCE:
 
 
 class SpikeRateCE:
-    """(1/T) * sum_t CE(S[t], y) (seed 003, snnTorch ``ce_rate_loss``)."""
+    """(1/T) * sum_t CE(S[t], y) (snnTorch ``ce_rate_loss``, tutorial 6)."""
 
     def __call__(self, spk, mem, target):
         return _per_step_ce(spk, target)
@@ -55,10 +55,8 @@ class MSECount:
     """
 
     def __init__(self, correct_rate: float = 1.0, incorrect_rate: float = 0.0):
-        for name, rate in (("correct_rate", correct_rate), ("incorrect_rate", incorrect_rate)):
-            if not 0 <= rate <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {rate}")
-        self.correct_rate, self.incorrect_rate = float(correct_rate), float(incorrect_rate)
+        self.correct_rate = in_range("correct_rate", correct_rate, 0, 1, example=1.0, low_open=False)
+        self.incorrect_rate = in_range("incorrect_rate", incorrect_rate, 0, 1, example=0.0, low_open=False)
 
     def __call__(self, spk, mem, target):
         t = spk.shape[0]
@@ -68,16 +66,13 @@ class MSECount:
 
 
 class MembraneSumCE:
-    """CE(sum_t U[t], y): the membrane summed over time as logits (seed 002).
+    """CE(sum_t U[t], y): the membrane summed over time as logits.
 
-    ``reduction="mean"`` uses (1/T) sum_t U[t] instead, which is what seed 002's code computes
-    (its ``average_output=False`` flag selects the mean).
+    ``reduction="mean"`` uses (1/T) sum_t U[t] instead, as the graded_fc100 preset does.
     """
 
     def __init__(self, reduction: str = "sum"):
-        if reduction not in ("sum", "mean"):
-            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-        self.reduction = reduction
+        self.reduction = one_of("reduction", reduction, ("sum", "mean"))
 
     def __call__(self, spk, mem, target):
         logits = mem.sum(0) if self.reduction == "sum" else mem.mean(0)

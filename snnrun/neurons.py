@@ -16,6 +16,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from .options import OptionError, in_range, non_negative, one_of, positive
 from .surrogates import ATan, Surrogate
 
 RESETS = ("subtract", "zero", "none")
@@ -144,16 +145,11 @@ class _LeakyIntegral(torch.autograd.Function):
         return grad, None
 
 
-def _decay(name: str, value: float | None, tau: float | None, default: float) -> float:
+def _decay(name: str, value: float | None, tau: float | None, default: float, tau_name: str = "tau") -> float:
     """A decay factor in (0, 1], given directly or as a time constant exp(-1/tau), which wins if set."""
     if tau is not None:
-        if not tau > 0:
-            raise ValueError(f"time constant for {name} must be > 0, got {tau}")
-        return math.exp(-1.0 / tau)
-    value = default if value is None else value
-    if not 0 < value <= 1:
-        raise ValueError(f"{name} must be in (0, 1], got {value}")
-    return float(value)
+        return math.exp(-1.0 / positive(tau_name, tau, example=20.0))
+    return in_range(name, default if value is None else value, 0, 1, example=0.9)
 
 
 class SpikingNeuron(nn.Module):
@@ -179,10 +175,8 @@ class SpikingNeuron(nn.Module):
         fused: bool = True,
     ):
         super().__init__()
-        if reset not in RESETS:
-            raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
-        if not threshold > 0:
-            raise ValueError(f"threshold must be > 0, got {threshold}")
+        one_of("reset", reset, RESETS)
+        threshold = positive("threshold", threshold)
         self.reset, self.detach_reset, self.rectify, self.fused = reset, detach_reset, rectify, fused
         self.surrogate = surrogate if surrogate is not None else ATan()
         self.param_shape = tuple(shape) if per_neuron else ()
@@ -238,7 +232,7 @@ class LIF(SpikingNeuron):
         beta = _decay("beta", beta, tau, default=0.9)
         if learn_beta:
             if beta >= 1:
-                raise ValueError("learn_beta needs beta < 1 (beta = sigmoid(w) never reaches 1)")
+                raise OptionError("beta", beta, "below 1 with learn_beta=true (beta = sigmoid(w) never reaches 1)", 0.9)
             self._register("beta_logit", math.log(beta / (1 - beta)), True)
         else:
             self._register("beta_value", beta, False)
@@ -261,7 +255,7 @@ class Synaptic(LIF):
         if tau_syn is None and alpha == 0:
             self.alpha = 0.0
         else:
-            self.alpha = _decay("alpha", alpha, tau_syn, default=0.9)
+            self.alpha = _decay("alpha", alpha, tau_syn, default=0.9, tau_name="tau_syn")
 
     def forward(self, current):
         if self.alpha == 0:
@@ -282,7 +276,7 @@ class Synaptic(LIF):
 class IF(Synaptic):
     """Integrate-and-fire (beta = 1), reset to zero by default: U[t] = (1 - R[t])*U[t-1] + J[t].
 
-    ``rectify=True`` clamps the voltage at 0 (seed 000); ``alpha``/``tau_syn`` adds a decaying
+    ``rectify=True`` clamps the voltage at 0 (the if_rate_fc500 preset); ``alpha``/``tau_syn`` adds a decaying
     synaptic current J[t] = alpha*J[t-1] + I[t] (default alpha = 0: J = I).
     """
 
@@ -291,11 +285,11 @@ class IF(Synaptic):
 
 
 class Graded(nn.Module):
-    """Seed 002's real-valued neuron with an over-reset, output delayed one step.
+    """A real-valued neuron with an over-reset, output delayed one step.
 
     H[t] = d*H[t-1] + I[t];  O[t] = relu(H[t] - theta);  H[t] <- H[t] - (theta_p + O[t])*[O[t] > 0].
     Returns (O[t-1], H[t-1] after its reset), zero at t = 0. The state after the reset never
-    exceeds theta, which is what makes it usable as seed 002's logits (summed over time). O is
+    exceeds theta, which is what makes it usable as logits (summed over time, the graded_fc100 preset). O is
     differentiable through the relu, so no surrogate is used; ``surrogate`` and ``shape`` are
     accepted for a uniform API.
     """
@@ -303,11 +297,9 @@ class Graded(nn.Module):
     def __init__(self, decay: float = 0.9, threshold: float = 2.0, penalty: float = 2.5,
                  surrogate: Surrogate | None = None, shape: Sequence[int] = ()):
         super().__init__()
-        if not 0 < decay <= 1:
-            raise ValueError(f"decay must be in (0, 1], got {decay}")
-        if not threshold > 0:
-            raise ValueError(f"threshold must be > 0, got {threshold}")
-        self.decay, self.threshold, self.penalty = float(decay), float(threshold), float(penalty)
+        self.decay = in_range("decay", decay, 0, 1, example=0.9)
+        self.threshold = positive("threshold", threshold, example=2.0)
+        self.penalty = non_negative("penalty", penalty, example=2.5)
 
     def forward(self, current):
         h = torch.zeros_like(current[0])

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from .options import positive
+
 
 class _SpikeFunction(torch.autograd.Function):
     """H(x) forward, ``surrogate.derivative(x)`` backward."""
@@ -42,17 +44,11 @@ class Surrogate:
         return f"{type(self).__name__}({args})"
 
 
-def _positive(name: str, value: float) -> float:
-    if not value > 0:
-        raise ValueError(f"surrogate {name} must be > 0, got {value}")
-    return float(value)
-
-
 class ATan(Surrogate):
     """Arc-tangent: dS/dx = (alpha/2) / (1 + (pi/2 * alpha * x)^2)."""
 
     def __init__(self, alpha: float = 2.0):
-        self.alpha = _positive("alpha", alpha)
+        self.alpha = positive("alpha", alpha, example=2.0)
 
     def derivative(self, x):
         return (self.alpha / 2) / (1 + (math.pi / 2 * self.alpha * x) ** 2)
@@ -62,7 +58,7 @@ class FastSigmoid(Surrogate):
     """Fast sigmoid (SuperSpike): dS/dx = 1 / (slope * |x| + 1)^2."""
 
     def __init__(self, slope: float = 25.0):
-        self.slope = _positive("slope", slope)
+        self.slope = positive("slope", slope, example=25)
 
     def derivative(self, x):
         return 1 / (self.slope * x.abs() + 1) ** 2
@@ -72,7 +68,7 @@ class Sigmoid(Surrogate):
     """Logistic: dS/dx = slope * sigma(slope*x) * (1 - sigma(slope*x))."""
 
     def __init__(self, slope: float = 25.0):
-        self.slope = _positive("slope", slope)
+        self.slope = positive("slope", slope, example=25)
 
     def derivative(self, x):
         s = torch.sigmoid(self.slope * x)
@@ -83,7 +79,7 @@ class Triangular(Surrogate):
     """Triangle of half-width w and unit area: dS/dx = max(0, 1 - |x|/w) / w."""
 
     def __init__(self, width: float = 1.0):
-        self.width = _positive("width", width)
+        self.width = positive("width", width, example=1.0)
 
     def derivative(self, x):
         return (1 - x.abs() / self.width).clamp(min=0) / self.width
@@ -102,10 +98,3 @@ class Heaviside(Surrogate):
     def derivative(self, x):
         return torch.zeros_like(x)
 
-
-atan = ATan
-fast_sigmoid = FastSigmoid
-sigmoid = Sigmoid
-triangular = Triangular
-straight_through = StraightThrough
-heaviside = Heaviside

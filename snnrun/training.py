@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
 
+from . import checkpoints
 from .data import Dataset, Split, batches, epoch_order, random_shift
 from .distributed import World, all_sum
 
 log = logging.getLogger("snnrun")
-
-CHECKPOINT_FORMAT = "snnrun-checkpoint-1"
 
 
 class TrainingError(RuntimeError):
@@ -34,15 +34,50 @@ class TrainingError(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    """SIGINT or SIGTERM arrived; a checkpoint was saved."""
+    """SIGINT or SIGTERM arrived; a checkpoint was saved after ``step``."""
 
-    def __init__(self, signame: str, checkpoint: Path):
-        super().__init__(f"{signame} received: saved {checkpoint}")
-        self.signame, self.checkpoint = signame, checkpoint
+    def __init__(self, signame: str, checkpoint: Path, step: int):
+        super().__init__(f"{signame} received: stopped after step {step} and saved {checkpoint}")
+        self.signame, self.checkpoint, self.step = signame, checkpoint, step
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable, or does not fit the configured model."""
+@dataclass
+class Parts:
+    """Everything a run trains or evaluates, built from the config by ``snnrun.config.assemble``."""
+
+    model: torch.nn.Module
+    encoder: Callable
+    loss: Callable
+    readout: Callable
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+
+@dataclass(frozen=True)
+class TrainerOptions:
+    """The ``trainer:`` config block, with the run-level values the loop needs (all by name)."""
+
+    time_steps: int
+    seed: int
+    batch_size: int
+    eval_batch_size: int
+    epochs: int = 1
+    max_steps: int | None = None
+    eval_every: int | None = None
+    log_every: int = 50
+    grad_clip: float | None = None
+    num_threads: int | None = None
+    raster_samples: int = 4
+    augment_shift: int = 0
+
+    @classmethod
+    def from_config(cls, cfg) -> "TrainerOptions":
+        return cls(time_steps=cfg.time_steps, seed=cfg.seed, batch_size=cfg.data.batch_size,
+                   eval_batch_size=cfg.data.eval_batch_size, **cfg.trainer)
+
+    def total_steps(self, num_train: int) -> int:
+        """Optimiser steps in the run: ``max_steps``, else ``epochs`` full batches of the training set."""
+        return self.max_steps if self.max_steps is not None else self.epochs * (num_train // self.batch_size)
 
 
 def cosine(optimizer, total_steps: int, eta_min: float = 0.0):
@@ -51,34 +86,12 @@ def cosine(optimizer, total_steps: int, eta_min: float = 0.0):
 
 
 def onecycle(optimizer, total_steps: int, pct_start: float = 0.25):
-    """One-cycle: warm up to the optimiser's lr for ``pct_start`` of the run, then anneal."""
+    """One-cycle: warm up to the optimiser's lr for ``pct_start`` of the run (at least two steps:
+    torch's schedule divides by zero on a one-step warm-up), then anneal."""
     max_lr = [group["lr"] for group in optimizer.param_groups]
+    if 0 < pct_start * total_steps < 2:
+        pct_start = min(1.0, 2 / total_steps)
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start)
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a crash mid-write leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load with ``weights_only=True``: tensors and plain containers only, never code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"ckpt_path={path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"ckpt_path={path}: not a readable snnrun checkpoint ({first})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"ckpt_path={path}: not an snnrun checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
-    return state
 
 
 def simulate(model, encoder, x, time_steps: int, generator, shard: slice = slice(None)):
@@ -91,14 +104,15 @@ def simulate(model, encoder, x, time_steps: int, generator, shard: slice = slice
 
 
 @torch.no_grad()
-def evaluate(model, encoder, loss_fn, readout, split: Split, batch_size: int, time_steps: int, seed: int,
+def evaluate(parts: Parts, split: Split, *, batch_size: int, time_steps: int, seed: int,
              progress: bool = False, world: World = World()) -> dict:
     """Mean loss, accuracy and per-layer firing rates over a whole split. Under torchrun each
     rank simulates its shard of every batch and the sums are all-reduced: the same figures,
     N times sooner."""
+    model, encoder = parts.model, parts.encoder
     was_training = model.training
     model.eval()
-    device = split.images.device
+    device = split.labels.device
     generator = torch.Generator(device=device).manual_seed(seed + 1)  # fixed, apart from training's
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
@@ -112,8 +126,8 @@ def evaluate(model, encoder, loss_fn, readout, split: Split, batch_size: int, ti
                 encoder(x, time_steps, generator)
             continue
         spk, mem = simulate(model, encoder, x, time_steps, generator, shard)
-        loss_sum += loss_fn(spk, mem, y) * len(y)
-        correct += (readout(spk, mem) == y).sum()
+        loss_sum += parts.loss(spk, mem, y) * len(y)
+        correct += (parts.readout(spk, mem) == y).sum()
         rates = rates + model.firing_rates * len(y)
     model.train(was_training)
     n = len(split)
@@ -148,22 +162,16 @@ def stop_on_signals(trainer: "Trainer"):
 
 
 class Trainer:
-    def __init__(self, model, encoder, loss_fn, readout, optimizer, scheduler_factory, data: Dataset,
-                 time_steps: int, seed: int, run_dir: Path, logger, config: dict, *,
-                 epochs: int = 1, max_steps: int | None = None, eval_every: int | None = None,
-                 log_every: int = 50, grad_clip: float | None = None, raster_samples: int = 4,
-                 augment_shift: int = 0, world: World = World()):
-        self.model, self.encoder, self.loss_fn, self.readout = model, encoder, loss_fn, readout
-        self.optimizer, self.data, self.time_steps, self.seed = optimizer, data, time_steps, seed
+    def __init__(self, parts: Parts, data: Dataset, options: TrainerOptions, *, run_dir: Path, logger, config: dict,
+                 world: World = World()):
+        self.parts, self.model, self.optimizer, self.scheduler = parts, parts.model, parts.optimizer, parts.scheduler
+        self.data, self.options = data, options
         self.run_dir, self.logger, self.config = Path(run_dir), logger, config
-        self.grad_clip, self.log_every, self.raster_samples = grad_clip, log_every, raster_samples
-        self.augment_shift = augment_shift
-        self.steps_per_epoch = len(data.train) // data.batch_size
-        self.total_steps = max_steps if max_steps is not None else epochs * self.steps_per_epoch
-        self.eval_every = eval_every or self.steps_per_epoch
-        self.scheduler = scheduler_factory(optimizer, total_steps=max(self.total_steps, 1)) if scheduler_factory else None
-        self.device = data.train.images.device
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.steps_per_epoch = len(data.train) // options.batch_size
+        self.total_steps = options.total_steps(len(data.train))
+        self.eval_every = options.eval_every or self.steps_per_epoch
+        self.device = data.train.labels.device
+        self.generator = torch.Generator(device=self.device).manual_seed(options.seed)
         self.step, self.best_test_acc, self.last_eval = 0, -1.0, None
         self.window = {"loss": 0.0, "correct": 0.0, "samples": 0, "seconds": 0.0}  # since the last evaluation
         self.stop_signal: str | None = None  # set by a signal handler at any time
@@ -172,7 +180,7 @@ class Trainer:
         self.replica = self.model
         if world.size > 1:
             self.replica = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.progress = sys.stderr.isatty()
 
     # -- state ---------------------------------------------------------------------------------
@@ -181,7 +189,6 @@ class Trainer:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
-            "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
@@ -210,16 +217,16 @@ class Trainer:
         return self.run_dir / "checkpoints" / f"{name}.pt"
 
     def save(self, name: str) -> Path:
-        save_checkpoint(self.checkpoint(name), self.state())
+        checkpoints.save(self.checkpoint(name), self.state())
         return self.checkpoint(name)
 
     # -- one step, one evaluation ----------------------------------------------------------------
     def train_step(self, x, y) -> None:
         shard = self.world.shard(len(y))
-        spk, mem = simulate(self.replica, self.encoder, x, self.time_steps, self.generator, shard)
+        spk, mem = simulate(self.replica, self.parts.encoder, x, self.options.time_steps, self.generator, shard)
         y = y[shard]
-        loss = self.loss_fn(spk, mem, y)
-        correct = (self.readout(spk, mem) == y).sum().item()
+        loss = self.parts.loss(spk, mem, y)
+        correct = (self.parts.readout(spk, mem) == y).sum().item()
         # one all-reduce: every rank agrees on the batch's figures, a NaN anywhere, a stop signal anywhere
         loss_sum, correct, n, stop = all_sum([loss.item() * len(y), correct, len(y), float(bool(self.stop_signal))],
                                              self.device)
@@ -228,15 +235,15 @@ class Trainer:
             self.fail(f"the loss is {loss_sum / n} at step {self.step + 1}; training stopped before that update.")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if self.options.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
         self.optimizer.step()
         if self.scheduler:
             self.scheduler.step()
         self.window["loss"] += loss_sum
         self.window["correct"] += correct
         self.window["samples"] += int(n)
-        if self.step % self.log_every == 0 and self.world.main:
+        if self.step % self.options.log_every == 0 and self.world.main:
             self.logger.log_train(self.step + 1, loss_sum / n, correct / n, self.lr)
 
     def fail(self, what: str):
@@ -249,20 +256,21 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def test(self) -> dict:
-        return evaluate(self.model, self.encoder, self.loss_fn, self.readout, self.data.test,
-                        self.data.eval_batch_size, self.time_steps, self.seed, self.progress, self.world)
+        o = self.options
+        return evaluate(self.parts, self.data.test, batch_size=o.eval_batch_size, time_steps=o.time_steps, seed=o.seed,
+                        progress=self.progress, world=self.world)
 
     @torch.no_grad()
     def traces(self) -> dict | None:
         """Every layer's spikes and the output membranes of the first few test samples."""
-        k = min(self.raster_samples, len(self.data.test))
+        k = min(self.options.raster_samples, len(self.data.test))
         if k <= 0:
             return None
         x, y = next(batches(self.data.test, k))
         self.model.record = True
         try:
-            generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
-            _, mem = simulate(self.model, self.encoder, x, self.time_steps, generator)
+            generator = torch.Generator(device=self.device).manual_seed(self.options.seed + 1)
+            _, mem = simulate(self.model, self.parts.encoder, x, self.options.time_steps, generator)
         finally:
             self.model.record = False
         threshold = getattr(self.model.blocks[-1].neuron, "threshold", None)
@@ -315,10 +323,10 @@ class Trainer:
         with stop_on_signals(self):
             while self.step < self.total_steps:
                 epoch, first_batch = divmod(self.step, self.steps_per_epoch)
-                order = epoch_order(len(self.data.train), self.seed, epoch, self.device)
-                for x, y in batches(self.data.train, self.data.batch_size, order, drop_last=True, start=first_batch):
+                order = epoch_order(len(self.data.train), self.options.seed, epoch, self.device)
+                for x, y in batches(self.data.train, self.options.batch_size, order, drop_last=True, start=first_batch):
                     tic = time.perf_counter()
-                    self.train_step(random_shift(x, self.augment_shift, self.generator), y)
+                    self.train_step(random_shift(x, self.options.augment_shift, self.generator), y)
                     if self.device.type == "cuda":
                         torch.cuda.synchronize()
                     elapsed = time.perf_counter() - tic
@@ -332,7 +340,7 @@ class Trainer:
                     if self.stopping:
                         self.check_weights()
                         path = self.save("last") if self.world.main else self.checkpoint("last")
-                        raise Interrupted(self.stop_signal or "SIGTERM", path)
+                        raise Interrupted(self.stop_signal or "SIGTERM", path, self.step)
                     if self.step >= self.total_steps:
                         break
         bar.close()

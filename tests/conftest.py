@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose as hydra_compose, initialize_config_dir
+
+from snnrun.cli import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SNNRUN_DATA", REPO.parent / "shared" / "data"))
@@ -14,7 +17,7 @@ needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason=f"real MNIST not found in
 
 SNNRUN = shutil.which("snnrun", path=str(Path(sys.executable).parent)) or "snnrun"
 FAST = ["data=synthetic", "data.num_train=256", "data.num_test=128", "data.batch_size=32", "time_steps=8",
-        "model.arch=FC64-FC10", "trainer.raster_samples=2"]
+        "model.arch=FC64-FC10", "trainer.raster_samples=0"]  # figures are drawn (and tested) in test_cli only
 
 
 def snnrun(*args, cwd, env=None, timeout=300, check=True):
@@ -33,3 +36,14 @@ def read_results(run_dir: Path) -> dict:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def compose():
+    """Compose the shipped config with Hydra, as the command line does: ``compose("neuron=if", "time_steps=4")``."""
+
+    def composed(*overrides):
+        with initialize_config_dir(config_dir=config_dir(), version_base=None):
+            return hydra_compose(config_name="config", overrides=list(overrides))
+
+    return composed

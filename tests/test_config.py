@@ -1,31 +1,31 @@
-"""Hydra composition: every option of every group composes and builds its part."""
+"""Hydra composition and assembly: every option of every group composes and builds its part;
+every bad value is refused by the one rule that owns it, named as group.option."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from snnrun.cli import config_dir
-from snnrun.config import ConfigError, build, check
+from snnrun.config import ConfigError, Preflight, assemble, check_memory
+from snnrun.data import DataSpec
+from snnrun.training import Parts, TrainerOptions
 
 CONF = Path(config_dir())
 GROUPS = ["neuron", "surrogate", "encoder", "model", "loss", "data", "optimizer", "scheduler"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+SMALL = ["data=synthetic", "data.num_train=64", "data.num_test=16", "data.batch_size=16", "time_steps=4"]
 
 
-def composed(*overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-def test_defaults_reproduce_seed_001():
-    cfg = composed()
+def test_defaults_are_the_tutorial5_dense_network(compose):
+    cfg = compose()
     assert cfg.model.arch == "FC1000-FC10" and cfg.neuron.beta == 0.95 and cfg.time_steps == 25
     assert cfg.surrogate._target_.endswith("ATan") and cfg.encoder._target_.endswith("Direct")
     assert cfg.loss._target_.endswith("MembraneCE") and cfg.optimizer.lr == 5e-4
     assert cfg.data.batch_size == 128 and cfg.trainer.epochs == 1 and cfg.seed == 0
     assert cfg.device == "auto" and cfg.task == "train" and cfg.ckpt_path is None
+    assert DataSpec.from_config(cfg.data) == DataSpec((1, 28, 28), 10, temporal=False)
     for key in ("max_steps", "eval_every"):
         assert key in cfg.trainer
 
@@ -37,45 +37,89 @@ def test_every_group_has_the_documented_options():
     assert names["encoder"] == {"direct", "rate", "poisson", "noise", "latency"}
     assert names["model"] == {"dense", "csnn"}
     assert names["loss"] == {"membrane_ce", "spike_count_ce", "spike_rate_ce", "mse_count", "membrane_sum_ce"}
-    assert names["data"] == {"mnist", "fashion_mnist", "synthetic"}
+    assert names["data"] == {"mnist", "fashion_mnist", "kmnist", "synthetic"}
     assert names["optimizer"] == {"adam", "adamw", "sgd"}
     assert names["scheduler"] == {"none", "cosine", "onecycle"}
 
 
-@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_builds_and_runs(group, option):
-    cfg = composed(f"{group}={option}", "model.arch=4C5-MP2-FC10" if group != "model" else "time_steps=4", "time_steps=4")
-    parts = build(cfg, torch.device("cpu"))
-    x = torch.rand(2, 1, 28, 28)
-    seq = parts["encoder"](x, 4, torch.Generator().manual_seed(0))
-    spk, mem = parts["model"](seq)
-    loss = parts["loss"](spk, mem, torch.tensor([1, 2]))
+@pytest.mark.parametrize("group, option", [o for o in OPTIONS if o[0] != "data"],
+                         ids=[f"{g}={o}" for g, o in OPTIONS if g != "data"])
+def test_option_builds_and_trains_a_step(compose, group, option):
+    arch = [] if group == "model" else ["model.arch=4C5-MP2-FC10"]
+    assembly = assemble(compose(f"{group}={option}", *SMALL, *arch))
+    parts = assembly.parts
+    x, y = assembly.data.train.inputs[:2].float() / 255, assembly.data.train.labels[:2]
+    spk, mem = parts.model(parts.encoder(x, 4, torch.Generator().manual_seed(0)))
+    loss = parts.loss(spk, mem, y)
     loss.backward()
+    parts.optimizer.step()
+    if parts.scheduler is not None:
+        parts.scheduler.step()
     assert spk.shape == (4, 2, 10) and torch.isfinite(loss)
-    if parts["scheduler"] is not None:
-        scheduler = parts["scheduler"](parts["optimizer"], total_steps=10)
-        parts["optimizer"].step()
-        scheduler.step()
 
 
-def test_arch_override():
-    parts = build(composed("model.arch=32C3-MP2-FC128-FC10"), torch.device("cpu"))
-    assert parts["model"].layer_names == ["L1_32C3_MP2", "L2_FC128", "L3_FC10"]
+@pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "data"])
+def test_every_dataset_declares_what_it_yields(compose, option):
+    cfg = compose(f"data={option}")
+    spec = DataSpec.from_config(cfg.data)
+    assert spec.input_shape == (1, 28, 28) and spec.num_classes == 10 and not spec.temporal
+
+
+def test_the_model_is_built_from_the_datasets_description(compose):
+    assembly = assemble(compose(*SMALL, "data.image_size=12", "data.num_classes=4", "model.arch=8C3-MP2-FC4"))
+    assert assembly.parts.model.input_shape == (1, 12, 12)
+    assert assembly.spec == DataSpec((1, 12, 12), 4)
+    assert assembly.parts.model.blocks[-1].out_shape == (4,)
+
+
+def test_a_run_is_assembled_once_into_named_records(compose):
+    assembly = assemble(compose(*SMALL, "scheduler=onecycle", "trainer.max_steps=7"))
+    assert isinstance(assembly.parts, Parts) and isinstance(assembly.options, TrainerOptions)
+    assert assembly.options.time_steps == 4 and assembly.options.batch_size == 16 and assembly.options.max_steps == 7
+    assert assembly.parts.scheduler.total_steps == 7
+    assert assembly.parts.optimizer.param_groups[0]["params"][0] is next(assembly.parts.model.parameters())
+    assert Preflight.take() is None  # nothing handed over outside a single run
+
+
+def test_arch_override(compose):
+    parts = assemble(compose(*SMALL, "model.arch=32C3-MP2-FC128-FC10")).parts
+    assert parts.model.layer_names == ["L1_32C3_MP2", "L2_FC128", "L3_FC10"]
 
 
 @pytest.mark.parametrize("override, key", [
     ("time_steps=0", "time_steps"), ("neuron.beta=1.5", "neuron.beta"), ("neuron.threshold=0", "neuron.threshold"),
-    ("optimizer.lr=-1", "optimizer.lr"), ("data.batch_size=0", "data.batch_size"), ("trainer.epochs=-1", "trainer.epochs"),
-    ("trainer.max_steps=-5", "trainer.max_steps"), ("surrogate.alpha=0", "surrogate.alpha"),
-    ("encoder=poisson", None), ("task=eval", "ckpt_path"), ("ckpt_path=/no/such.pt", "ckpt_path"),
+    ("neuron.reset=soft", "neuron.reset"), ("neuron.tau=-2", "neuron.tau"), ("neuron=synaptic neuron.alpha=2", "neuron.alpha"),
+    ("neuron.learn_beta=true neuron.beta=1.0", "neuron.beta"), ("neuron=graded neuron.decay=0", "neuron.decay"),
+    ("optimizer.lr=-1", "optimizer.lr"), ("optimizer.betas=[1.5,0.9]", "optimizer"),
+    ("scheduler=onecycle scheduler.pct_start=1.5", "scheduler"), ("+neuron.colour=red", "neuron"),
+    ("+trainer.colour=red", "trainer"), ("data.batch_size=0", "data.batch_size"), ("data.batch_size=100000", "data.batch_size"),
+    ("trainer.epochs=-1", "trainer.epochs"), ("trainer.max_steps=-5", "trainer.max_steps"),
+    ("surrogate.alpha=0", "surrogate.alpha"), ("surrogate=fast_sigmoid surrogate.slope=-1", "surrogate.slope"),
+    ("encoder=poisson encoder.gain=-1", "encoder.gain"), ("encoder=rate encoder.threshold=0", "encoder.threshold"),
+    ("loss.reduction=max", "loss.reduction"), ("loss=mse_count loss.correct_rate=2", "loss.correct_rate"),
+    ("task=eval", "ckpt_path"), ("ckpt_path=/no/such.pt", "ckpt_path"),
     ("model.arch=12X5-FC10", "model.arch"), ("model.arch=64C30-FC10", "model.arch"), ("readout=max", "readout"),
-    ("model.precision=fp16", "model.precision"),
+    ("model.precision=fp16", "model.precision"), ("model.init=orthogonal", "model.init"),
+    ("data.input_shape=[1,0,28]", "data.input_shape"), ("data.num_classes=1", "data.num_classes"),
+    ("time_steps=100000000", "time_steps"),
 ])
-def test_bad_values_refused_before_work(override, key):
-    extra = ["encoder.gain=-1"] if override == "encoder=poisson" else []
-    key = key or "encoder.gain"
+def test_bad_values_refused_before_work(compose, override, key):
     with pytest.raises(ConfigError) as err:
-        cfg = composed(override, *extra)
-        check(cfg)
-        build(cfg, torch.device("cpu"))
-    assert err.value.key == key and "snnrun " in str(err.value)
+        assemble(compose(*SMALL, *override.split()))
+    assert err.value.key == key and "For example: snnrun " in str(err.value)
+
+
+def test_constructor_messages_keep_their_wording(compose):
+    with pytest.raises(ConfigError, match=r"neuron.beta=1.5 is not allowed: neuron.beta must be in \(0, 1\]. "
+                                          r"For example: snnrun neuron.beta=0.9"):
+        assemble(compose(*SMALL, "neuron.beta=1.5"))
+
+
+def test_a_run_too_large_for_memory_names_the_sizes(compose):
+    with pytest.raises(ConfigError) as err:
+        assemble(compose(*SMALL, "time_steps=100000000"))
+    message = str(err.value)
+    assert "GiB" in message and "available" in message and "FC1000-FC10" in message
+    suggested = int(message.rsplit("time_steps=", 1)[1])
+    assembly = assemble(compose(*SMALL, "trainer.max_steps=1"))
+    check_memory(assembly.parts.model, replace(assembly.options, time_steps=suggested), torch.device("cpu"))  # fits

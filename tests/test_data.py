@@ -1,8 +1,84 @@
-"""Resident datasets and batch augmentation."""
+"""Datasets that describe themselves, loaded through the real torchvision code path, and augmentation."""
 
+import struct
+
+import numpy as np
+import pytest
 import torch
 
-from snnrun.data import random_shift, synthetic
+from conftest import read_results, snnrun
+from snnrun.config import assemble
+from snnrun.data import DataError, DataSpec, Split, batches, random_shift, synthetic, torchvision_dataset
+
+
+def write_idx(raw, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """MNIST's IDX files: big-endian magic 0x0803 / 0x0801, the sizes, then the uint8 bytes."""
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">4I", 0x0803, *images.shape) + images.tobytes())
+    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">2I", 0x0801, len(labels)) + labels.tobytes())
+
+
+@pytest.fixture
+def kmnist_root(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 12)):
+        write_idx(tmp_path / "KMNIST" / "raw", prefix, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                  rng.integers(0, 10, n, dtype=np.uint8))
+    return tmp_path
+
+
+def test_a_torchvision_dataset_is_one_yaml_file(compose, kmnist_root):
+    """data=kmnist has no code of its own: its YAML names the torchvision class and declares its shape."""
+    assembly = assemble(compose("data=kmnist", f"data.root={kmnist_root}", "data.download=false", "data.batch_size=8",
+                                "time_steps=2"))
+    train = assembly.data.train
+    assert train.inputs.shape == (40, 1, 28, 28) and train.inputs.dtype == torch.uint8 and len(assembly.data.test) == 12
+    raw = np.frombuffer((kmnist_root / "KMNIST/raw/train-images-idx3-ubyte").read_bytes()[16:], np.uint8)
+    assert torch.equal(train.inputs.flatten(), torch.from_numpy(raw.copy()))
+    x, y = next(batches(train, 8))
+    assert x.dtype == torch.float32 and x.max() <= 1 and torch.equal(x, train.inputs[:8].float() / 255)
+
+
+@pytest.mark.e2e
+def test_kmnist_trains_end_to_end(kmnist_root, tmp_path):
+    snnrun("data=kmnist", f"data.root={kmnist_root}", "data.download=false", "data.batch_size=8", "time_steps=4",
+           "model.arch=FC32-FC10", "trainer.max_steps=3", "hydra.run.dir=run", cwd=tmp_path)
+    assert read_results(tmp_path / "run")["steps"] == 3
+
+
+def test_a_dataset_that_differs_from_its_description_is_refused(compose, kmnist_root):
+    with pytest.raises(DataError, match=r"samples are \[1, 28, 28\] but data.input_shape declares \[1, 32, 32\]"):
+        assemble(compose("data=kmnist", f"data.root={kmnist_root}", "data.download=false", "data.input_shape=[1,32,32]",
+                         "model.arch=FC32-FC10"))
+    with pytest.raises(DataError, match="labels run from 0 to 9 but data.num_classes is 5"):
+        assemble(compose("data=kmnist", f"data.root={kmnist_root}", "data.download=false", "data.num_classes=5",
+                         "model.arch=FC32-FC5"))
+
+
+def test_missing_files_offline_say_where_and_which(tmp_path):
+    with pytest.raises(DataError) as err:
+        torchvision_dataset("FashionMNIST", str(tmp_path), download=False)
+    message = str(err.value)
+    assert str(tmp_path / "FashionMNIST" / "raw") in message and "train-images-idx3-ubyte" in message
+    assert "data.root=" in message and "SNNRUN_DATA" in message and "shared" not in message
+
+
+def test_channels_last_arrays_become_nchw():
+    from snnrun.data import _as_nchw
+
+    hwc = np.arange(2 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 4, 5, 3)
+    assert torch.equal(_as_nchw(hwc), torch.from_numpy(hwc).permute(0, 3, 1, 2))
+    assert _as_nchw(torch.zeros(3, 4, 5, dtype=torch.uint8)).shape == (3, 1, 4, 5)
+
+
+def test_temporal_spec_checks_the_per_step_shape():
+    spec = DataSpec((700,), 20, temporal=True)
+    seq = Split(torch.zeros(3, 50, 700), torch.tensor([0, 19, 4]), unit=1.0)
+    from snnrun.data import Dataset
+
+    spec.check(Dataset(seq, seq), "shd")
+    with pytest.raises(DataError):
+        DataSpec((700,), 20).check(Dataset(seq, seq), "shd")  # static: [T, 700] is not a [700] sample
 
 
 def test_random_shift_translates_each_image_within_range_and_fills_zeros():
@@ -31,4 +107,4 @@ def test_random_shift_is_seeded_and_zero_is_identity():
 
 def test_synthetic_is_deterministic():
     a, b = synthetic(num_train=32, num_test=8, seed=3), synthetic(num_train=32, num_test=8, seed=3)
-    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)
+    assert torch.equal(a.train.inputs, b.train.inputs) and torch.equal(a.test.labels, b.test.labels)

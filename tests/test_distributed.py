@@ -19,6 +19,7 @@ def weights(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
+@pytest.mark.e2e
 def test_two_processes_equal_one_process_and_write_one_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SNNRUN_DEBUG"}
     proc = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "snnrun", *ARGS],
@@ -41,6 +42,7 @@ def test_two_processes_equal_one_process_and_write_one_folder(tmp_path):
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_batch_must_split_evenly_over_processes(tmp_path):
     proc = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "snnrun", *ARGS, "data.batch_size=33"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -65,14 +67,15 @@ def test_sharded_evaluation_sums_to_the_single_process_figures():
     from snnrun.architectures import SpikingNetwork
     from snnrun.data import synthetic
     from snnrun.distributed import World
-    from snnrun.training import evaluate
+    from snnrun.training import Parts, evaluate
 
     torch.manual_seed(0)
     model = SpikingNetwork("FC32-FC10", (1, 12, 12), 10, functools.partial(neurons.LIF, beta=0.8))
     test = synthetic(num_train=8, num_test=70, image_size=12).test
-    args = (model, encoders.Poisson(), losses.MembraneCE(), losses.spike_count, test, 32, 6, 0)
-    whole = evaluate(*args)
-    parts = [evaluate(*args, world=World(rank, 3)) for rank in range(3)]
+    run = Parts(model, encoders.Poisson(), losses.MembraneCE(), losses.spike_count, optimizer=None)
+    options = dict(batch_size=32, time_steps=6, seed=0)
+    whole = evaluate(run, test, **options)
+    parts = [evaluate(run, test, **options, world=World(rank, 3)) for rank in range(3)]
     for key in ("test_loss", "test_acc"):
         assert sum(p[key] for p in parts) == pytest.approx(whole[key], rel=1e-6)
     for layer, rate in whole["firing_rates"].items():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import FAST, SHARED_DATA, SNNRUN, read_metrics, read_results, snnrun
-from snnrun.training import load_checkpoint, save_checkpoint, CheckpointError
+from snnrun.checkpoints import CheckpointError, load as load_checkpoint, save as save_checkpoint
 
 BAD_DEVICE = "cuda:99" if torch.cuda.is_available() else "cuda"
 
@@ -24,6 +24,7 @@ def refused(tmp_path, *args, key, base=FAST):
     return proc.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("args, key", [
     (["time_steps=0"], "time_steps"),
     (["time_steps=-3"], "time_steps"),
@@ -48,12 +49,14 @@ def test_bad_value_is_refused(tmp_path, args, key):
     assert "For example: snnrun" in message
 
 
+@pytest.mark.e2e
 def test_unknown_group_option_lists_the_valid_ones(tmp_path):
     proc = snnrun(*FAST, "surrogate=fastsigmoid", "hydra.run.dir=run", cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "surrogate" in proc.stderr and "fast_sigmoid" in proc.stderr and "atan" in proc.stderr
 
 
+@pytest.mark.e2e
 def test_missing_dataset_offline(tmp_path):
     stderr = refused(tmp_path, f"data.root={tmp_path / 'empty'}", "data.download=false", key="data.root", base=[])
     assert str(tmp_path / "empty" / "MNIST" / "raw") in stderr and "SNNRUN_DATA" in stderr
@@ -66,18 +69,21 @@ def checkpoint(tmp_path_factory):
     return cwd / "run" / "checkpoints" / "last.pt"
 
 
+@pytest.mark.e2e
 def test_not_a_checkpoint(tmp_path):
     bad = tmp_path / "notes.pt"
     bad.write_text("these are my notes, not a checkpoint")
     refused(tmp_path, f"ckpt_path={bad}", key="ckpt_path")
 
 
+@pytest.mark.e2e
 def test_truncated_checkpoint(tmp_path, checkpoint):
     cut = tmp_path / "cut.pt"
     cut.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
     refused(tmp_path, f"ckpt_path={cut}", key="ckpt_path")
 
 
+@pytest.mark.e2e
 def test_checkpoint_of_another_architecture(tmp_path, checkpoint):
     stderr = refused(tmp_path, f"ckpt_path={checkpoint}", "model.arch=FC32-FC10", key="ckpt_path")
     assert "FC64-FC10" in stderr
@@ -91,6 +97,7 @@ class _Exploit:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.e2e
 def test_malicious_pickle_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
@@ -102,6 +109,7 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.e2e
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     proc = snnrun(*FAST, "model.arch=FC32-FC10", "optimizer=sgd", "optimizer.lr=1e36", "trainer.eval_every=1",
                   "trainer.max_steps=20", "hydra.run.dir=run", cwd=tmp_path, check=False)
@@ -129,6 +137,7 @@ def test_atomic_checkpoint_write_survives_a_crash(tmp_path, monkeypatch):
     assert load_checkpoint(path)["step"] == 1
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_saves_checkpoint_and_resumes(tmp_path, sig, code):
     env = {**os.environ, "SNNRUN_DATA": str(SHARED_DATA)}
@@ -152,6 +161,7 @@ def test_signal_saves_checkpoint_and_resumes(tmp_path, sig, code):
     assert read_results(tmp_path / "resumed")["steps"] == state["step"] + 3
 
 
+@pytest.mark.e2e
 def test_resume_is_exact(tmp_path):
     """Interrupted after 6 steps and resumed == uninterrupted, with a random encoder, random
     shifts and shuffling."""

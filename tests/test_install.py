@@ -6,7 +6,11 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from conftest import FAST, REPO, read_results
+
+pytestmark = pytest.mark.e2e  # every test here runs the snnrun command in a subprocess
 
 
 def test_wheel_install_runs_from_elsewhere(tmp_path):

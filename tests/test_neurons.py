@@ -129,7 +129,7 @@ def test_detach_reset_changes_only_gradients():
         (dict(beta=0.0), "beta"),
         (dict(threshold=0.0), "threshold"),
         (dict(reset="soft"), "reset"),
-        (dict(tau=-1.0), "time constant"),
+        (dict(tau=-1.0), "tau"),
         (dict(beta=1.0, learn_beta=True), "learn_beta"),
     ],
 )

@@ -9,6 +9,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import FAST, read_results, snnrun
 
+pytestmark = pytest.mark.e2e  # every test here runs the snnrun command in a subprocess
+
 SWEEP = [*FAST, "trainer.max_steps=4", "trainer.log_every=1"]
 
 
