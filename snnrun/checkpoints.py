@@ -60,6 +60,17 @@ def check_fits(state: dict, model, path) -> None:
                               "use the neuron options it was trained with")
 
 
+def check_data(state: dict, dataset, path) -> None:
+    """Refuse a checkpoint trained on other data tensors (e.g. another pixel permutation)."""
+    saved = state.get("data", {})
+    for key, tensor in dataset.meta.items():
+        if key in saved and not torch.equal(saved[key], tensor):
+            seed = state.get("config", {}).get("data", {}).get("permutation_seed")
+            raise CheckpointError(f"ckpt_path={path} was trained with another data {key} than this configuration's"
+                                  + (f"; use the one it was trained with: data.permutation_seed={seed}"
+                                     if key == "permutation" else ""))
+
+
 @contextmanager
 def restoring(path):
     """Turn a state that fails to load into the model, optimiser or scheduler into a CheckpointError."""

@@ -20,16 +20,20 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoints, data
 from .architectures import ArchitectureError
 from .checkpoints import CheckpointError
-from .data import DataError, DataSpec
+from .data import DataError, DataSpec, available_memory
 from .distributed import World, world
 from .losses import READOUTS
 from .options import OptionError
 from .training import Parts, TrainerOptions
+
+
+# ``${snnrun.div:128,${data.downsample}}``: sizes that configs derive from other keys (integer division)
+OmegaConf.register_new_resolver("snnrun.div", lambda a, b: int(a) // int(b), replace=True)
 
 
 class ConfigError(ValueError):
@@ -159,26 +163,6 @@ def _guarded(group: str, node, factory):
     return call
 
 
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for tensors: the GPU's free memory, or on CPU MemAvailable (capped by a cgroup limit)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type != "cpu":
-        return None
-    try:
-        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-        free = int(meminfo["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return None
-    try:
-        limit, used = (Path("/sys/fs/cgroup", f).read_text().strip() for f in ("memory.max", "memory.current"))
-        if limit != "max":
-            free = min(free, int(limit) - int(used))
-    except (OSError, ValueError):
-        pass
-    return free
-
-
 def check_memory(model, options: TrainerOptions, device: torch.device) -> None:
     """Refuse a run whose per-step states (every layer's output, spikes, membranes and their
     gradients, over T steps of the larger batch) cannot fit in the device's free memory."""
@@ -198,12 +182,29 @@ def check_memory(model, options: TrainerOptions, device: torch.device) -> None:
                       "available (lower time_steps, data.batch_size or data.eval_batch_size)", f"time_steps={fits}")
 
 
+def check_data(cfg: DictConfig, spec: DataSpec, options: TrainerOptions) -> None:
+    """The rules that tie the run to its dataset: T of a temporal dataset, augmentation of images."""
+    if spec.temporal and options.time_steps != spec.time_steps:
+        raise ConfigError("time_steps", options.time_steps, f"the {spec.time_steps} steps of every sample of this "
+                          "temporal dataset (data.time_steps); leave time_steps out to follow the data",
+                          f"data.time_steps={options.time_steps}" if "time_steps" in _loader_keys(cfg.data)
+                          else f"time_steps={spec.time_steps}")
+    if options.augment_shift and len(spec.input_shape) != 3:
+        raise ConfigError("trainer.augment_shift", options.augment_shift, "0 for samples that are not images "
+                          f"(this dataset's samples are {list(spec.input_shape)}, not [C, H, W])", "trainer.augment_shift=0")
+
+
+def _loader_keys(data_cfg: DictConfig):
+    with options_of("data", data_cfg):
+        return inspect.signature(instantiate({"_target_": data_cfg._target_, "_partial_": True}).func).parameters
+
+
 def load_data(data_cfg: DictConfig, spec: DataSpec) -> data.Dataset:
     """Call the data config's loader with the keys it takes, and check the result against ``spec``."""
+    accepted = _loader_keys(data_cfg)
     with options_of("data", data_cfg):
-        loader = instantiate({"_target_": data_cfg._target_, "_partial_": True})
-        accepted = inspect.signature(loader.func).parameters
-        dataset = loader(**{k: v for k, v in data_cfg.items() if k in accepted})
+        dataset = instantiate({"_target_": data_cfg._target_, "_partial_": True})(
+            **{k: v for k, v in data_cfg.items() if k in accepted})
     spec.check(dataset, str(data_cfg.get("name", data_cfg._target_)))
     return dataset
 
@@ -231,23 +232,27 @@ def assemble(cfg: DictConfig, rank: World | None = None) -> Assembly:
         torch.set_num_threads(options.num_threads)
     with options_of("data", cfg.data):
         spec = DataSpec.from_config(cfg.data)
+    check_data(cfg, spec, options)
     torch.manual_seed(cfg.seed)
     surrogate = _part(cfg, "surrogate")
     neuron = _guarded("neuron", cfg.neuron, _part(cfg, "neuron"))
     model = _part(cfg, "model", input_shape=spec.input_shape, num_classes=spec.num_classes, neuron=neuron,
                   surrogate=surrogate)
-    encoder, loss = _part(cfg, "encoder"), _part(cfg, "loss")
+    encoder = None if spec.temporal else _part(cfg, "encoder")  # temporal samples are their own T steps
+    loss = _part(cfg, "loss")
     check_memory(model, options, device)
     state = None
     if cfg.get("ckpt_path"):
         state = checkpoints.load(cfg.ckpt_path)
         checkpoints.check_fits(state, model, cfg.ckpt_path)
     dataset = load_data(cfg.data, spec)
+    if state is not None:
+        checkpoints.check_data(state, dataset, cfg.ckpt_path)
     if len(dataset.train) < options.batch_size:
         raise ConfigError("data.batch_size", options.batch_size, f"at most the {len(dataset.train)} training samples",
                           f"data.batch_size={len(dataset.train)}")
     model = model.to(device)
-    dataset = data.Dataset(dataset.train.to(device), dataset.test.to(device))
+    dataset = data.Dataset(dataset.train.to(device), dataset.test.to(device), dataset.meta)
     optimizer = _guarded("optimizer", cfg.optimizer, _part(cfg, "optimizer"))(model.parameters())
     scheduler = None
     if cfg.scheduler and "_target_" in cfg.scheduler:

@@ -2,7 +2,8 @@
 
 A ``data:`` config declares what its dataset yields (``DataSpec``: the shape of one sample
 at one step, the number of classes, and whether samples are static images that an encoder
-turns into T steps or already sequences), so the model is built before anything is loaded.
+turns into T steps or already sequences of ``time_steps`` steps), so the model is built
+before anything is loaded.
 Its ``_target_`` is a loader that returns the train and test splits as whole tensors, which
 stay on the training device: batches are slices, with no per-sample DataLoader.
 """
@@ -10,12 +11,12 @@ stay on the training device: batches are slices, with no per-sample DataLoader.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .options import OptionError
+from .options import OptionError, one_of
 
 
 class DataError(RuntimeError):
@@ -29,10 +30,15 @@ class DataSpec:
     input_shape: tuple[int, ...]  # one sample at one step: (C, H, W) for images, (F,) for features
     num_classes: int
     temporal: bool = False  # True: each sample is a sequence [T, *input_shape] and needs no encoder
+    time_steps: int | None = None  # T of a temporal dataset
 
     @classmethod
     def from_config(cls, data_cfg) -> "DataSpec":
-        shape = data_cfg.get("input_shape")
+        try:
+            shape = data_cfg.get("input_shape")
+        except Exception as err:  # an interpolation that names a missing entry, e.g. sizes.by3
+            raise OptionError("input_shape", data_cfg._get_node("input_shape")._value(),
+                              f"resolvable ({str(err).splitlines()[0]})", "[1,28,28]") from None
         if not (shape and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
             raise OptionError("input_shape", shape, "a list of positive sizes, e.g. [1, 28, 28] for C, H, W",
                               "[1,28,28]")
@@ -42,12 +48,18 @@ class DataSpec:
         temporal = data_cfg.get("temporal", False)
         if not isinstance(temporal, bool):
             raise OptionError("temporal", temporal, "true or false", "false")
-        return cls(tuple(shape), classes, temporal)
+        steps = data_cfg.get("time_steps") if temporal else None
+        if temporal and not (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
+            raise OptionError("time_steps", steps, "a positive integer (the steps of every sample)", 20)
+        return cls(tuple(shape), classes, temporal, steps)
 
     def check(self, dataset: "Dataset", name: str) -> None:
         """Refuse a loaded dataset that differs from this description."""
         for split_name, split in (("train", dataset.train), ("test", dataset.test)):
             sample = tuple(split.inputs.shape[2 if self.temporal else 1:])
+            if self.temporal and split.inputs.shape[1] != self.time_steps:
+                raise DataError(f"{name}: its {split_name} samples have {split.inputs.shape[1]} steps but "
+                                f"data.time_steps declares {self.time_steps}")
             if sample != self.input_shape:
                 raise DataError(f"{name}: its {split_name} samples are {list(sample)} but data.input_shape declares "
                                 f"{list(self.input_shape)}; fix data.input_shape")
@@ -73,6 +85,27 @@ class Split:
 class Dataset:
     train: Split
     test: Split
+    meta: dict = field(default_factory=dict)  # tensors that define the data (a permutation), kept in checkpoints
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for tensors: the GPU's free memory, or on CPU MemAvailable (capped by a cgroup limit)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        free = int(meminfo["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        limit, used = (Path("/sys/fs/cgroup", f).read_text().strip() for f in ("memory.max", "memory.current"))
+        if limit != "max":
+            free = min(free, int(limit) - int(used))
+    except (OSError, ValueError):
+        pass
+    return free
 
 
 def _torchvision_class(name: str):
@@ -114,6 +147,31 @@ def torchvision_dataset(name: str, root: str, download: bool = True) -> Dataset:
     return Dataset(*splits)
 
 
+def permutation(seed: int, size: int = 784) -> torch.Tensor:
+    """The fixed shuffle of ``size`` positions that ``seed`` draws (PS-MNIST)."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+
+
+def sequential_mnist(root: str, download: bool = True, mode: str = "rows", permutation_seed: int | None = None) -> Dataset:
+    """MNIST as sequences: ``rows`` gives 28 steps of one 28-pixel row, ``pixels`` 784 steps of
+    one pixel (row by row). With ``permutation_seed`` the 784 positions are first shuffled by
+    one fixed permutation, the same for every image (permuted sequential MNIST)."""
+    one_of("mode", mode, ("rows", "pixels"))
+    if permutation_seed is not None and not (isinstance(permutation_seed, int) and permutation_seed >= 0):
+        raise OptionError("permutation_seed", permutation_seed, "null or an integer >= 0", 0)
+    order = permutation(permutation_seed) if permutation_seed is not None else None
+    mnist = torchvision_dataset("MNIST", root, download)
+    steps = (28, 28) if mode == "rows" else (784, 1)
+
+    def sequences(split: Split) -> Split:
+        pixels = split.inputs.reshape(len(split), 784)
+        if order is not None:
+            pixels = pixels[:, order]
+        return Split(pixels.reshape(len(split), *steps).contiguous(), split.labels)
+
+    return Dataset(sequences(mnist.train), sequences(mnist.test), {} if order is None else {"permutation": order})
+
+
 def synthetic(num_train: int = 1024, num_test: int = 256, num_classes: int = 10,
               image_size: int = 28, noise: float = 0.2, seed: int = 0) -> Dataset:
     """A small learnable image task: each class is a fixed random pattern of bright blobs,
@@ -151,10 +209,13 @@ def epoch_order(n: int, seed: int, epoch: int, device) -> torch.Tensor:
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image of a batch [B, C, H, W] by its own random (dy, dx) in
-    [-max_shift, max_shift], filling the uncovered border with 0 (training augmentation)."""
+    """Translate each sample of a batch [B, ..., H, W] (images, or frame sequences, every frame
+    alike) by its own random (dy, dx) in [-max_shift, max_shift], filling the uncovered border
+    with 0 (training augmentation)."""
     if max_shift <= 0:
         return x
+    if x.dim() > 4:
+        return random_shift(x.flatten(1, -3), max_shift, generator).reshape(x.shape)
     b, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (max_shift,) * 4)
     dy, dx = torch.randint(0, 2 * max_shift + 1, (2, b, 1), generator=generator, device=x.device)

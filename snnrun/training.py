@@ -46,7 +46,7 @@ class Parts:
     """Everything a run trains or evaluates, built from the config by ``snnrun.config.assemble``."""
 
     model: torch.nn.Module
-    encoder: Callable
+    encoder: Callable | None  # None for temporal data
     loss: Callable
     readout: Callable
     optimizer: torch.optim.Optimizer
@@ -97,7 +97,10 @@ def onecycle(optimizer, total_steps: int, pct_start: float = 0.25):
 def simulate(model, encoder, x, time_steps: int, generator, shard: slice = slice(None)):
     """Encode a batch into ``time_steps`` steps and run the network on its ``shard`` of rows
     -> output (spikes, membranes). The whole batch is encoded, so random encoders draw the
-    same numbers whatever the shard."""
+    same numbers whatever the shard. Without an encoder the batch is already temporal,
+    [B, T, ...], and runs time-first."""
+    if encoder is None:
+        return model(x[shard].transpose(0, 1))
     if encoder.static:
         return model(x[shard], time_steps=time_steps)
     return model(encoder(x, time_steps, generator)[:, shard])
@@ -122,7 +125,7 @@ def evaluate(parts: Parts, split: Split, *, batch_size: int, time_steps: int, se
         shard = world.shard(len(y))
         y = y[shard]
         if len(y) == 0:  # fewer rows than ranks: nothing to simulate, but draw the batch's noise
-            if not encoder.static:
+            if encoder is not None and not encoder.static:
                 encoder(x, time_steps, generator)
             continue
         spk, mem = simulate(model, encoder, x, time_steps, generator, shard)
@@ -198,6 +201,7 @@ class Trainer:
             "rng": rng,
             "arch": self.model.arch,
             "input_shape": list(self.model.input_shape),
+            "data": dict(self.data.meta),
             "config": self.config,
         }
 

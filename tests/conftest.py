@@ -1,10 +1,12 @@
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose as hydra_compose, initialize_config_dir
 
@@ -47,3 +49,17 @@ def compose():
             return hydra_compose(config_name="config", overrides=list(overrides))
 
     return composed
+
+
+def write_idx_dataset(root: Path, name: str = "MNIST", n_train: int = 40, n_test: int = 12, seed: int = 0) -> Path:
+    """A small dataset in MNIST's IDX format (big-endian magic 0x0803 / 0x0801, the sizes, then
+    uint8 bytes) in ``root/<name>/raw``, as torchvision reads it; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    raw = root / name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">4I", 0x0803, *images.shape) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">2I", 0x0801, n) + labels.tobytes())
+    return root

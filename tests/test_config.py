@@ -37,7 +37,8 @@ def test_every_group_has_the_documented_options():
     assert names["encoder"] == {"direct", "rate", "poisson", "noise", "latency"}
     assert names["model"] == {"dense", "csnn"}
     assert names["loss"] == {"membrane_ce", "spike_count_ce", "spike_rate_ce", "mse_count", "membrane_sum_ce"}
-    assert names["data"] == {"mnist", "fashion_mnist", "kmnist", "synthetic"}
+    assert names["data"] == {"mnist", "fashion_mnist", "kmnist", "synthetic", "smnist", "psmnist", "nmnist", "shd",
+                             "dvs_gesture"}
     assert names["optimizer"] == {"adam", "adamw", "sgd"}
     assert names["scheduler"] == {"none", "cosine", "onecycle"}
 
@@ -58,11 +59,29 @@ def test_option_builds_and_trains_a_step(compose, group, option):
     assert spk.shape == (4, 2, 10) and torch.isfinite(loss)
 
 
+DATASETS = {
+    "mnist": DataSpec((1, 28, 28), 10), "fashion_mnist": DataSpec((1, 28, 28), 10),
+    "kmnist": DataSpec((1, 28, 28), 10), "synthetic": DataSpec((1, 28, 28), 10),
+    "smnist": DataSpec((28,), 10, temporal=True, time_steps=28),
+    "psmnist": DataSpec((1,), 10, temporal=True, time_steps=784),
+    "nmnist": DataSpec((2, 34, 34), 10, temporal=True, time_steps=20),
+    "shd": DataSpec((700,), 20, temporal=True, time_steps=100),
+    "dvs_gesture": DataSpec((2, 32, 32), 11, temporal=True, time_steps=20),
+}
+
+
 @pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "data"])
 def test_every_dataset_declares_what_it_yields(compose, option):
     cfg = compose(f"data={option}")
-    spec = DataSpec.from_config(cfg.data)
-    assert spec.input_shape == (1, 28, 28) and spec.num_classes == 10 and not spec.temporal
+    assert DataSpec.from_config(cfg.data) == DATASETS[option]
+    assert cfg.time_steps == (DATASETS[option].time_steps or 25)  # a temporal dataset brings its T
+
+
+def test_declared_shapes_follow_the_options_they_depend_on(compose):
+    assert DataSpec.from_config(compose("data=smnist", "data.mode=pixels").data).time_steps == 784
+    assert DataSpec.from_config(compose("data=dvs_gesture", "data.downsample=2").data).input_shape == (2, 64, 64)
+    cfg = compose("data=nmnist", "data.time_steps=8")
+    assert cfg.time_steps == 8 and DataSpec.from_config(cfg.data).time_steps == 8
 
 
 def test_the_model_is_built_from_the_datasets_description(compose):

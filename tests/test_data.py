@@ -1,30 +1,17 @@
 """Datasets that describe themselves, loaded through the real torchvision code path, and augmentation."""
 
-import struct
-
 import numpy as np
 import pytest
 import torch
 
-from conftest import read_results, snnrun
+from conftest import read_results, snnrun, write_idx_dataset
 from snnrun.config import assemble
 from snnrun.data import DataError, DataSpec, Split, batches, random_shift, synthetic, torchvision_dataset
 
 
-def write_idx(raw, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
-    """MNIST's IDX files: big-endian magic 0x0803 / 0x0801, the sizes, then the uint8 bytes."""
-    raw.mkdir(parents=True, exist_ok=True)
-    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">4I", 0x0803, *images.shape) + images.tobytes())
-    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">2I", 0x0801, len(labels)) + labels.tobytes())
-
-
 @pytest.fixture
 def kmnist_root(tmp_path):
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 40), ("t10k", 12)):
-        write_idx(tmp_path / "KMNIST" / "raw", prefix, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
-                  rng.integers(0, 10, n, dtype=np.uint8))
-    return tmp_path
+    return write_idx_dataset(tmp_path, "KMNIST")
 
 
 def test_a_torchvision_dataset_is_one_yaml_file(compose, kmnist_root):
@@ -72,7 +59,7 @@ def test_channels_last_arrays_become_nchw():
 
 
 def test_temporal_spec_checks_the_per_step_shape():
-    spec = DataSpec((700,), 20, temporal=True)
+    spec = DataSpec((700,), 20, temporal=True, time_steps=50)
     seq = Split(torch.zeros(3, 50, 700), torch.tensor([0, 19, 4]), unit=1.0)
     from snnrun.data import Dataset
 

@@ -1,0 +1,244 @@
+"""Event-camera and spike datasets (N-MNIST, SHD, DVS128 Gesture), read with tonic, binned into
+frames once, and cached.
+
+tonic reads each recording's events (x, y, t, p) and ``tonic.transforms.ToFrame`` bins them
+into ``time_steps`` frames of event counts [T, P, H, W] (SHD: [T, 700]): each recording is cut
+into ``time_steps`` equal bins, or, with ``time_window``, into windows of that many µs from its
+start (the first ``time_steps`` are kept; shorter recordings end in empty frames).
+``frames: binary`` keeps 1 where a pixel had any event. A split's frames are converted once into
+one uint8 tensor [N, T, *frame] (counts saturate at 255) and cached in
+``<root>/snnrun_cache/<dataset>/<binning>/<split>.pt``, keyed by every binning parameter; epochs
+and later runs read that file. It is written to a temporary file, fsynced and renamed, so a
+conversion that is killed leaves no cache behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data import DataError, Dataset, Split, available_memory
+from .options import OptionError, one_of, positive
+
+log = logging.getLogger("snnrun")
+
+CACHE_FORMAT = "snnrun-frames-1"
+EMPTY_LIMIT = 0.5  # refuse binnings that leave more than half of the frames empty
+
+
+@dataclass(frozen=True)
+class Source:
+    """What tonic expects of one dataset under ``<root>/<tonic_class>/``."""
+
+    title: str
+    sensor: tuple[int, int, int]  # tonic's sensor_size: (width, height, polarities)
+    files: dict[str, tuple[str, str, str, int]]  # split -> (archive, extracted folder or file, pattern, minimum count)
+    recordings: dict[str, int]  # split -> recordings in the published dataset
+
+
+SOURCES = {
+    "NMNIST": Source("N-MNIST", (34, 34, 2), {"train": ("train.zip", "Train", "*.bin", 10000),
+                                              "test": ("test.zip", "Test", "*.bin", 10000)},
+                     {"train": 60000, "test": 10000}),
+    "SHD": Source("Spiking Heidelberg Digits", (700, 1, 1), {"train": ("shd_train.h5.zip", "shd_train.h5", "", 1),
+                                                             "test": ("shd_test.h5.zip", "shd_test.h5", "", 1)},
+                  {"train": 8156, "test": 2264}),
+    "DVSGesture": Source("DVS128 Gesture", (128, 128, 2),
+                         {"train": ("ibmGestureTrain.tar.gz", "ibmGestureTrain", "*.npy", 100),
+                          "test": ("ibmGestureTest.tar.gz", "ibmGestureTest", "*.npy", 100)},
+                         {"train": 1077, "test": 264}),
+}
+
+
+def _tonic():
+    try:
+        import tonic
+    except ImportError:
+        raise DataError("event datasets are read with tonic, which is not installed: pip install 'snnrun[events]'") from None
+    return tonic
+
+
+def frame_shape(name: str, downsample: int = 1) -> tuple[int, ...]:
+    """One frame of dataset ``name``: [P, H, W] for cameras, [channels] for SHD."""
+    width, height, polarities = SOURCES[name].sensor
+    if height == 1:
+        return (width,)
+    return (polarities, height // downsample, width // downsample)
+
+
+def _present(location: Path, split: str, source: Source) -> bool:
+    archive, folder, pattern, minimum = source.files[split]
+    if not (location / archive).is_file():
+        return False
+    if not pattern:
+        return (location / folder).is_file()
+    return sum(1 for _ in (location / folder).glob(f"**/{pattern}")) >= minimum
+
+
+def _missing(name: str, location: Path, split: str, cls, reason: str) -> DataError:
+    source = SOURCES[name]
+    archive, folder, pattern, _ = source.files[split]
+    url = getattr(cls, f"{split}_url", None) or getattr(cls, "base_url", "") + archive
+    needed = f"{archive} and {folder}/" + ("…/" + pattern if pattern else "")
+    return DataError(
+        f"{source.title} ({split}) was not found in {location} and {reason}. tonic needs {needed} there "
+        f"({source.recordings[split]:,} recordings; it checks for the downloaded archive too). Point data.root at the "
+        f"folder that holds {name}/, e.g. data.root=/path/to/datasets when the files are in /path/to/datasets/{name}, "
+        f"or set the SNNRUN_DATA environment variable. With a network connection and data.download=true, tonic "
+        f"downloads them from {url}.")
+
+
+def _open(name: str, root: Path, split: str, download: bool):
+    """tonic's dataset for one split, or a DataError that says where it looked and what it needs."""
+    tonic = _tonic()
+    cls = getattr(tonic.datasets, name)
+    location = root / name
+    if not _present(location, split, SOURCES[name]) and not download:
+        raise _missing(name, location, split, cls, "download is off (data.download=false)")
+    try:
+        return cls(save_to=str(root), train=split == "train")
+    except OSError as err:  # offline: urllib's URLError; a truncated or foreign HDF5 file: h5py's OSError
+        if _present(location, split, SOURCES[name]):
+            raise DataError(f"{SOURCES[name].title}: cannot read {location / SOURCES[name].files[split][1]}: "
+                            f"{str(err).strip()}. The file is truncated or not a {SOURCES[name].title} file; "
+                            "delete it and download the dataset again.") from None
+        raise _missing(name, location, split, cls, f"the download failed ({str(err).strip()})") from None
+
+
+def _recording(ds, index: int) -> str:
+    """The file behind recording ``index`` (N-MNIST and DVS Gesture keep one file per recording)."""
+    data = getattr(ds, "data", None)
+    if isinstance(data, list) and index < len(data) and isinstance(data[index], str):
+        return data[index]
+    return f"{ds.location_on_system} (recording {index})"
+
+
+def _binner(name: str, time_steps: int, time_window: float | None, downsample: int):
+    import tonic.transforms as transforms
+
+    width, height, polarities = SOURCES[name].sensor
+    size = (width // downsample, height // downsample, polarities) if height > 1 else (width, height, polarities)
+    to_frame = (transforms.ToFrame(sensor_size=size, n_time_bins=time_steps) if time_window is None else
+                transforms.ToFrame(sensor_size=size, time_window=time_window, include_incomplete=True))
+    if downsample == 1:
+        return to_frame
+    return transforms.Compose([transforms.Downsample(spatial_factor=1 / downsample), to_frame])
+
+
+def _convert(ds, order: list[int], name: str, binning: dict, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bin the recordings ``order`` of ``ds`` into uint8 frames [N, T, *frame] and int64 labels [N]."""
+    time_steps, shape = binning["time_steps"], frame_shape(name, binning["downsample"])
+    binner = _binner(name, time_steps, binning["time_window"], binning["downsample"])
+    ceiling = 1 if binning["frames"] == "binary" else 255
+    inputs = torch.zeros((len(order), time_steps, *shape), dtype=torch.uint8)
+    labels = torch.zeros(len(order), dtype=torch.int64)
+    empty = lengths = 0
+    for row, index in enumerate(tqdm(order, desc=f"binning {name}", unit="rec", disable=not progress)):
+        try:
+            events, label = ds[index]
+            frames = binner(events) if len(events) else np.zeros((time_steps, *shape))
+        except Exception as err:  # tonic raises ValueError, IndexError, KeyError... on damaged files
+            raise DataError(f"{SOURCES[name].title}: cannot read {_recording(ds, index)}: {type(err).__name__}: "
+                            f"{str(err).strip()}. The file is truncated or not a {SOURCES[name].title} recording; "
+                            "delete it and download the dataset again.") from None
+        frames = torch.from_numpy(np.asarray(frames)).reshape(-1, *shape)[:time_steps]
+        inputs[row, :len(frames)] = frames.clamp(0, ceiling).to(torch.uint8)
+        labels[row] = int(label)
+        if row < 64:  # the first recordings tell whether the binning leaves the frames empty
+            empty += int((inputs[row].flatten(1).amax(1) == 0).sum())
+            lengths += int(events["t"][-1] - events["t"][0]) if len(events) else 0
+            if row == min(63, len(order) - 1) and empty > EMPTY_LIMIT * (row + 1) * time_steps:
+                raise DataError(_too_empty(name, binning, empty / ((row + 1) * time_steps), lengths / (row + 1), row + 1))
+    return inputs, labels
+
+
+def _too_empty(name: str, binning: dict, fraction: float, mean_us: float, count: int) -> str:
+    t, window = binning["time_steps"], binning["time_window"]
+    if window is None:
+        how = (f"data.time_steps={t} equal bins of recordings that last {mean_us:,.0f} µs on average make "
+               f"{mean_us / t:,.1f} µs bins; use fewer data.time_steps, or data.time_window")
+    else:
+        how = (f"data.time_steps={t} windows of data.time_window={window:g} µs cover {t * window:,.0f} µs of recordings "
+               f"that last {mean_us:,.0f} µs on average; use a data.time_window that fits the recordings, or "
+               f"data.time_window=null to cut each recording into data.time_steps bins")
+    return (f"{SOURCES[name].title}: {100 * fraction:.0f} % of the frames of the first {count} recordings are empty "
+            f"(refused above {100 * EMPTY_LIMIT:.0f} %): {how}.")
+
+
+def _save_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def cache_path(root: Path, name: str, split: str, binning: dict) -> Path:
+    window = "bins" if binning["time_window"] is None else f"window{binning['time_window']:g}us"
+    folder = f"T{binning['time_steps']}-{window}-{binning['frames']}-ds{binning['downsample']}"
+    return root / "snnrun_cache" / name / folder / f"{split}.pt"
+
+
+def _split(name: str, root: Path, split: str, download: bool, binning: dict, use_cache: bool) -> Split:
+    path = cache_path(root, name, split, binning)
+    if use_cache and path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:
+            raise DataError(f"the cached frames {path} cannot be read ({str(err).strip().splitlines()[0]}); "
+                            "delete the file and snnrun bins the recordings again") from None
+        if cached.get("format") == CACHE_FORMAT and cached.get("binning") == binning:
+            return Split(cached["inputs"], cached["labels"], unit=1.0)
+    ds = _open(name, root, split, download)
+    shape = (len(ds), binning["time_steps"], *frame_shape(name, binning["downsample"]))
+    size = int(np.prod(shape))
+    free = available_memory(torch.device("cpu"))
+    if free is not None and size > free:
+        raise DataError(f"{SOURCES[name].title} ({split}): {len(ds):,} recordings of data.time_steps={binning['time_steps']} "
+                        f"frames of {list(shape[2:])} take {size / 2**30:.1f} GiB, and this machine has "
+                        f"{free / 2**30:.1f} GiB available; use fewer data.time_steps or a larger data.downsample")
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        disk = shutil.disk_usage(path.parent).free
+        if size > disk:
+            raise DataError(f"{SOURCES[name].title} ({split}): the binned frames take {size / 2**30:.1f} GiB and "
+                            f"{path.parent} has {disk / 2**30:.1f} GiB free; free some space or set data.cache=false")
+    data = getattr(ds, "data", None)  # recordings in file order, so every machine caches the same order
+    order = sorted(range(len(ds)), key=lambda i: data[i]) if isinstance(data, list) and all(
+        isinstance(d, str) for d in data) else list(range(len(ds)))
+    log.info("binning %s (%s): %d recordings into %s frames -> %s", name, split, len(ds), list(shape[1:]),
+             path if use_cache else "memory")
+    inputs, labels = _convert(ds, order, name, binning, progress=sys.stderr.isatty())
+    if use_cache:
+        _save_atomic(path, {"format": CACHE_FORMAT, "binning": binning, "inputs": inputs, "labels": labels})
+    return Split(inputs, labels, unit=1.0)
+
+
+def event_dataset(name: str, root: str, download: bool = True, time_steps: int = 20, time_window: float | None = None,
+                  frames: str = "count", downsample: int = 1, cache: bool = True) -> Dataset:
+    """``name`` (NMNIST, SHD or DVSGesture) from ``root`` as frames [N, T, *frame], binned once and cached."""
+    one_of("name", name, tuple(SOURCES))
+    if not (isinstance(time_steps, int) and not isinstance(time_steps, bool) and time_steps > 0):
+        raise OptionError("time_steps", time_steps, "a positive integer (frames per recording)", 20)
+    if time_window is not None:
+        time_window = positive("time_window", time_window, example=10000)
+    one_of("frames", frames, ("count", "binary"))
+    width, height = SOURCES[name].sensor[:2]
+    if not (isinstance(downsample, int) and not isinstance(downsample, bool) and downsample >= 1
+            and (downsample == 1 or (height > 1 and width % downsample == 0))):
+        raise OptionError("downsample", downsample, f"1, or a divisor of the camera's {width} pixels", 4)
+    binning = {"time_steps": time_steps, "time_window": time_window, "frames": frames, "downsample": downsample}
+    root_path = Path(root).expanduser()
+    return Dataset(*(_split(name, root_path, split, download, binning, cache) for split in ("train", "test")))
