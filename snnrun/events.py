@@ -115,9 +115,9 @@ def _open(name: str, root: Path, split: str, download: bool):
 
 def _recording(ds, index: int) -> str:
     """The file behind recording ``index`` (N-MNIST and DVS Gesture keep one file per recording)."""
-    data = getattr(ds, "data", None)
-    if isinstance(data, list) and index < len(data) and isinstance(data[index], str):
-        return data[index]
+    files = getattr(ds, "data", None)
+    if isinstance(files, list) and len(files) == len(ds) and isinstance(files[index], str):
+        return files[index]
     return f"{ds.location_on_system} (recording {index})"
 
 
@@ -144,6 +144,8 @@ def _convert(ds, order: list[int], name: str, binning: dict, progress: bool) -> 
     for row, index in enumerate(tqdm(order, desc=f"binning {name}", unit="rec", disable=not progress)):
         try:
             events, label = ds[index]
+            if binning["time_window"] is not None and len(events):  # only the first time_steps windows are kept
+                events = events[events["t"] < events["t"][0] + time_steps * binning["time_window"]]
             frames = binner(events) if len(events) else np.zeros((time_steps, *shape))
         except Exception as err:  # tonic raises ValueError, IndexError, KeyError... on damaged files
             raise DataError(f"{SOURCES[name].title}: cannot read {_recording(ds, index)}: {type(err).__name__}: "
@@ -215,9 +217,9 @@ def _split(name: str, root: Path, split: str, download: bool, binning: dict, use
         if size > disk:
             raise DataError(f"{SOURCES[name].title} ({split}): the binned frames take {size / 2**30:.1f} GiB and "
                             f"{path.parent} has {disk / 2**30:.1f} GiB free; free some space or set data.cache=false")
-    data = getattr(ds, "data", None)  # recordings in file order, so every machine caches the same order
-    order = sorted(range(len(ds)), key=lambda i: data[i]) if isinstance(data, list) and all(
-        isinstance(d, str) for d in data) else list(range(len(ds)))
+    files = getattr(ds, "data", None)  # one file per recording: sort them, so every machine caches the same order
+    by_file = isinstance(files, list) and len(files) == len(ds) and all(isinstance(f, str) for f in files)
+    order = sorted(range(len(ds)), key=lambda i: files[i]) if by_file else list(range(len(ds)))
     log.info("binning %s (%s): %d recordings into %s frames -> %s", name, split, len(ds), list(shape[1:]),
              path if use_cache else "memory")
     inputs, labels = _convert(ds, order, name, binning, progress=sys.stderr.isatty())

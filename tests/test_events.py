@@ -1,0 +1,233 @@
+"""Event datasets: small files in each dataset's real on-disk format, read through tonic's own
+dataset classes (their archive and file-count checks included), binned once and cached."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import read_results, snnrun
+from snnrun import events
+from snnrun.config import ConfigError, assemble
+from snnrun.data import DataError
+
+tonic = pytest.importorskip("tonic", reason="event datasets need tonic (pip install -e '.[events]')")
+h5py = pytest.importorskip("h5py")
+
+
+def nmnist_bytes(x, y, p, t) -> bytes:
+    """N-MNIST's 40-bit records: x, y, then p in the top bit over a 23-bit timestamp in µs."""
+    x, y, p, t = (np.asarray(a, dtype=np.uint32) for a in (x, y, p, t))
+    raw = np.stack([x, y, (p << 7) | (t >> 16 & 0x7F), t >> 8 & 0xFF, t & 0xFF], axis=1).astype(np.uint8)
+    return raw.tobytes()
+
+
+# Recording 0 of each split, binned by hand into 4 equal bins of 200 µs over t = 0 .. 800:
+# tonic's ToFrame splits [t0, t_last) into (t_last - t0) // 4 µs bins, so the event at 800 falls outside.
+KNOWN = dict(x=[1, 1, 2, 30, 5, 5], y=[3, 3, 0, 33, 7, 9], p=[0, 0, 1, 1, 0, 1], t=[0, 150, 210, 599, 600, 800])
+KNOWN_FRAMES = {(0, 0, 3, 1): 2, (1, 1, 0, 2): 1, (2, 1, 33, 30): 1, (3, 0, 7, 5): 1}
+
+
+@pytest.fixture(scope="module")
+def nmnist_root(tmp_path_factory):
+    """10,000 recordings per split (tonic refuses fewer before reading), most of them tiny."""
+    root = tmp_path_factory.mktemp("events")
+    rng = np.random.default_rng(0)
+    for split, folder in (("train", "Train"), ("test", "Test")):
+        base = root / "NMNIST" / folder
+        for i in range(10000):
+            label = i % 10
+            (base / str(label)).mkdir(parents=True, exist_ok=True)
+            if i == 0:
+                data = nmnist_bytes(**KNOWN)
+            else:
+                n = 12
+                data = nmnist_bytes(rng.integers(0, 34, n), rng.integers(0, 34, n), rng.integers(0, 2, n),
+                                    np.sort(rng.integers(0, 300_000, n)))
+            (base / str(label) / f"{i:05d}.bin").write_bytes(data)
+        (root / "NMNIST" / f"{split}.zip").write_bytes(b"")  # tonic checks that the downloaded archive is there
+    return root
+
+
+def test_nmnist_frames_are_the_hand_binned_counts(nmnist_root):
+    data = events.event_dataset("NMNIST", str(nmnist_root), download=False, time_steps=4, cache=False)
+    assert data.train.inputs.shape == (10000, 4, 2, 34, 34) and data.train.inputs.dtype == torch.uint8
+    assert data.train.unit == 1.0 and len(data.test) == 10000
+    expected = torch.zeros(4, 2, 34, 34, dtype=torch.uint8)
+    for index, count in KNOWN_FRAMES.items():
+        expected[index] = count
+    assert torch.equal(data.train.inputs[0], expected) and torch.equal(data.test.inputs[0], expected)
+    assert data.train.labels[:12].tolist() == [0] * 12  # file order: Train/0/00000.bin, Train/0/00010.bin, ...
+    assert sorted(set(data.train.labels.tolist())) == list(range(10))
+    binary = events.event_dataset("NMNIST", str(nmnist_root), download=False, time_steps=4, frames="binary", cache=False)
+    assert binary.train.inputs[0, 0, 0, 3, 1] == 1 and binary.train.inputs.max() == 1
+
+
+def test_frames_are_cached_once_and_read_back(nmnist_root, monkeypatch):
+    first = events.event_dataset("NMNIST", str(nmnist_root), download=False, time_steps=3)
+    binning = {"time_steps": 3, "time_window": None, "frames": "count", "downsample": 1}
+    path = events.cache_path(nmnist_root, "NMNIST", "train", binning)
+    assert path.is_file() and not list(path.parent.glob("*.tmp*"))
+
+    def no_tonic(*args, **kwargs):
+        raise AssertionError("the cache was not used")
+
+    monkeypatch.setattr(events, "_open", no_tonic)
+    again = events.event_dataset("NMNIST", str(nmnist_root), download=False, time_steps=3)
+    assert torch.equal(again.train.inputs, first.train.inputs) and torch.equal(again.test.labels, first.test.labels)
+    with pytest.raises(AssertionError, match="cache"):  # other binning parameters, another cache
+        events.event_dataset("NMNIST", str(nmnist_root), download=False, time_steps=3, frames="binary")
+
+
+def test_a_killed_conversion_leaves_no_cache(nmnist_root, monkeypatch):
+    real = events._convert
+
+    def killed(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt  # as if killed after binning, before the file is complete
+
+    monkeypatch.setattr(events, "_convert", killed)
+    with pytest.raises(KeyboardInterrupt):
+        events.event_dataset("NMNIST", str(nmnist_root), download=False, time_steps=5)
+    binning = {"time_steps": 5, "time_window": None, "frames": "count", "downsample": 1}
+    folder = events.cache_path(nmnist_root, "NMNIST", "train", binning).parent
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+    def killed_while_writing(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"PK half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(events, "_convert", real)
+    monkeypatch.setattr(torch, "save", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        events.event_dataset("NMNIST", str(nmnist_root), download=False, time_steps=5)
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def test_time_windows_keep_the_first_frames(nmnist_root):
+    data = events.event_dataset("NMNIST", str(nmnist_root), download=False, time_steps=3, time_window=100_000,
+                                cache=False)
+    frames = data.train.inputs[0]  # KNOWN lasts 800 µs: all of it in the first 100 ms window, then empty frames
+    assert frames.shape == (3, 2, 34, 34) and int(frames[0].sum()) == 6 and int(frames[1:].sum()) == 0
+    assert frames[0, 0, 3, 1] == 2 and frames[0, 0, 7, 5] == 1 and frames[0, 1, 9, 5] == 1
+    per_recording = data.train.inputs[1:].flatten(1).sum(1)  # 12 events within 300 ms: 3 windows count them all
+    assert per_recording.eq(12).all()
+
+
+def test_binning_that_leaves_frames_empty_is_refused_with_the_numbers(nmnist_root):
+    with pytest.raises(DataError, match=r"% of the frames of the first 64 recordings are empty.*time_window=1 µs"):
+        events.event_dataset("NMNIST", str(nmnist_root), download=False, time_steps=50, time_window=1, cache=False)
+
+
+def test_frames_that_exceed_memory_are_refused_with_the_numbers(nmnist_root, monkeypatch):
+    monkeypatch.setattr(events, "available_memory", lambda device: 2**20)
+    with pytest.raises(DataError, match=r"10,000 recordings of data.time_steps=20 frames of \[2, 34, 34\] take 0.4 GiB, "
+                                        r"and this machine has 0.0 GiB available"):
+        events.event_dataset("NMNIST", str(nmnist_root), download=False, time_steps=20, cache=False)
+
+
+def test_a_damaged_recording_is_named(tmp_path, nmnist_root):
+    """A copy of the dataset (links to its files) in which one recording is truncated."""
+    cut = tmp_path / "cut"
+    (cut / "NMNIST").mkdir(parents=True)
+    for item in ("Test", "train.zip", "test.zip"):
+        os.symlink(nmnist_root / "NMNIST" / item, cut / "NMNIST" / item)
+    train = cut / "NMNIST" / "Train"
+    for label in range(10):
+        (train / str(label)).mkdir(parents=True)
+        for f in (nmnist_root / "NMNIST" / "Train" / str(label)).iterdir():
+            os.symlink(f, train / str(label) / f.name)
+    damaged = train / "3" / "00003.bin"
+    damaged.unlink()
+    damaged.write_bytes(nmnist_bytes(**KNOWN)[:-2])  # a truncated record
+    with pytest.raises(DataError, match=f"cannot read {damaged}.*truncated"):
+        events.event_dataset("NMNIST", str(cut), download=False, time_steps=4, cache=False)
+
+
+def test_a_missing_dataset_offline_says_where_which_files_and_where_from(tmp_path):
+    with pytest.raises(DataError) as err:
+        events.event_dataset("NMNIST", str(tmp_path), download=False)
+    message = str(err.value)
+    assert str(tmp_path / "NMNIST") in message and "train.zip and Train/" in message and "60,000 recordings" in message
+    assert "data.root=" in message and "SNNRUN_DATA" in message and "https://" in message
+
+
+def write_shd(root, n_train=6, n_test=4):
+    rng = np.random.default_rng(1)
+    base = root / "SHD"
+    base.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        with h5py.File(base / f"shd_{split}.h5", "w") as f:
+            times = f.create_dataset("spikes/times", (n,), dtype=h5py.vlen_dtype(np.float16))
+            units = f.create_dataset("spikes/units", (n,), dtype=h5py.vlen_dtype(np.uint16))
+            for i in range(n):
+                k = 200 + i
+                times[i] = np.sort(rng.random(k)).astype(np.float16)  # seconds
+                units[i] = rng.integers(0, 700, k).astype(np.uint16)
+            f["labels"] = (np.arange(n) % 20).astype(np.uint16)
+            f["extra/keys"] = np.array([f"digit-{i}" for i in range(20)], dtype="S")
+            f["extra/speaker"] = np.zeros(n, dtype=np.uint16)
+        (base / f"shd_{split}.h5.zip").write_bytes(b"")
+    return root
+
+
+def test_shd_bins_700_channels(tmp_path):
+    root = write_shd(tmp_path)
+    data = events.event_dataset("SHD", str(root), download=False, time_steps=10, cache=False)
+    assert data.train.inputs.shape == (6, 10, 700) and data.test.labels.tolist() == [0, 1, 2, 3]
+    with h5py.File(root / "SHD" / "shd_train.h5") as f:
+        units, times = f["spikes/units"][2], f["spikes/times"][2].astype(np.float64)
+    t = (times * 1e6).astype(np.int64)
+    width = (t[-1] - t[0]) // 10
+    counted = (t - t[0]) < 10 * width
+    expected = np.zeros((10, 700), dtype=np.int64)
+    np.add.at(expected, (((t - t[0]) // width)[counted], units[counted]), 1)
+    assert torch.equal(data.train.inputs[2].long(), torch.from_numpy(expected))
+
+
+def test_a_truncated_shd_file_is_named(tmp_path):
+    root = write_shd(tmp_path)
+    path = root / "SHD" / "shd_train.h5"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DataError, match=f"cannot read {path}"):
+        events.event_dataset("SHD", str(root), download=False, cache=False)
+
+
+def write_gestures(root, per_split=110):
+    rng = np.random.default_rng(2)
+    for folder in ("ibmGestureTrain", "ibmGestureTest"):
+        for i in range(per_split):
+            user = root / "DVSGesture" / folder / f"user{i // 11 + 1:02d}_fluorescent"
+            user.mkdir(parents=True, exist_ok=True)
+            n = 50
+            ev = np.stack([rng.integers(0, 128, n), rng.integers(0, 128, n), rng.integers(0, 2, n),
+                           np.sort(rng.integers(0, 6000, n))], axis=1).astype(np.int64)  # x, y, p, t in ms
+            np.save(user / f"{i % 11}.npy", ev)
+        (root / "DVSGesture" / f"{folder}.tar.gz").write_bytes(b"")
+    return root
+
+
+def test_dvs_gesture_downsamples_to_the_declared_shape(compose, tmp_path):
+    root = write_gestures(tmp_path)
+    assembly = assemble(compose("data=dvs_gesture", f"data.root={root}", "data.download=false", "data.time_steps=4",
+                                "data.downsample=8", "model.arch=8C3-FC11", "data.batch_size=16"))
+    train = assembly.data.train
+    assert train.inputs.shape == (110, 4, 2, 16, 16) and assembly.options.time_steps == 4
+    assert sorted(set(train.labels.tolist())) == list(range(11))
+    first = np.load(sorted((root / "DVSGesture" / "ibmGestureTrain").glob("*/*.npy"))[0])
+    assert int(train.inputs[0].sum()) <= len(first) and int(train.inputs[0].sum()) >= len(first) - 1
+    with pytest.raises(ConfigError, match="data.downsample"):
+        assemble(compose("data=dvs_gesture", f"data.root={root}", "data.download=false", "data.downsample=3"))
+
+
+@pytest.mark.e2e
+def test_nmnist_trains_end_to_end_and_refuses_a_conflicting_t(nmnist_root, tmp_path):
+    common = ["data=nmnist", f"data.root={nmnist_root}", "data.download=false", "data.time_steps=4",
+              "model.arch=4C5-MP2-FC10", "data.batch_size=64", "data.eval_batch_size=2000"]
+    snnrun(*common, "trainer.max_steps=3", "trainer.augment_shift=2", "hydra.run.dir=run", cwd=tmp_path)
+    results = read_results(tmp_path / "run")
+    assert results["status"] == "ok" and results["steps"] == 3
+    proc = snnrun(*common, "time_steps=9", "hydra.run.dir=refused", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "data.time_steps=9" in proc.stderr and not (tmp_path / "refused").exists()
