@@ -79,6 +79,14 @@ class MembraneSumCE:
         return F.cross_entropy(logits, target)
 
 
+class MembraneMaxCE:
+    """CE(max_t U[t], y): the largest membrane each class reaches is its logit (a leaky-integrator
+    readout on sequences and spoken digits: the class may peak at any step)."""
+
+    def __call__(self, spk, mem, target):
+        return F.cross_entropy(mem.amax(0), target)
+
+
 def spike_count(spk: torch.Tensor, mem: torch.Tensor) -> torch.Tensor:
     """Predicted class = argmax_c sum_t S[t, :, c]; ties go to the lowest index."""
     return spk.sum(0).argmax(-1)
@@ -89,4 +97,9 @@ def membrane(spk: torch.Tensor, mem: torch.Tensor) -> torch.Tensor:
     return mem.sum(0).argmax(-1)
 
 
-READOUTS = {"spike_count": spike_count, "membrane": membrane}
+def membrane_max(spk: torch.Tensor, mem: torch.Tensor) -> torch.Tensor:
+    """Predicted class = argmax_c max_t U[t, :, c] (the readout of ``MembraneMaxCE``)."""
+    return mem.amax(0).argmax(-1)
+
+
+READOUTS = {"spike_count": spike_count, "membrane": membrane, "membrane_max": membrane_max}

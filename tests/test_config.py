@@ -36,7 +36,8 @@ def test_every_group_has_the_documented_options():
     assert names["surrogate"] == {"atan", "fast_sigmoid", "sigmoid", "triangular", "straight_through", "heaviside"}
     assert names["encoder"] == {"direct", "rate", "poisson", "noise", "latency"}
     assert names["model"] == {"dense", "csnn"}
-    assert names["loss"] == {"membrane_ce", "spike_count_ce", "spike_rate_ce", "mse_count", "membrane_sum_ce"}
+    assert names["loss"] == {"membrane_ce", "spike_count_ce", "spike_rate_ce", "mse_count", "membrane_sum_ce",
+                             "membrane_max_ce"}
     assert names["data"] == {"mnist", "fashion_mnist", "kmnist", "synthetic", "smnist", "psmnist", "nmnist", "shd",
                              "dvs_gesture"}
     assert names["optimizer"] == {"adam", "adamw", "sgd"}

@@ -231,3 +231,13 @@ def test_nmnist_trains_end_to_end_and_refuses_a_conflicting_t(nmnist_root, tmp_p
     assert results["status"] == "ok" and results["steps"] == 3
     proc = snnrun(*common, "time_steps=9", "hydra.run.dir=refused", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "data.time_steps=9" in proc.stderr and not (tmp_path / "refused").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("preset", ["nmnist_csnn", "shd_lif"])
+def test_the_event_presets_train(preset, nmnist_root, tmp_path):
+    root = nmnist_root if preset == "nmnist_csnn" else write_shd(tmp_path / "data", n_train=40, n_test=10)
+    snnrun(f"experiment={preset}", f"data.root={root}", "data.download=false", "data.time_steps=8",
+           "data.batch_size=16", "trainer.max_steps=2", "hydra.run.dir=run", cwd=tmp_path)
+    results = read_results(tmp_path / "run")
+    assert results["status"] == "ok" and results["steps"] == 2

@@ -12,8 +12,20 @@ PRESETS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yam
 SMALL = ["data=synthetic", "data.num_train=1000", "data.num_test=16"]
 
 
+TEMPORAL = ["nmnist_csnn", "shd_lif", "smnist_rows_lif"]  # trained on their own data in test_events / test_temporal
+
+
 def test_presets_are_named_by_what_they_are():
-    assert PRESETS == ["csnn_best", "graded_fc100", "if_rate_fc500", "tutorial5_dense", "tutorial6_csnn"]
+    assert PRESETS == ["csnn_best", "graded_fc100", "if_rate_fc500", "nmnist_csnn", "shd_lif", "smnist_rows_lif",
+                       "tutorial5_dense", "tutorial6_csnn"]
+
+
+@pytest.mark.parametrize("preset, data, steps", [("smnist_rows_lif", "smnist", 28), ("nmnist_csnn", "nmnist", 20),
+                                                 ("shd_lif", "shd", 100)])
+def test_temporal_presets_take_t_from_their_data(compose, preset, data, steps):
+    cfg = compose(f"experiment={preset}")
+    assert cfg.data._target_ == compose(f"data={data}").data._target_ and cfg.time_steps == steps
+    assert cfg.data.temporal and cfg.readout == "membrane" and cfg.neuron.learn_beta
 
 
 @pytest.mark.parametrize("preset, expected", [
@@ -48,7 +60,7 @@ def test_csnn_best_settings(compose):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p not in TEMPORAL])
 def test_preset_trains_on_synthetic_data(tmp_path, preset):
     snnrun(f"experiment={preset}", "data=synthetic", "data.num_train=128", "data.num_test=64", "data.batch_size=32",
            "time_steps=6", "trainer.max_steps=3", "hydra.run.dir=run", cwd=tmp_path)

@@ -48,3 +48,15 @@ def test_readouts_and_ties():
     mem = torch.zeros(3, 1, 4)
     mem[:, 0, 2] = 1.0
     assert losses.membrane(None, mem).tolist() == [2]
+
+
+def test_membrane_max_ce_and_readout_by_hand():
+    mem = torch.tensor([[[0.1, 2.0, -1.0]], [[1.5, 0.2, 0.3]], [[0.4, -0.5, 0.9]]])  # [T=3, B=1, C=3]
+    # maxima over time: class 0 -> 1.5, class 1 -> 2.0, class 2 -> 0.9
+    expected = -math.log(math.exp(1.5) / (math.exp(1.5) + math.exp(2.0) + math.exp(0.9)))
+    assert losses.MembraneMaxCE()(None, mem, torch.tensor([0])).item() == pytest.approx(expected)
+    assert losses.membrane_max(None, mem).tolist() == [1]
+    assert losses.membrane(None, mem).tolist() == [0]  # the sum over time would pick class 0 (2.0 vs 1.7 vs 0.2)
+    mem.requires_grad_(True)
+    losses.MembraneMaxCE()(None, mem, torch.tensor([0])).backward()
+    assert mem.grad[1, 0, 0] < 0 and mem.grad[0, 0, 0] == 0  # only the step of each maximum gets a gradient

@@ -101,3 +101,19 @@ def test_temporal_torchrun_equals_one_process(mnist_root, tmp_path):
     one, two = read_results(tmp_path / "single"), read_results(tmp_path / "ddp")
     assert two["processes"] == 2 and one["test_acc"] == two["test_acc"]
     assert abs(one["test_loss"] - two["test_loss"]) < 1e-4
+
+
+@pytest.mark.e2e
+def test_the_smnist_preset_trains(mnist_root, tmp_path):
+    snnrun("experiment=smnist_rows_lif", f"data.root={mnist_root}", "data.download=false", "data.batch_size=16",
+           "trainer.max_steps=2", "hydra.run.dir=run", cwd=tmp_path)
+    assert read_results(tmp_path / "run")["steps"] == 2
+
+
+@pytest.mark.e2e
+def test_a_sweep_over_temporal_data(mnist_root, tmp_path):
+    snnrun("-m", "data=smnist", "data.mode=rows,pixels", f"data.root={mnist_root}", "data.download=false",
+           "data.batch_size=32", "model.arch=FC16-FC10", "trainer.max_steps=2", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    summary = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "data.mode=rows" in summary and "data.mode=pixels" in summary and summary.count("| ok |") == 2
+    assert read_results(tmp_path / "sweep" / "0")["steps"] == 2
