@@ -86,11 +86,15 @@ def cosine(optimizer, total_steps: int, eta_min: float = 0.0):
 
 
 def onecycle(optimizer, total_steps: int, pct_start: float = 0.25):
-    """One-cycle: warm up to the optimiser's lr for ``pct_start`` of the run (at least two steps:
-    torch's schedule divides by zero on a one-step warm-up), then anneal."""
+    """One-cycle: warm up to the optimiser's lr for ``pct_start`` of the run, then anneal. Each
+    phase lasts at least one step (torch divides by zero otherwise); a run of fewer than three
+    steps has no room for a cycle and keeps the lr constant."""
+    if total_steps < 3:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    warmup = pct_start * total_steps
+    if not 2 <= warmup <= total_steps - 1:
+        pct_start = min(max(warmup, 2), total_steps - 1) / total_steps
     max_lr = [group["lr"] for group in optimizer.param_groups]
-    if 0 < pct_start * total_steps < 2:
-        pct_start = min(1.0, 2 / total_steps)
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start)
 
 

@@ -143,3 +143,21 @@ def test_a_run_too_large_for_memory_names_the_sizes(compose):
     suggested = int(message.rsplit("time_steps=", 1)[1])
     assembly = assemble(compose(*SMALL, "trainer.max_steps=1"))
     check_memory(assembly.parts.model, replace(assembly.options, time_steps=suggested), torch.device("cpu"))  # fits
+
+
+def test_one_cycle_fits_runs_of_any_length():
+    """torch's OneCycleLR divides by zero when a phase has no step; short runs still get a schedule."""
+    from snnrun.training import onecycle
+
+    for total in range(1, 12):
+        for pct in (0.0, 0.1, 0.25, 0.5, 1.0):
+            optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+            scheduler = onecycle(optimizer, total, pct)
+            lrs = []
+            for _ in range(total):
+                optimizer.step()
+                scheduler.step()
+                lrs.append(optimizer.param_groups[0]["lr"])
+            assert all(0 < lr <= 0.1 + 1e-12 for lr in lrs)
+    long = onecycle(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), 1000, 0.25)
+    assert long.total_steps == 1000 and long._schedule_phases[0]["end_step"] == 249  # long runs: torch's own schedule

@@ -8,19 +8,13 @@ import pytest
 import torch
 
 from conftest import read_results, snnrun
+from event_files import nmnist_bytes, write_gestures, write_nmnist, write_shd
 from snnrun import events
 from snnrun.config import ConfigError, assemble
 from snnrun.data import DataError
 
 tonic = pytest.importorskip("tonic", reason="event datasets need tonic (pip install -e '.[events]')")
 h5py = pytest.importorskip("h5py")
-
-
-def nmnist_bytes(x, y, p, t) -> bytes:
-    """N-MNIST's 40-bit records: x, y, then p in the top bit over a 23-bit timestamp in µs."""
-    x, y, p, t = (np.asarray(a, dtype=np.uint32) for a in (x, y, p, t))
-    raw = np.stack([x, y, (p << 7) | (t >> 16 & 0x7F), t >> 8 & 0xFF, t & 0xFF], axis=1).astype(np.uint8)
-    return raw.tobytes()
 
 
 # Recording 0 of each split, binned by hand into 4 equal bins of 200 µs over t = 0 .. 800:
@@ -31,23 +25,8 @@ KNOWN_FRAMES = {(0, 0, 3, 1): 2, (1, 1, 0, 2): 1, (2, 1, 33, 30): 1, (3, 0, 7, 5
 
 @pytest.fixture(scope="module")
 def nmnist_root(tmp_path_factory):
-    """10,000 recordings per split (tonic refuses fewer before reading), most of them tiny."""
-    root = tmp_path_factory.mktemp("events")
-    rng = np.random.default_rng(0)
-    for split, folder in (("train", "Train"), ("test", "Test")):
-        base = root / "NMNIST" / folder
-        for i in range(10000):
-            label = i % 10
-            (base / str(label)).mkdir(parents=True, exist_ok=True)
-            if i == 0:
-                data = nmnist_bytes(**KNOWN)
-            else:
-                n = 12
-                data = nmnist_bytes(rng.integers(0, 34, n), rng.integers(0, 34, n), rng.integers(0, 2, n),
-                                    np.sort(rng.integers(0, 300_000, n)))
-            (base / str(label) / f"{i:05d}.bin").write_bytes(data)
-        (root / "NMNIST" / f"{split}.zip").write_bytes(b"")  # tonic checks that the downloaded archive is there
-    return root
+    """10,000 recordings per split (tonic refuses fewer before reading), tiny apart from KNOWN."""
+    return write_nmnist(tmp_path_factory.mktemp("events"), first=KNOWN)
 
 
 def test_nmnist_frames_are_the_hand_binned_counts(nmnist_root):
@@ -154,25 +133,6 @@ def test_a_missing_dataset_offline_says_where_which_files_and_where_from(tmp_pat
     assert "data.root=" in message and "SNNRUN_DATA" in message and "https://" in message
 
 
-def write_shd(root, n_train=6, n_test=4):
-    rng = np.random.default_rng(1)
-    base = root / "SHD"
-    base.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("test", n_test)):
-        with h5py.File(base / f"shd_{split}.h5", "w") as f:
-            times = f.create_dataset("spikes/times", (n,), dtype=h5py.vlen_dtype(np.float16))
-            units = f.create_dataset("spikes/units", (n,), dtype=h5py.vlen_dtype(np.uint16))
-            for i in range(n):
-                k = 200 + i
-                times[i] = np.sort(rng.random(k)).astype(np.float16)  # seconds
-                units[i] = rng.integers(0, 700, k).astype(np.uint16)
-            f["labels"] = (np.arange(n) % 20).astype(np.uint16)
-            f["extra/keys"] = np.array([f"digit-{i}" for i in range(20)], dtype="S")
-            f["extra/speaker"] = np.zeros(n, dtype=np.uint16)
-        (base / f"shd_{split}.h5.zip").write_bytes(b"")
-    return root
-
-
 def test_shd_bins_700_channels(tmp_path):
     root = write_shd(tmp_path)
     data = events.event_dataset("SHD", str(root), download=False, time_steps=10, cache=False)
@@ -193,20 +153,6 @@ def test_a_truncated_shd_file_is_named(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(DataError, match=f"cannot read {path}"):
         events.event_dataset("SHD", str(root), download=False, cache=False)
-
-
-def write_gestures(root, per_split=110):
-    rng = np.random.default_rng(2)
-    for folder in ("ibmGestureTrain", "ibmGestureTest"):
-        for i in range(per_split):
-            user = root / "DVSGesture" / folder / f"user{i // 11 + 1:02d}_fluorescent"
-            user.mkdir(parents=True, exist_ok=True)
-            n = 50
-            ev = np.stack([rng.integers(0, 128, n), rng.integers(0, 128, n), rng.integers(0, 2, n),
-                           np.sort(rng.integers(0, 6000, n))], axis=1).astype(np.int64)  # x, y, p, t in ms
-            np.save(user / f"{i % 11}.npy", ev)
-        (root / "DVSGesture" / f"{folder}.tar.gz").write_bytes(b"")
-    return root
 
 
 def test_dvs_gesture_downsamples_to_the_declared_shape(compose, tmp_path):

@@ -1,0 +1,58 @@
+"""Time the first conversion of event datasets: tonic's reader plus snnrun's binning, per recording.
+
+    python bench/binning.py [--events 4500 5000 300000] [--count 40 40 10]
+
+No event dataset can be downloaded on this project's machines, so the script writes recordings
+in each dataset's real on-disk format (N-MNIST .bin, SHD HDF5, DVS Gesture .npy; the writers of
+tests/event_files.py) with the given number of events, reads them through tonic's dataset
+classes and bins them at each dataset's default setting, as ``snnrun data=...`` does the first
+time. Multiply by the number of recordings for an estimate of a full conversion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from event_files import write_gestures, write_nmnist, write_shd  # noqa: E402
+
+from snnrun import events  # noqa: E402
+
+DEFAULTS = {"NMNIST": (20, 1), "SHD": (100, 1), "DVSGesture": (20, 4)}  # data.time_steps, data.downsample
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", nargs=3, type=int, default=[4500, 5000, 300_000],
+                        help="events per recording: N-MNIST, SHD, DVS Gesture")
+    parser.add_argument("--count", nargs=3, type=int, default=[40, 40, 10], help="recordings timed per dataset")
+    args = parser.parse_args()
+    (n_nmnist, n_shd, n_dvs), (c_nmnist, c_shd, c_dvs) = args.events, args.count
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        # tonic checks for 10,000 N-MNIST and 100 DVS Gesture files per split: the rest are tiny
+        write_nmnist(root, n=lambda i: n_nmnist if i % 1000 < c_nmnist // 10 else 1)
+        write_shd(root, n_train=c_shd, n_test=1, spikes=n_shd)
+        write_gestures(root, n=lambda i: n_dvs if i < c_dvs else 10)
+        print("| dataset | events per recording | T, downsample | ms per recording |\n|---|---|---|---|")
+        for name, n_events, count in zip(DEFAULTS, args.events, args.count):
+            ds = events._open(name, root, "train", download=False)
+            files = getattr(ds, "data", None)
+            by_file = isinstance(files, list) and len(files) == len(ds)
+            big = [i for i in range(len(ds)) if not by_file or os.path.getsize(files[i]) > 1000]
+            time_steps, downsample = DEFAULTS[name]
+            binning = {"time_steps": time_steps, "time_window": None, "frames": "count", "downsample": downsample}
+            tic = time.perf_counter()
+            events._convert(ds, big[:count], name, binning, progress=False)
+            ms = 1000 * (time.perf_counter() - tic) / len(big[:count])
+            print(f"| {name} | {n_events:,} | {time_steps}, {downsample} | {ms:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
