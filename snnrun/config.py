@@ -187,24 +187,25 @@ def check_data(cfg: DictConfig, spec: DataSpec, options: TrainerOptions) -> None
     if spec.temporal and options.time_steps != spec.time_steps:
         raise ConfigError("time_steps", options.time_steps, f"the {spec.time_steps} steps of every sample of this "
                           "temporal dataset (data.time_steps); leave time_steps out to follow the data",
-                          f"data.time_steps={options.time_steps}" if "time_steps" in _loader_keys(cfg.data)
+                          f"data.time_steps={options.time_steps}" if "time_steps" in _loader(cfg.data)[1]
                           else f"time_steps={spec.time_steps}")
     if options.augment_shift and len(spec.input_shape) != 3:
         raise ConfigError("trainer.augment_shift", options.augment_shift, "0 for samples that are not images "
                           f"(this dataset's samples are {list(spec.input_shape)}, not [C, H, W])", "trainer.augment_shift=0")
 
 
-def _loader_keys(data_cfg: DictConfig):
+def _loader(data_cfg: DictConfig):
+    """The data config's loader and the keys it takes (the others declare the data or batch it)."""
     with options_of("data", data_cfg):
-        return inspect.signature(instantiate({"_target_": data_cfg._target_, "_partial_": True}).func).parameters
+        loader = instantiate({"_target_": data_cfg._target_, "_partial_": True})
+    return loader, inspect.signature(loader.func).parameters
 
 
 def load_data(data_cfg: DictConfig, spec: DataSpec) -> data.Dataset:
     """Call the data config's loader with the keys it takes, and check the result against ``spec``."""
-    accepted = _loader_keys(data_cfg)
+    loader, accepted = _loader(data_cfg)
     with options_of("data", data_cfg):
-        dataset = instantiate({"_target_": data_cfg._target_, "_partial_": True})(
-            **{k: v for k, v in data_cfg.items() if k in accepted})
+        dataset = loader(**{k: v for k, v in data_cfg.items() if k in accepted})
     spec.check(dataset, str(data_cfg.get("name", data_cfg._target_)))
     return dataset
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from . import checkpoints
 from .data import Dataset, Split, batches, epoch_order, random_shift
 from .distributed import World, all_sum
+from .options import in_range
 
 log = logging.getLogger("snnrun")
 
@@ -89,6 +90,7 @@ def onecycle(optimizer, total_steps: int, pct_start: float = 0.25):
     """One-cycle: warm up to the optimiser's lr for ``pct_start`` of the run, then anneal. Each
     phase lasts at least one step (torch divides by zero otherwise); a run of fewer than three
     steps has no room for a cycle and keeps the lr constant."""
+    pct_start = in_range("pct_start", pct_start, 0, 1, example=0.25, low_open=False)
     if total_steps < 3:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     warmup = pct_start * total_steps

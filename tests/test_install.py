@@ -34,7 +34,8 @@ def test_wheel_install_runs_from_elsewhere(tmp_path):
     where = subprocess.run([py, "-c", "import snnrun; print(snnrun.__file__)"], cwd=tmp_path,
                            check=True, capture_output=True, text=True).stdout
     assert str(venv) in where
-    job = subprocess.run([bindir / "snnrun", "--cfg", "job"], cwd=tmp_path, check=True, capture_output=True, text=True)
+    job = subprocess.run([bindir / "snnrun", "--cfg", "job", "--resolve"], cwd=tmp_path, check=True, capture_output=True,
+                         text=True)
     assert "FC1000-FC10" in job.stdout
     subprocess.run([bindir / "snnrun", *FAST, "trainer.max_steps=2", "hydra.run.dir=run"], cwd=tmp_path, check=True,
                    capture_output=True)
