@@ -35,7 +35,7 @@ def main() -> None:
                         help="events per recording: N-MNIST, SHD, DVS Gesture")
     parser.add_argument("--count", nargs=3, type=int, default=[40, 40, 10], help="recordings timed per dataset")
     args = parser.parse_args()
-    (n_nmnist, n_shd, n_dvs), (c_nmnist, c_shd, c_dvs) = args.events, args.count
+    (n_nmnist, n_shd, n_dvs), (c_shd, c_dvs) = args.events, args.count[1:]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         # tonic checks for 10,000 N-MNIST and 100 DVS Gesture files per split (the gestures beyond --count are tiny)

@@ -64,7 +64,8 @@ def keep_freed_memory() -> None:
 
 
 def run(cfg: DictConfig) -> float:
-    """Train (or evaluate) one configuration; returns the final test accuracy."""
+    """Train (or evaluate) one configuration; returns the best validation accuracy, or without a
+    validation split the final test accuracy (the objective of optimising sweepers)."""
     world = distributed.world()
     assembly = Preflight.take() or assemble(cfg, world)  # a single run was assembled before its folder existed
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -92,7 +93,7 @@ def run(cfg: DictConfig) -> float:
             raise
     if logger:
         logger.finish({**results, "threads": torch.get_num_threads(), "processes": world.size})
-    return results["test_acc"]
+    return results.get("best_val_acc", results["test_acc"])  # the objective: validation accuracy when there is a split
 
 
 def _fail(message: str, code: int) -> float:

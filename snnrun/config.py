@@ -249,11 +249,17 @@ def assemble(cfg: DictConfig, rank: World | None = None) -> Assembly:
     dataset = load_data(cfg.data, spec)
     if state is not None:
         checkpoints.check_data(state, dataset, cfg.ckpt_path)
+    val_size = cfg.data.get("val_size", 0)
+    if val_size:
+        _require(cfg, "data.val_size", lambda v: _is_int(v) and 0 <= v < len(dataset.train),
+                 f"an integer from 0 to {len(dataset.train) - 1} (training samples held out for validation)",
+                 "data.val_size=5000")
+        dataset = data.hold_out(dataset, val_size)
     if len(dataset.train) < options.batch_size:
         raise ConfigError("data.batch_size", options.batch_size, f"at most the {len(dataset.train)} training samples",
                           f"data.batch_size={len(dataset.train)}")
     model = model.to(device)
-    dataset = data.Dataset(dataset.train.to(device), dataset.test.to(device), dataset.meta)
+    dataset = dataset.to(device)
     optimizer = _guarded("optimizer", cfg.optimizer, _part(cfg, "optimizer"))(model.parameters())
     scheduler = None
     if cfg.scheduler and "_target_" in cfg.scheduler:

@@ -86,6 +86,22 @@ class Dataset:
     train: Split
     test: Split
     meta: dict = field(default_factory=dict)  # tensors that define the data (a permutation), kept in checkpoints
+    val: Split | None = None  # held out of the training set by ``hold_out``
+
+    def to(self, device) -> "Dataset":
+        return Dataset(self.train.to(device), self.test.to(device), self.meta,
+                       self.val.to(device) if self.val is not None else None)
+
+
+def hold_out(dataset: Dataset, size: int) -> Dataset:
+    """Move ``size`` training samples into a validation split: one fixed choice (drawn from a
+    generator seeded 0, whatever the run's seed), disjoint from the rest, which keeps its order."""
+    chosen = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))[:size].sort().values
+    keep = torch.ones(len(dataset.train), dtype=torch.bool)
+    keep[chosen] = False
+    train = dataset.train
+    return Dataset(Split(train.inputs[keep], train.labels[keep], train.unit), dataset.test, dataset.meta,
+                   Split(train.inputs[chosen], train.labels[chosen], train.unit))
 
 
 def available_memory(device: torch.device) -> int | None:

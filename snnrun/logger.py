@@ -14,7 +14,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 log = logging.getLogger("snnrun")
 
-HPARAM_METRICS = ("test_acc", "best_test_acc", "test_loss")
+HPARAM_METRICS = ("test_acc", "best_test_acc", "test_loss", "val_acc", "best_val_acc", "test_acc_at_best_val")
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write via a temporary file, fsync and a rename: readers see the old file or the new one, never half."""
@@ -111,11 +111,14 @@ class RunLogger:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         w = self.writer
-        for key in ("test_loss", "test_acc"):
-            w.add_scalar(f"test/{key[5:]}", record[key], step)
+        for split in ("test", "val"):
+            for metric in ("loss", "acc"):
+                if f"{split}_{metric}" in record:
+                    w.add_scalar(f"{split}/{metric}", record[f"{split}_{metric}"], step)
         w.add_scalar("throughput/train_samples_per_s", record["train_samples_per_s"], step)
         for metric in HPARAM_METRICS:
-            w.add_scalar(f"hparams/{metric}", record[metric], step)
+            if metric in record:
+                w.add_scalar(f"hparams/{metric}", record[metric], step)
         for name, rate in record["firing_rates"].items():
             w.add_scalar(f"firing_rate/{name}", rate, step)
         for name, param in model.named_parameters():

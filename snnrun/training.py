@@ -114,10 +114,10 @@ def simulate(model, encoder, x, time_steps: int, generator, shard: slice = slice
 
 @torch.no_grad()
 def evaluate(parts: Parts, split: Split, *, batch_size: int, time_steps: int, seed: int,
-             progress: bool = False, world: World = World()) -> dict:
-    """Mean loss, accuracy and per-layer firing rates over a whole split. Under torchrun each
-    rank simulates its shard of every batch and the sums are all-reduced: the same figures,
-    N times sooner."""
+             progress: bool = False, world: World = World(), name: str = "test") -> dict:
+    """Mean loss, accuracy and per-layer firing rates over a whole split (``name``_loss, ``name``_acc).
+    Under torchrun each rank simulates its shard of every batch and the sums are all-reduced:
+    the same figures, N times sooner."""
     model, encoder = parts.model, parts.encoder
     was_training = model.training
     model.eval()
@@ -143,9 +143,9 @@ def evaluate(parts: Parts, split: Split, *, batch_size: int, time_steps: int, se
     totals = all_sum([loss_sum.item(), correct.item(), *torch.as_tensor(rates, dtype=torch.float64)
                       .expand(len(model.layer_names)).tolist()], device)
     return {
-        "test_loss": totals[0] / n,
-        "test_acc": totals[1] / n,
-        "firing_rates": {name: r / n for name, r in zip(model.layer_names, totals[2:])},
+        f"{name}_loss": totals[0] / n,
+        f"{name}_acc": totals[1] / n,
+        "firing_rates": {layer: r / n for layer, r in zip(model.layer_names, totals[2:])},
     }
 
 
@@ -182,6 +182,7 @@ class Trainer:
         self.device = data.train.labels.device
         self.generator = torch.Generator(device=self.device).manual_seed(options.seed)
         self.step, self.best_test_acc, self.last_eval = 0, -1.0, None
+        self.best = {}  # the evaluation best.pt holds: chosen on validation when there is a split, else on test
         self.window = {"loss": 0.0, "correct": 0.0, "samples": 0, "seconds": 0.0}  # since the last evaluation
         self.stop_signal: str | None = None  # set by a signal handler at any time
         self.stopping = False  # whether any rank had a stop signal at the last step (agreed by all ranks)
@@ -203,6 +204,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "step": self.step,
             "best_test_acc": self.best_test_acc,
+            "best": dict(self.best),
             "window": dict(self.window),
             "rng": rng,
             "arch": self.model.arch,
@@ -217,6 +219,7 @@ class Trainer:
         if self.scheduler and state["scheduler"]:
             self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.best_test_acc = state["step"], state["best_test_acc"]
+        self.best = dict(state.get("best", {}))
         self.window = dict(state["window"])
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["encoder"])
@@ -266,9 +269,19 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def test(self) -> dict:
+        """The test figures and, with a validation split, the validation figures."""
         o = self.options
-        return evaluate(self.parts, self.data.test, batch_size=o.eval_batch_size, time_steps=o.time_steps, seed=o.seed,
-                        progress=self.progress, world=self.world)
+        kwargs = dict(batch_size=o.eval_batch_size, time_steps=o.time_steps, seed=o.seed, progress=self.progress,
+                      world=self.world)
+        metrics = evaluate(self.parts, self.data.test, **kwargs)
+        if self.data.val is not None:
+            val = evaluate(self.parts, self.data.val, name="val", **kwargs)
+            metrics.update(val_loss=val["val_loss"], val_acc=val["val_acc"])
+        return metrics
+
+    @property
+    def selected_on(self) -> str:
+        return "val" if self.data.val is not None else "test"
 
     @torch.no_grad()
     def traces(self) -> dict | None:
@@ -311,18 +324,31 @@ class Trainer:
             "lr": self.lr,
         }
         self.window = {"loss": 0.0, "correct": 0.0, "samples": 0, "seconds": 0.0}
+        self.best_test_acc = record["best_test_acc"]
+        key = f"{self.selected_on}_acc"
+        improved = metrics[key] > self.best.get(key, -1.0)
+        if improved:
+            self.best = {"step": self.step, **{k: metrics[k] for k in ("test_acc", "val_acc") if k in metrics}}
+        if self.data.val is not None:
+            record.update(best_val_acc=self.best["val_acc"], test_acc_at_best_val=self.best["test_acc"])
         if self.world.main:
             self.logger.log_eval(record, self.model, self.traces())
             self.save("last")
-        if metrics["test_acc"] > self.best_test_acc:
-            self.best_test_acc = metrics["test_acc"]
-            if self.world.main:
+            if improved:
                 self.save("best")
-        log.info("step %d  epoch %.2f  train_loss %s  test_loss %.4f  test_acc %.2f%%  (%.0f samples/s)",
+        log.info("step %d  epoch %.2f  train_loss %s  test_loss %.4f  test_acc %.2f%%%s  (%.0f samples/s)",
                  self.step, record["epoch"], f"{record['train_loss']:.4f}" if record["train_loss"] is not None else "-",
-                 record["test_loss"], 100 * record["test_acc"], record["train_samples_per_s"])
+                 record["test_loss"], 100 * record["test_acc"],
+                 f"  val_acc {100 * record['val_acc']:.2f}%" if "val_acc" in record else "", record["train_samples_per_s"])
         self.last_eval = record
         return record
+
+    def best_figures(self) -> dict:
+        """What best.pt holds and how it was chosen: on validation (with the test accuracy there) or on test."""
+        figures = {"best_selected_on": self.selected_on, "best_step": self.best.get("step")}
+        if self.data.val is not None:
+            figures.update(best_val_acc=self.best.get("val_acc"), test_acc_at_best_val=self.best.get("test_acc"))
+        return figures
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -360,6 +386,7 @@ class Trainer:
             "test_acc": final["test_acc"],
             "test_loss": final["test_loss"],
             "best_test_acc": self.best_test_acc,
+            **self.best_figures(),
             "steps": self.step,
             "epochs": self.step / self.steps_per_epoch,
             "train_samples_per_s": samples / seconds if seconds else 0.0,

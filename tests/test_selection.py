@@ -1,0 +1,65 @@
+"""Honest model selection: a fixed validation split chooses best.pt; without one, results say test chose it."""
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import FAST, read_metrics, read_results, snnrun
+from snnrun.config import ConfigError, assemble
+from snnrun.data import hold_out, synthetic
+
+SMALL = ["data=synthetic", "data.num_train=200", "data.num_test=40", "data.batch_size=20", "time_steps=4",
+         "model.arch=FC16-FC10"]
+
+
+def test_the_validation_split_is_fixed_disjoint_and_the_same_for_every_seed(compose):
+    data = synthetic(num_train=200, num_test=10)
+    held = hold_out(data, 50)
+    assert len(held.train) == 150 and len(held.val) == 50 and held.test is data.test
+    rows = {tuple(x.flatten().tolist()) for x in data.train.inputs}
+    assert len(rows) == 200  # every synthetic image differs, so membership identifies a sample
+    train_rows = {tuple(x.flatten().tolist()) for x in held.train.inputs}
+    val_rows = {tuple(x.flatten().tolist()) for x in held.val.inputs}
+    assert train_rows.isdisjoint(val_rows) and train_rows | val_rows == rows
+    again = hold_out(data, 50)
+    assert torch.equal(again.val.inputs, held.val.inputs) and torch.equal(again.train.labels, held.train.labels)
+    a = assemble(compose(*SMALL, "data.val_size=50", "seed=0")).data
+    b = assemble(compose(*SMALL, "data.val_size=50", "seed=7")).data
+    assert torch.equal(a.val.inputs, b.val.inputs) and torch.equal(a.train.inputs, b.train.inputs)
+
+
+@pytest.mark.parametrize("size", [-1, 200, 1.5])
+def test_a_bad_validation_size_is_refused(compose, size):
+    with pytest.raises(ConfigError, match="data.val_size"):
+        assemble(compose(*SMALL, f"data.val_size={size}"))
+
+
+@pytest.mark.e2e
+def test_best_is_chosen_on_validation_and_resume_chooses_the_same(tmp_path):
+    common = [*FAST, "data.val_size=64", "trainer.eval_every=2", "optimizer.lr=3e-3"]
+    snnrun(*common, "trainer.max_steps=12", "hydra.run.dir=straight", cwd=tmp_path)
+    results = read_results(tmp_path / "straight")
+    records = read_metrics(tmp_path / "straight")
+    best = max(records, key=lambda r: (r["val_acc"], -r["step"]))  # the first evaluation with the best val_acc
+    assert results["best_selected_on"] == "val" and results["best_step"] == best["step"]
+    assert results["best_val_acc"] == best["val_acc"] and results["test_acc_at_best_val"] == best["test_acc"]
+    assert torch.load(tmp_path / "straight/checkpoints/best.pt", weights_only=True)["step"] == best["step"]
+    assert records[-1]["best_val_acc"] == best["val_acc"] and records[-1]["test_acc_at_best_val"] == best["test_acc"]
+    acc = EventAccumulator(str(tmp_path / "straight"))
+    acc.Reload()
+    assert {"val/acc", "val/loss", "hparams/best_val_acc", "hparams/test_acc_at_best_val"} <= set(acc.Tags()["scalars"])
+
+    snnrun(*common, "trainer.max_steps=6", "hydra.run.dir=first", cwd=tmp_path)
+    snnrun(*common, "trainer.max_steps=12", f"ckpt_path={tmp_path / 'first/checkpoints/last.pt'}",
+           "hydra.run.dir=second", cwd=tmp_path)
+    resumed = read_results(tmp_path / "second")
+    for key in ("best_step", "best_val_acc", "test_acc_at_best_val", "test_acc"):
+        assert resumed[key] == results[key], key
+
+
+@pytest.mark.e2e
+def test_without_validation_results_say_test_chose_the_best(tmp_path):
+    snnrun(*FAST, "trainer.max_steps=4", "trainer.eval_every=2", "hydra.run.dir=run", cwd=tmp_path)
+    results = read_results(tmp_path / "run")
+    assert results["best_selected_on"] == "test" and "best_val_acc" not in results
+    assert results["best_test_acc"] == max(r["test_acc"] for r in read_metrics(tmp_path / "run"))
