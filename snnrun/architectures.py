@@ -2,7 +2,8 @@
 
 Tokens joined by ``-``: ``{n}C{k}`` conv, n filters k x k (no padding, stride 1);
 ``MP{k}`` / ``AP{k}`` max / average pooling k x k; ``FC{n}`` fully connected to n units,
-flattening first when needed. Every weight layer is followed by its pooling (if any)
+flattening first when needed; ``RFC{n}`` the same, with its neurons also driven by their own
+previous spikes (``neuron=rlif`` or ``alif``, on a flat input). Every weight layer is followed by its pooling (if any)
 and then a spiking neuron layer: conv -> pool -> neuron (the order of snnTorch's tutorial 6).
 
 Execution is multi-step: stateless layers run once over all T*B samples and only the
@@ -19,11 +20,14 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .neurons import LI
 from .options import one_of
 
 PRECISIONS = ("fp32", "bf16")
 INITS = ("default", "xavier_uniform")
-_TOKEN = re.compile(r"(?P<conv>(?P<filters>\d+)C(?P<kernel>\d+))|(?P<pool>(?P<kind>MP|AP)(?P<size>\d+))|(?P<fc>FC(?P<units>\d+))")
+READOUT_NEURONS = ("same", "li")
+_TOKEN = re.compile(r"(?P<conv>(?P<filters>\d+)C(?P<kernel>\d+))|(?P<pool>(?P<kind>MP|AP)(?P<size>\d+))"
+                    r"|(?P<fc>(?P<recurrent>R?)FC(?P<units>\d+))")
 
 
 class ArchitectureError(ValueError):
@@ -35,20 +39,21 @@ class ArchitectureError(ValueError):
 
 
 def parse(arch: str) -> list[tuple[str, str, tuple[int, ...]]]:
-    """``"12C5-MP2-FC10"`` -> ``[("12C5", "conv", (12, 5)), ("MP2", "MP", (2,)), ("FC10", "fc", (10,))]``."""
+    """``"12C5-MP2-FC10"`` -> ``[("12C5", "conv", (12, 5)), ("MP2", "MP", (2,)), ("FC10", "fc", (10,))]``;
+    ``RFC{n}`` gives kind ``"rfc"``."""
     if not isinstance(arch, str) or not arch.strip():
         raise ArchitectureError(str(arch), str(arch), "empty architecture; expected e.g. 'FC1000-FC10'")
     layers = []
     for token in arch.strip().split("-"):
         m = _TOKEN.fullmatch(token.strip())
         if m is None:
-            raise ArchitectureError(arch, token, "expected {n}C{k}, MP{k}, AP{k} or FC{n} (e.g. 12C5, MP2, FC10)")
+            raise ArchitectureError(arch, token, "expected {n}C{k}, MP{k}, AP{k}, FC{n} or RFC{n} (e.g. 12C5, MP2, FC10)")
         if m["conv"]:
             layer = (token, "conv", (int(m["filters"]), int(m["kernel"])))
         elif m["pool"]:
             layer = (token, m["kind"], (int(m["size"]),))
         else:
-            layer = (token, "fc", (int(m["units"]),))
+            layer = (token, "rfc" if m["recurrent"] else "fc", (int(m["units"]),))
         if any(v <= 0 for v in layer[2]):
             raise ArchitectureError(arch, token, "sizes must be positive integers")
         layers.append(layer)
@@ -89,14 +94,18 @@ class SpikingNetwork(nn.Module):
     ``precision="bf16"`` runs the weight layers (conv, linear) in bfloat16 autocast. Spikes
     are exactly 0 or 1 in bf16; the neurons still integrate their current in fp32.
     ``init="xavier_uniform"`` re-initialises every weight matrix and kernel (the graded_fc100 preset);
-    ``"default"`` keeps PyTorch's.
+    ``"default"`` keeps PyTorch's. ``readout_neuron="li"`` makes the last layer a non-spiking
+    leaky integrator with the neuron's decay (its spikes are all zero; train it on the membrane).
     """
 
     def __init__(self, arch: str, input_shape: Sequence[int], num_classes: int,
-                 neuron: Callable[..., nn.Module], surrogate=None, precision: str = "fp32", init: str = "default"):
+                 neuron: Callable[..., nn.Module], surrogate=None, precision: str = "fp32", init: str = "default",
+                 readout_neuron: str = "same"):
         super().__init__()
         one_of("precision", precision, PRECISIONS)
         one_of("init", init, INITS)
+        self.readout_neuron = one_of("readout_neuron", readout_neuron, READOUT_NEURONS)
+        neuron_class = getattr(neuron, "func", neuron)  # the class behind the (partial) factory
         self.arch, self.input_shape, self.precision = arch, tuple(input_shape), precision
         self.blocks = nn.ModuleList()
         self.record = False
@@ -105,6 +114,9 @@ class SpikingNetwork(nn.Module):
         shape = self.input_shape
         self.state_numel = 0  # elements every layer produces per sample and step (memory estimates)
         layers = parse(arch)
+        if getattr(neuron_class, "needs_recurrent_layer", False) and not any(k == "rfc" for _, k, _ in layers):
+            raise ArchitectureError(arch, arch, "neuron=rlif makes the RFC{n} layers recurrent and this architecture "
+                                    "has none; write e.g. RFC128-FC10, or use neuron=lif")
         i = 0
         while i < len(layers):
             token, kind, args = layers[i]
@@ -121,6 +133,11 @@ class SpikingNetwork(nn.Module):
                 shape = (filters, shape[1] - k + 1, shape[2] - k + 1)
                 self.state_numel += math.prod(shape)
             else:
+                if kind == "rfc" and not getattr(neuron_class, "supports_recurrence", False):
+                    raise ArchitectureError(arch, token, "a recurrent layer needs neuron=rlif or neuron=alif")
+                if kind == "rfc" and len(shape) > 1:
+                    raise ArchitectureError(arch, token, f"a recurrent layer needs a flat input, gets {list(shape)} "
+                                            "(recurrent conv layers are not supported); put an FC layer before it")
                 if len(shape) > 1:
                     modules.append(nn.Flatten())
                 modules.append(nn.Linear(math.prod(shape), args[0]))
@@ -129,17 +146,20 @@ class SpikingNetwork(nn.Module):
             name = f"L{len(self.blocks) + 1}_{token}"
             i += 1
             while i < len(layers) and layers[i][1] in ("MP", "AP"):
-                token, kind, (size,) = layers[i]
+                token, pool, (size,) = layers[i]
                 if len(shape) != 3:
                     raise ArchitectureError(arch, token, "pooling needs a spatial [C, H, W] input, not a flat FC output")
                 if size > shape[1] or size > shape[2]:
                     raise ArchitectureError(arch, token, f"pool {size}x{size} does not fit its {shape[1]}x{shape[2]} input")
-                modules.append(nn.MaxPool2d(size) if kind == "MP" else nn.AvgPool2d(size))
+                modules.append(nn.MaxPool2d(size) if pool == "MP" else nn.AvgPool2d(size))
                 shape = (shape[0], shape[1] // size, shape[2] // size)
                 self.state_numel += math.prod(shape)
                 name += f"_{token}"
                 i += 1
-            self.blocks.append(_Block(name, nn.Sequential(*modules), neuron(shape=shape, surrogate=surrogate), shape))
+            layer = neuron(shape=shape, surrogate=surrogate, **({"recurrent": True} if kind == "rfc" else {}))
+            if i == len(layers) and readout_neuron == "li":
+                layer = LI.like(layer, shape)
+            self.blocks.append(_Block(name, nn.Sequential(*modules), layer, shape))
             self.state_numel += 3 * math.prod(shape)  # spikes, membrane and its gradient
         if init == "xavier_uniform":
             for p in self.parameters():

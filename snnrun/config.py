@@ -27,7 +27,7 @@ from .architectures import ArchitectureError
 from .checkpoints import CheckpointError
 from .data import DataError, DataSpec, available_memory
 from .distributed import World, world
-from .losses import READOUTS
+from .losses import READOUTS, SPIKE_READOUTS
 from .options import OptionError
 from .training import Parts, TrainerOptions
 
@@ -160,6 +160,7 @@ def _guarded(group: str, node, factory):
         with options_of(group, node):
             return factory(*args, **kwargs)
 
+    call.func = getattr(factory, "func", factory)  # the class it builds, for the model's checks
     return call
 
 
@@ -192,6 +193,16 @@ def check_data(cfg: DictConfig, spec: DataSpec, options: TrainerOptions) -> None
     if options.augment_shift and len(spec.input_shape) != 3:
         raise ConfigError("trainer.augment_shift", options.augment_shift, "0 for samples that are not images "
                           f"(this dataset's samples are {list(spec.input_shape)}, not [C, H, W])", "trainer.augment_shift=0")
+
+
+def check_li_readout(cfg: DictConfig, loss) -> None:
+    """A non-spiking readout needs a loss and a readout on its membrane."""
+    if getattr(loss, "needs_spikes", False):
+        raise ConfigError("model.readout_neuron", "li", f"same with this loss ({type(loss).__name__} counts output "
+                          "spikes, and an li readout never spikes)", "loss=membrane_max_ce readout=membrane_max")
+    if cfg.readout in SPIKE_READOUTS:
+        raise ConfigError("readout", cfg.readout, "membrane or membrane_max with model.readout_neuron=li (an li "
+                          "readout never spikes)", "readout=membrane_max")
 
 
 def _loader(data_cfg: DictConfig):
@@ -241,6 +252,8 @@ def assemble(cfg: DictConfig, rank: World | None = None) -> Assembly:
                   surrogate=surrogate)
     encoder = None if spec.temporal else _part(cfg, "encoder")  # temporal samples are their own T steps
     loss = _part(cfg, "loss")
+    if getattr(model, "readout_neuron", "same") == "li":
+        check_li_readout(cfg, loss)
     check_memory(model, options, device)
     state = None
     if cfg.get("ckpt_path"):

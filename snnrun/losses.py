@@ -1,6 +1,7 @@
 """Losses on the output layer's spikes S and membranes U, both [T, B, C], and readouts.
 
-Every loss is called as ``loss(spk, mem, target)`` with integer class targets [B].
+Every loss is called as ``loss(spk, mem, target)`` with integer class targets [B]. Losses and
+readouts that count output spikes (``needs_spikes``, ``SPIKE_READOUTS``) do not fit an ``li`` readout.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class MembraneCE:
 class SpikeCountCE:
     """CE(sum_t S[t], y) (snnTorch ``ce_count_loss``); ``normalize`` uses the rate sum_t S[t] / T."""
 
+    needs_spikes = True  # not for a non-spiking (li) readout
+
     def __init__(self, normalize: bool = False):
         self.normalize = normalize
 
@@ -44,6 +47,8 @@ class SpikeCountCE:
 class SpikeRateCE:
     """(1/T) * sum_t CE(S[t], y) (snnTorch ``ce_rate_loss``, tutorial 6)."""
 
+    needs_spikes = True  # not for a non-spiking (li) readout
+
     def __call__(self, spk, mem, target):
         return _per_step_ce(spk, target)
 
@@ -53,6 +58,8 @@ class MSECount:
 
     The target count is T*correct_rate for the label and T*incorrect_rate for the others.
     """
+
+    needs_spikes = True  # not for a non-spiking (li) readout
 
     def __init__(self, correct_rate: float = 1.0, incorrect_rate: float = 0.0):
         self.correct_rate = in_range("correct_rate", correct_rate, 0, 1, example=1.0, low_open=False)
@@ -103,3 +110,4 @@ def membrane_max(spk: torch.Tensor, mem: torch.Tensor) -> torch.Tensor:
 
 
 READOUTS = {"spike_count": spike_count, "membrane": membrane, "membrane_max": membrane_max}
+SPIKE_READOUTS = ("spike_count",)

@@ -244,6 +244,30 @@ class LIF(SpikingNeuron):
         return self.beta_value
 
 
+class LI(LIF):
+    """Leaky integrator, the non-spiking readout: U[t] = beta*U[t-1] + I[t] (no threshold, no reset).
+
+    Returns (S, U) like every layer, with S all zero. ``LI.like(neuron)`` copies a layer's decay
+    (beta, learned or not, per neuron or shared): ``model.readout_neuron=li``.
+    """
+
+    def __init__(self, beta: float | None = None, tau: float | None = None, learn_beta: bool = False,
+                 per_neuron: bool = False, shape: Sequence[int] = (), fused: bool = True):
+        super().__init__(beta=beta, tau=tau, learn_beta=learn_beta, threshold=math.inf, reset="none",
+                         per_neuron=per_neuron, shape=shape, fused=fused)
+
+    @classmethod
+    def like(cls, neuron: nn.Module, shape: Sequence[int]) -> "LI":
+        if not isinstance(neuron, LIF):
+            raise OptionError("readout_neuron", "li", "same for this neuron (li takes its decay from lif, synaptic, "
+                              "if, rlif or alif)", "same")
+        return cls(beta=float(neuron.beta.flatten()[0]), learn_beta=hasattr(neuron, "beta_logit"),
+                   per_neuron=neuron.param_shape != (), shape=shape, fused=neuron.fused)
+
+    def extra_repr(self) -> str:
+        return "no spikes"
+
+
 class Synaptic(LIF):
     """Current-based (CUBA) LIF: J[t] = alpha*J[t-1] + I[t]; U[t] = beta*U[t-1] + J[t] - R[t]*theta.
 

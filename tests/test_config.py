@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from snnrun import config
 from snnrun.cli import config_dir
 from snnrun.config import ConfigError, Preflight, assemble, check_memory
 from snnrun.data import DataSpec
@@ -32,7 +33,7 @@ def test_defaults_are_the_tutorial5_dense_network(compose):
 
 def test_every_group_has_the_documented_options():
     names = {g: {o for gg, o in OPTIONS if gg == g} for g in GROUPS}
-    assert names["neuron"] == {"lif", "if", "synaptic", "graded"}
+    assert names["neuron"] == {"lif", "if", "synaptic", "graded", "rlif", "alif"}
     assert names["surrogate"] == {"atan", "fast_sigmoid", "sigmoid", "triangular", "straight_through", "heaviside"}
     assert names["encoder"] == {"direct", "rate", "poisson", "noise", "latency"}
     assert names["model"] == {"dense", "csnn"}
@@ -48,6 +49,8 @@ def test_every_group_has_the_documented_options():
                          ids=[f"{g}={o}" for g, o in OPTIONS if g != "data"])
 def test_option_builds_and_trains_a_step(compose, group, option):
     arch = [] if group == "model" else ["model.arch=4C5-MP2-FC10"]
+    if (group, option) == ("neuron", "rlif"):  # rlif needs a recurrent layer, on a flat input
+        arch = ["model.arch=4C5-MP2-FC16-RFC10"]
     assembly = assemble(compose(f"{group}={option}", *SMALL, *arch))
     parts = assembly.parts
     x, y = assembly.data.train.inputs[:2].float() / 255, assembly.data.train.labels[:2]
@@ -123,6 +126,14 @@ def test_arch_override(compose):
     ("model.precision=fp16", "model.precision"), ("model.init=orthogonal", "model.init"),
     ("data.input_shape=[1,0,28]", "data.input_shape"), ("data.num_classes=1", "data.num_classes"),
     ("time_steps=100000000", "time_steps"),
+    ("neuron=alif neuron.tau_adapt=0", "neuron.tau_adapt"), ("neuron=alif neuron.adaptation=-1", "neuron.adaptation"),
+    ("neuron=alif neuron.tau=-1", "neuron.tau"), ("neuron=rlif neuron.tau=0 model.arch=FC16-RFC10", "neuron.tau"),
+    ("neuron=rlif neuron.recurrence=full model.arch=FC16-RFC10", "neuron.recurrence"),
+    ("neuron=rlif model.arch=FC16-FC10", "model.arch"), ("model.arch=RFC16-FC10", "model.arch"),
+    ("neuron=rlif model.arch=4C5-RFC10", "model.arch"), ("model.readout_neuron=spiking", "model.readout_neuron"),
+    ("model.readout_neuron=li loss=spike_count_ce", "model.readout_neuron"),
+    ("model.readout_neuron=li readout=spike_count", "readout"),
+    ("neuron=graded model.readout_neuron=li loss=membrane_sum_ce readout=membrane", "model.readout_neuron"),
 ])
 def test_bad_values_refused_before_work(compose, override, key):
     with pytest.raises(ConfigError) as err:
@@ -136,11 +147,12 @@ def test_constructor_messages_keep_their_wording(compose):
         assemble(compose(*SMALL, "neuron.beta=1.5"))
 
 
-def test_a_run_too_large_for_memory_names_the_sizes(compose):
+def test_a_run_too_large_for_memory_names_the_sizes(compose, monkeypatch):
+    monkeypatch.setattr(config, "available_memory", lambda device: 8 * 2**30)  # free memory varies between calls
     with pytest.raises(ConfigError) as err:
         assemble(compose(*SMALL, "time_steps=100000000"))
     message = str(err.value)
-    assert "GiB" in message and "available" in message and "FC1000-FC10" in message
+    assert "8.0 GiB available" in message and "FC1000-FC10" in message
     suggested = int(message.rsplit("time_steps=", 1)[1])
     assembly = assemble(compose(*SMALL, "trainer.max_steps=1"))
     check_memory(assembly.parts.model, replace(assembly.options, time_steps=suggested), torch.device("cpu"))  # fits

@@ -1,0 +1,223 @@
+"""Recurrent and adaptive LIF layers (``rlif``, ``alif``), time-first: current [T, B, n] -> (S, U).
+
+rlif:  U[t] = beta*U[t-1] + I[t] + V(S[t-1]) - R[t]*theta
+alif:  a[t] = rho*a[t-1] + (1 - rho)*S[t-1];  theta[t] = theta0 + b*a[t];  rho = exp(-1/tau_adapt)
+       U[t] = beta*U[t-1] + I[t] (+ V(S[t-1])) - R[t]*theta[t-1];  S[t] = H(U[t] - theta[t])
+
+V(S) = S W^T + c (``all_to_all``, snnTorch RLeaky's nn.Linear) or v*S (``one_to_one``); S[-1] = 0,
+so the bias c enters at t = 0 as well. ``reset=zero`` is lif's: U[t] = beta*(1 - R[t])*U[t-1] + I[t]
++ V(S[t-1]). Only the layers of an ``RFC{n}`` token are recurrent; ``alif`` adapts in any layer.
+The gradient flows through V(S[t-1]) and the adaptation a[t] (full BPTT); R[t] is detached
+unless ``detach_reset=False``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from .neurons import LIF, _sum_to, lif_step
+from .options import non_negative, one_of, positive
+
+RECURRENCES = ("all_to_all", "one_to_one")
+
+
+def alif_step(current, mem, spk, adapt, beta, threshold, rho, jump, surrogate, reset="subtract", detach_reset=True,
+              rectify=False):
+    """One ALIF step on the previous (S, U, a); ``current`` already holds V(S[t-1]). Returns (S, U, a)."""
+    r = spk.detach() if detach_reset else spk
+    previous_threshold = threshold + jump * adapt  # theta[t-1], the one S[t-1] crossed
+    adapt = rho * adapt + (1 - rho) * spk
+    if reset == "subtract":
+        mem = beta * mem + current - r * previous_threshold
+    elif reset == "zero":
+        mem = beta * (1 - r) * mem + current
+    else:
+        mem = beta * mem + current
+    if rectify:
+        mem = mem.clamp(min=0)
+    return surrogate(mem - (threshold + jump * adapt)), mem, adapt
+
+
+class _RecurrentSequence(torch.autograd.Function):
+    """rlif/alif over all T steps as one autograd op: one matrix product per step for V.
+
+    Backward is BPTT by hand on the adjoints g[t] = dL/dU_pre[t] and e[t] = dL/da[t]:
+
+        dL/dS[t] = dL/dS[t] (from above) + V^T g[t+1] + (1 - rho) e[t+1] (+ the reset path)
+        g[t] = m[t] * (dL/dU[t] + sigma'(U[t] - theta[t]) dL/dS[t] + K[t] g[t+1])
+        e[t] = b * dL/dtheta[t] + rho e[t+1],  dL/dtheta[t] = -sigma' dL/dS[t] - S[t] g[t+1] (subtract)
+
+    dL/dI[t] = g[t]; dL/dW = sum_t g[t]^T S[t-1] (one product after the loop); dL/dc = sum_t g[t].
+    Saved: U and, for alif, theta[t]; S = U > theta[t] is recomputed.
+    """
+
+    @staticmethod
+    def forward(ctx, current, beta, threshold, weight, bias, surrogate, reset, detach_reset, rectify, recurrence,
+                rho, jump):
+        mem, spk = torch.empty_like(current), torch.empty_like(current)
+        adaptive = jump != 0
+        thr = torch.empty_like(current) if adaptive else None
+        adapt = torch.zeros_like(current[0])
+        for t in range(current.shape[0]):
+            u = mem[t]
+            if t == 0:
+                u.copy_(current[0])
+            else:
+                torch.mul(mem[t - 1], beta, out=u)
+                if reset == "zero":
+                    u.addcmul_(u, spk[t - 1], value=-1)
+                u.add_(current[t])
+            if recurrence == "all_to_all":  # V(S) as snnTorch computes it: (beta*U + I) + (S W^T + c)
+                u.add_(torch.addmm(bias, spk[t - 1], weight.t()) if t > 0 else bias)
+            elif recurrence == "one_to_one" and t > 0:
+                u.addcmul_(spk[t - 1], weight)
+            if t > 0 and reset == "subtract":
+                u.addcmul_(spk[t - 1], thr[t - 1] if adaptive else threshold, value=-1)
+            if rectify:
+                u.clamp_(min=0)
+            if adaptive:
+                if t > 0:
+                    adapt.mul_(rho).add_(spk[t - 1], alpha=1 - rho)
+                torch.add(threshold, adapt, alpha=jump, out=thr[t])
+            torch.gt(u, thr[t] if adaptive else threshold, out=spk[t])
+        ctx.save_for_backward(mem, thr, beta, threshold, weight)
+        ctx.options = surrogate, reset, detach_reset, rectify, recurrence, rho, jump
+        ctx.set_materialize_grads(False)
+        return spk, mem
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_spk, grad_mem):
+        mem, thr, beta, threshold, weight = ctx.saved_tensors
+        surrogate, reset, detach_reset, rectify, recurrence, rho, jump = ctx.options
+        adaptive = thr is not None
+        need_beta, need_th = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        acc_beta = torch.zeros_like(mem[0]) if need_beta else None
+        acc_th = torch.zeros_like(mem[0]) if need_th else None
+        grad_in = torch.empty_like(mem)
+        nxt = nxt_adapt = None  # g[t+1], e[t+1]
+        for t in reversed(range(mem.shape[0])):
+            u, g = mem[t], grad_in[t]
+            theta = thr[t] if adaptive else threshold
+            s = u > theta
+            g_s = torch.zeros_like(u) if grad_spk is None else grad_spk[t].clone()
+            g_theta = None
+            if nxt is not None:
+                if recurrence == "all_to_all":
+                    g_s.addmm_(nxt, weight)
+                elif recurrence == "one_to_one":
+                    g_s.addcmul_(nxt, weight)
+                if adaptive:
+                    g_s.add_(nxt_adapt, alpha=1 - rho)
+                if not detach_reset and reset == "subtract":
+                    g_s.sub_(nxt * theta)
+                elif not detach_reset and reset == "zero":
+                    g_s.sub_(nxt * u * beta)
+            torch.mul(surrogate.derivative(u - theta), g_s, out=g)
+            if adaptive or need_th:
+                g_theta = -g
+                if nxt is not None and reset == "subtract":
+                    g_theta = g_theta - nxt * s
+                if need_th:
+                    acc_th.add_(g_theta)
+            if grad_mem is not None:
+                g.add_(grad_mem[t])
+            if nxt is not None:
+                if need_beta:
+                    acc_beta.addcmul_(nxt, u.masked_fill(s, 0) if reset == "zero" else u)
+                g.add_((nxt * beta).masked_fill_(s, 0) if reset == "zero" else nxt * beta)
+            if rectify:
+                g.mul_(u > 0)
+            if adaptive:
+                e = g_theta * jump
+                nxt_adapt = e if nxt_adapt is None else e.add_(nxt_adapt, alpha=rho)
+            nxt = g
+        grad_weight = grad_bias = None
+        if ctx.needs_input_grad[3]:
+            n = mem.shape[-1]
+            spk = (mem[:-1] > (thr[:-1] if adaptive else threshold)).to(mem.dtype).reshape(-1, n)
+            later = grad_in[1:].reshape(-1, n)
+            grad_weight = later.t() @ spk if recurrence == "all_to_all" else (later * spk).sum(0)
+        if ctx.needs_input_grad[4]:
+            grad_bias = grad_in.reshape(-1, mem.shape[-1]).sum(0)
+        return (grad_in, _sum_to(acc_beta, beta) if need_beta else None,
+                _sum_to(acc_th, threshold) if need_th else None, grad_weight, grad_bias) + (None,) * 7
+
+
+class RLIF(LIF):
+    """Recurrent LIF: U[t] = beta*U[t-1] + I[t] + V(S[t-1]) - R[t]*theta (snnTorch ``RLeaky``).
+
+    ``recurrence``: ``all_to_all`` (V = a learned n x n linear map with bias, PyTorch's Linear
+    initialisation) or ``one_to_one`` (a learned vector v, initialised to 0). The architecture
+    passes ``recurrent=True`` to the layers of its ``RFC{n}`` tokens; other layers are plain lif.
+    """
+
+    supports_recurrence = True
+    needs_recurrent_layer = True  # neuron=rlif without an RFC layer would silently be lif
+
+    def __init__(self, recurrence: str = "all_to_all", recurrent: bool = False, shape=(), **kwargs):
+        super().__init__(shape=shape, **kwargs)
+        self.recurrence = one_of("recurrence", recurrence, RECURRENCES) if recurrent else None
+        self.rho, self.jump = 0.0, 0.0
+        if recurrent:
+            n = shape[-1]
+            if recurrence == "all_to_all":
+                linear = nn.Linear(n, n)
+                self.recurrent_weight, self.recurrent_bias = linear.weight, linear.bias
+            else:
+                self.recurrent_weight = nn.Parameter(torch.zeros(n))
+
+    def recurrent_input(self, spk: torch.Tensor) -> torch.Tensor:
+        """V(S[t-1])."""
+        if self.recurrence == "all_to_all":
+            return nn.functional.linear(spk, self.recurrent_weight, self.recurrent_bias)
+        return spk * self.recurrent_weight
+
+    def forward(self, current):
+        if self.recurrence is None and self.jump == 0:
+            return super().forward(current)
+        weight = getattr(self, "recurrent_weight", None)
+        bias = getattr(self, "recurrent_bias", None)
+        if self.fused:
+            return _RecurrentSequence.apply(
+                current, self.beta.to(current), self.threshold.to(current),
+                None if weight is None else weight.to(current), None if bias is None else bias.to(current),
+                self.surrogate, self.reset, self.detach_reset, self.rectify, self.recurrence, self.rho, self.jump)
+        kwargs = self._step_kwargs()
+        spk, mem, adapt = (torch.zeros_like(current[0]) for _ in range(3))
+        spikes, mems = [], []
+        for t, i_t in enumerate(current):
+            if self.recurrence is not None:
+                i_t = i_t + self.recurrent_input(spk)
+            if self.jump:
+                spk, mem, adapt = alif_step(i_t, mem, spk, adapt, rho=self.rho, jump=self.jump, **kwargs)
+            else:
+                spk, mem = lif_step(i_t, mem, spk, **kwargs)
+            spikes.append(spk)
+            mems.append(mem)
+        return torch.stack(spikes), torch.stack(mems)
+
+    def extra_repr(self) -> str:
+        return f"recurrence={self.recurrence}, " + super().extra_repr()
+
+
+class ALIF(RLIF):
+    """Adaptive LIF (LSNN): theta[t] = theta0 + b*a[t], a[t] = rho*a[t-1] + (1 - rho)*S[t-1].
+
+    ``tau_adapt`` (tau_a in steps, rho = exp(-1/tau_a); default 200) and ``adaptation`` (b, default 1.8).
+    Recurrent in ``RFC{n}`` layers, feed-forward adaptive elsewhere.
+    """
+
+    needs_recurrent_layer = False
+
+    def __init__(self, tau_adapt: float = 200.0, adaptation: float = 1.8, **kwargs):
+        super().__init__(**kwargs)
+        self.rho = math.exp(-1.0 / positive("tau_adapt", tau_adapt, example=200.0))
+        self.jump = non_negative("adaptation", adaptation, example=1.8)
+
+    def extra_repr(self) -> str:
+        return f"tau_adapt={-1 / math.log(self.rho):.4g}, adaptation={self.jump}, " + super().extra_repr()
