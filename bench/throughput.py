@@ -1,14 +1,17 @@
 """Training throughput of snnrun against snnTorch on the same networks, measured side by side.
 
     python bench/throughput.py [--iters 20] [--rounds 3] [--threads 2] [--device cpu]
-                               [--workloads dense csnn25 csnn50 lif] [--data /path/to/datasets]
+                               [--workloads dense csnn25 csnn50 lif rlif] [--data /path/to/datasets]
 
 Both libraries train the same network (weights copied from snnrun's into snnTorch's, and their
 outputs checked equal before timing) with the same neuron, surrogate, loss, optimiser, batch,
 T and thread count. Variants take turns, round after round, so drift in the machine's speed
 hits all of them alike; each figure is the median over rounds. Peak memory is measured per
 variant in a fresh subprocess (growth of the peak RSS over three training steps on CPU,
-``torch.cuda.max_memory_allocated`` on a GPU). Writes bench/results/throughput.md.
+``torch.cuda.max_memory_allocated`` on a GPU). The ``lif`` and ``rlif`` workloads time one neuron
+layer alone (``rlif``: snnTorch's RLeaky with snnrun's all-to-all recurrent weights); snnTorch runs
+its layer in a loop over ``x.unbind(0)``, its fastest idiom (indexing ``x[t]`` makes backward write
+a full-size gradient at every step). Writes bench/results/throughput.md.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ VARIANTS = {
     "snnrun bf16": ["model.precision=bf16"],
 }
 LIF_SHAPE = (100, 64, 4096)
+RLIF_SHAPE = (100, 64, 512)
+LAYERS = ("lif", "rlif")  # workloads that time one neuron layer alone
 
 
 def compose(workload: str, overrides: list[str]):
@@ -130,39 +135,63 @@ def make_variant(workload: str, variant: str, device: torch.device, batch: tuple
     return step, spikes
 
 
-def make_lif(variant: str, device: torch.device):
-    """The neuron alone: LIF (beta 0.9, atan) forward + backward on [T, B, N] = LIF_SHAPE."""
+def make_layer(workload: str, variant: str, device: torch.device):
+    """One neuron layer alone, forward + backward on [T, B, N]: ``lif`` (LIF_SHAPE) or ``rlif``
+    (RLIF_SHAPE, all-to-all recurrent weights copied from snnrun's into snnTorch's RLeaky)."""
     if variant == "snnrun bf16":
-        return None
+        return None, None
+    shape = LIF_SHAPE if workload == "lif" else RLIF_SHAPE
     gen = torch.Generator().manual_seed(0)
-    current = (torch.randn(LIF_SHAPE, generator=gen) * 0.5 + 0.3).to(device)
-    weights = torch.randn(LIF_SHAPE, generator=gen).to(device)
+    current = (torch.randn(shape, generator=gen) * 0.5 + 0.3).to(device)
+    weights = torch.randn(shape, generator=gen).to(device)
+    from snnrun.neurons import LIF
+    from snnrun.recurrent import RLIF
+    from snnrun.surrogates import ATan
+
+    fused = VARIANTS[variant] is None or "neuron.fused=false" not in VARIANTS[variant]
+    if workload == "lif":
+        ours = LIF(beta=0.9, surrogate=ATan(), fused=fused).to(device)
+    else:
+        torch.manual_seed(0)
+        ours = RLIF(beta=0.9, surrogate=ATan(), recurrent=True, shape=shape[-1:], fused=fused).to(device)
+        with torch.no_grad():
+            ours.recurrent_weight.mul_(0.5)  # keeps the layer's firing moderate
     if VARIANTS[variant] is None:
         import snntorch as snn
         from snntorch import surrogate
 
-        lif = snn.Leaky(beta=0.9, spike_grad=surrogate.atan())
+        if workload == "lif":
+            layer = snn.Leaky(beta=0.9, spike_grad=surrogate.atan())
+        else:
+            layer = snn.RLeaky(beta=0.9, linear_features=shape[-1], spike_grad=surrogate.atan()).to(device)
+            with torch.no_grad():
+                layer.recurrent.weight.copy_(ours.recurrent_weight)
+                layer.recurrent.bias.copy_(ours.recurrent_bias)
 
-        def run(x):
-            mem, out = lif.init_leaky(), []
-            for t in range(x.shape[0]):
-                spk, mem = lif(x[t], mem)
-                out.append(spk)
+        def run(x):  # the loop over x.unbind(0): backward writes one step's gradient, not a full-size one per step
+            out = []
+            if workload == "lif":
+                mem = layer.reset_mem()
+                for x_t in x.unbind(0):
+                    spk, mem = layer(x_t, mem)
+                    out.append(spk)
+            else:
+                spk, mem = layer.reset_mem()
+                for x_t in x.unbind(0):
+                    spk, mem = layer(x_t, spk, mem)
+                    out.append(spk)
             return torch.stack(out)
     else:
-        from snnrun.neurons import LIF
-        from snnrun.surrogates import ATan
-
-        lif = LIF(beta=0.9, surrogate=ATan(), fused="neuron.fused=false" not in VARIANTS[variant]).to(device)
-
         def run(x):
-            return lif(x)[0]
+            return ours(x)[0]
 
     def step():
         x = current.detach().requires_grad_()
         (run(x) * weights).sum().backward()
 
-    return step
+    with torch.no_grad():
+        spikes = run(current).sum(0)
+    return step, spikes
 
 
 def timed(step, iters: int, device: torch.device) -> float:
@@ -198,8 +227,8 @@ def peak_memory(workload: str, variant: str, args) -> float:
 def probe(args) -> None:
     device = torch.device(args.device)
     workload, variant = args.probe
-    if workload == "lif":
-        step = make_lif(variant, device)
+    if workload in LAYERS:
+        step = make_layer(workload, variant, device)[0]
     else:
         step = make_variant(workload, variant, device, batch_for(args, device))[0]
     if device.type == "cuda":
@@ -227,7 +256,7 @@ def _status_kib(field: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", nargs="+", default=["dense", "csnn25", "csnn50", "lif"])
+    parser.add_argument("--workloads", nargs="+", default=["dense", "csnn25", "csnn50", "lif", "rlif"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--iters", type=int, default=20, help="training steps per timing")
     parser.add_argument("--lif-iters", type=int, default=3, help="steps per timing of the LIF layer alone")
@@ -257,27 +286,27 @@ def main() -> None:
     for workload in args.workloads:
         steps, reference = {}, None
         for variant in args.variants:
-            if workload == "lif":
-                step = make_lif(variant, device)
+            if workload in LAYERS:
+                step, spikes = make_layer(workload, variant, device)
                 if step is None:
                     continue
             else:
                 step, spikes = make_variant(workload, variant, device, batch)
-                if variant == "snnTorch 1.0":
-                    reference = spikes
-                elif variant != "snnrun bf16" and reference is not None and not torch.equal(spikes, reference):
-                    raise SystemExit(f"{workload}: {variant} and snnTorch disagree before training; not the same network")
+            if variant == "snnTorch 1.0":
+                reference = spikes
+            elif variant != "snnrun bf16" and reference is not None and not torch.equal(spikes, reference):
+                raise SystemExit(f"{workload}: {variant} and snnTorch disagree before training; not the same network")
             step()  # warm-up
             steps[variant] = step
         seconds = {v: [] for v in steps}
         for _ in range(args.rounds):
             for variant, step in steps.items():
-                iters = args.lif_iters if workload == "lif" else args.iters
+                iters = args.lif_iters if workload in LAYERS else args.iters
                 seconds[variant].append(timed(step, iters, device) / iters)
         median = {v: statistics.median(s) for v, s in seconds.items()}
         base = median.get("snnTorch 1.0")
         for variant, sec in median.items():
-            speed = f"{1000 * sec:.1f} ms" if workload == "lif" else f"{args.batch / sec:.0f}"
+            speed = f"{1000 * sec:.1f} ms" if workload in LAYERS else f"{args.batch / sec:.0f}"
             ratio = f"{base / sec:.2f}x" if base else "-"
             mem = "-" if args.no_memory else f"{peak_memory(workload, variant, args):.0f}"
             rows.append(f"| {workload} | {variant} | {speed} | {ratio} | {mem} |")

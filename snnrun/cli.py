@@ -20,8 +20,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoints, distributed
-from .config import USER_ERRORS, Preflight, assemble
+from . import checkpoints, distributed, nirgraph
+from .config import USER_ERRORS, Preflight, assemble, checkpoint_network
 from .logger import RunLogger, flatten, write_json_atomic
 from .training import Interrupted, Trainer, TrainingError
 
@@ -67,7 +67,10 @@ def run(cfg: DictConfig) -> float:
     """Train (or evaluate) one configuration; returns the best validation accuracy, or without a
     validation split the final test accuracy (the objective of optimising sweepers)."""
     world = distributed.world()
+    if cfg.task == "export":
+        return export(cfg, Preflight.take() or checkpoint_network(cfg))
     assembly = Preflight.take() or assemble(cfg, world)  # a single run was assembled before its folder existed
+    cfg = assembly.config if assembly.config is not None else cfg  # nir_path: the graph's model and neuron
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     logger = RunLogger(run_dir, hyperparameters(cfg)) if world.main else None  # only rank 0 writes
     trainer = Trainer(assembly.parts, assembly.data, assembly.options, run_dir=run_dir, logger=logger,
@@ -81,8 +84,10 @@ def run(cfg: DictConfig) -> float:
 
     if cfg.task == "eval":
         metrics = trainer.test()
-        results = {"status": "ok", "task": "eval", "ckpt_path": str(cfg.ckpt_path), "steps": trainer.step, **metrics}
-        log.info("eval of %s: test_acc %.2f%%  test_loss %.4f", cfg.ckpt_path, 100 * metrics["test_acc"], metrics["test_loss"])
+        source = {"nir_path": str(cfg.nir_path)} if cfg.get("nir_path") else {"ckpt_path": str(cfg.ckpt_path)}
+        results = {"status": "ok", "task": "eval", **source, "steps": trainer.step, **metrics}
+        log.info("eval of %s: test_acc %.2f%%  test_loss %.4f", *source.values(), 100 * metrics["test_acc"],
+                 metrics["test_loss"])
     else:
         try:
             results = trainer.fit()
@@ -94,6 +99,27 @@ def run(cfg: DictConfig) -> float:
     if logger:
         logger.finish({**results, "threads": torch.get_num_threads(), "processes": world.size})
     return results.get("best_val_acc", results["test_acc"])  # the objective: validation accuracy when there is a split
+
+
+def export(cfg: DictConfig, network) -> float:
+    """task=export: the checkpoint's network as a NIR graph, at export.path or next to the checkpoint."""
+    model, saved = network
+    path = Path(cfg.export.path or Path(cfg.ckpt_path).expanduser().with_name("model.nir")).expanduser()
+    graph, approximations = nirgraph.export(
+        model, dt=cfg.export.dt, approximate=cfg.export.approximate, precision=saved.model.get("precision", "fp32"),
+        metadata={"checkpoint": str(cfg.ckpt_path), "time_steps": saved.get("time_steps"),
+                  "input": "the first layer's input at each step: the "
+                           + ("dataset's frame" if saved.data.get("temporal") else f"{saved.encoder._target_} encoding")
+                           + f" of {saved.data.get('_target_')} samples", "config": OmegaConf.to_container(saved)})
+    nirgraph.write(graph, path)
+    for item in approximations:
+        log.warning("approximation: %s", item)
+    log.info("wrote %s (%d nodes%s)", path, len(graph.nodes),
+             f", {len(approximations)} approximations" if approximations else ", exact")
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    write_json_atomic(run_dir / "results.json", {"status": "ok", "task": "export", "ckpt_path": str(cfg.ckpt_path),
+                                                 "path": str(path), "approximations": approximations})
+    return math.nan
 
 
 def _fail(message: str, code: int) -> float:

@@ -20,9 +20,9 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import checkpoints, data
+from . import checkpoints, data, nirgraph
 from .architectures import ArchitectureError
 from .checkpoints import CheckpointError
 from .data import DataError, DataSpec, available_memory
@@ -42,7 +42,7 @@ class ConfigError(ValueError):
         self.key = key
 
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, nirgraph.NIRError)
 
 
 def _get(cfg: DictConfig, key: str):
@@ -70,7 +70,8 @@ def check(cfg: DictConfig, processes: int = 1) -> None:
     """The keys no constructor owns: run-level scalars, batch sizes, the learning rate, the trainer block."""
     _require(cfg, "time_steps", lambda v: _is_int(v) and v > 0, "a positive integer", "time_steps=25")
     _require(cfg, "seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer", "seed=0")
-    _require(cfg, "task", lambda v: v in ("train", "eval"), "train or eval", "task=eval ckpt_path=outputs/.../checkpoints/best.pt")
+    _require(cfg, "task", lambda v: v in ("train", "eval", "export"), "train, eval or export",
+             "task=eval ckpt_path=outputs/.../checkpoints/best.pt")
     _require(cfg, "readout", lambda v: v in READOUTS, " or ".join(READOUTS), "readout=membrane")
     _require(cfg, "data.batch_size", lambda v: _is_int(v) and v > 0, "a positive integer", "data.batch_size=128")
     _require(cfg, "data.batch_size", lambda v: v % processes == 0, f"a multiple of the {processes} torchrun processes "
@@ -91,9 +92,16 @@ def check(cfg: DictConfig, processes: int = 1) -> None:
                  "trainer.grad_clip=1.0")
     if _get(cfg, "trainer.num_threads") is not None:
         _require(cfg, "trainer.num_threads", lambda v: _is_int(v) and v > 0, "null or a positive integer", "trainer.num_threads=2")
-    if cfg.task == "eval" and not cfg.get("ckpt_path"):
-        raise ConfigError("ckpt_path", None, "a checkpoint file when task=eval",
-                          "task=eval ckpt_path=outputs/2026-01-01/12-00-00/checkpoints/best.pt")
+    if cfg.task in ("eval", "export") and not cfg.get("ckpt_path") and not (cfg.task == "eval" and cfg.get("nir_path")):
+        raise ConfigError("ckpt_path", None, f"a checkpoint file when task={cfg.task}"
+                          + (" (or nir_path=, a NIR graph)" if cfg.task == "eval" else ""),
+                          f"task={cfg.task} ckpt_path=outputs/2026-01-01/12-00-00/checkpoints/best.pt")
+    if cfg.get("nir_path") and cfg.get("ckpt_path"):
+        raise ConfigError("nir_path", cfg.nir_path, "null when ckpt_path is set (the network comes from one or the "
+                          "other)", f"ckpt_path={cfg.ckpt_path}")
+    if cfg.get("export"):
+        _require(cfg, "export.dt", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+                 "a positive number of seconds", "export.dt=1e-4")
     if cfg.get("ckpt_path") and not Path(str(cfg.ckpt_path)).expanduser().is_file():
         raise ConfigError("ckpt_path", cfg.ckpt_path, "an existing checkpoint file",
                           "ckpt_path=outputs/2026-01-01/12-00-00/checkpoints/last.pt")
@@ -221,6 +229,39 @@ def load_data(data_cfg: DictConfig, spec: DataSpec) -> data.Dataset:
     return dataset
 
 
+def network_of(cfg: DictConfig, imported: nirgraph.Imported, spec: DataSpec) -> DictConfig:
+    """The run's config with the model and neuron that a NIR graph describes (the other groups stay)."""
+    if tuple(imported.input_shape) != tuple(spec.input_shape):
+        raise ConfigError("nir_path", cfg.nir_path, f"a graph for this dataset's {list(spec.input_shape)} inputs (the "
+                          f"graph's input is {list(imported.input_shape)})", "data=<the dataset the graph was trained on>")
+    classes = int(imported.layers[-1].weight.shape[0])
+    if classes != spec.num_classes:
+        raise ConfigError("nir_path", cfg.nir_path, f"a graph with one output per class of this dataset ({spec.num_classes};"
+                          f" the graph has {classes})", "data=<the dataset the graph was trained on>")
+    cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # the task's view: no hydra node
+    with open_dict(cfg):
+        cfg.model.arch, cfg.model.readout_neuron = imported.arch, imported.readout_neuron
+        cfg.neuron = OmegaConf.create(imported.neuron)
+    return cfg
+
+
+def checkpoint_network(cfg: DictConfig):
+    """The network a checkpoint holds, built from the config saved in it -> (model, saved config)."""
+    state = checkpoints.load(cfg.ckpt_path)
+    saved = OmegaConf.create(state.get("config") or {})
+    if not {"model", "neuron", "surrogate", "data"} <= set(saved):
+        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} holds no run config to rebuild its network from")
+    with options_of("data", saved.data):
+        spec = DataSpec.from_config(saved.data)
+    neuron = _guarded("neuron", saved.neuron, _part(saved, "neuron"))
+    model = _part(saved, "model", input_shape=spec.input_shape, num_classes=spec.num_classes, neuron=neuron,
+                  surrogate=_part(saved, "surrogate"))
+    checkpoints.check_fits(state, model, cfg.ckpt_path)
+    with checkpoints.restoring(cfg.ckpt_path):
+        model.load_state_dict(state["model"])
+    return model, saved
+
+
 @dataclass
 class Assembly:
     """A run, ready to train or evaluate: built once, by ``assemble``."""
@@ -231,6 +272,7 @@ class Assembly:
     parts: Parts
     options: TrainerOptions
     checkpoint: dict | None  # the state to resume or evaluate, already checked against the model
+    config: DictConfig | None = None  # with nir_path: the run's config with the graph's model and neuron
 
 
 def assemble(cfg: DictConfig, rank: World | None = None) -> Assembly:
@@ -245,11 +287,17 @@ def assemble(cfg: DictConfig, rank: World | None = None) -> Assembly:
     with options_of("data", cfg.data):
         spec = DataSpec.from_config(cfg.data)
     check_data(cfg, spec, options)
+    imported = None
+    if cfg.get("nir_path"):
+        imported = nirgraph.read(cfg.nir_path, cfg.export.dt)
+        cfg = network_of(cfg, imported, spec)
     torch.manual_seed(cfg.seed)
     surrogate = _part(cfg, "surrogate")
     neuron = _guarded("neuron", cfg.neuron, _part(cfg, "neuron"))
     model = _part(cfg, "model", input_shape=spec.input_shape, num_classes=spec.num_classes, neuron=neuron,
                   surrogate=surrogate)
+    if imported is not None:
+        imported.load_into(model)
     encoder = None if spec.temporal else _part(cfg, "encoder")  # temporal samples are their own T steps
     loss = _part(cfg, "loss")
     if getattr(model, "readout_neuron", "same") == "li":
@@ -279,23 +327,28 @@ def assemble(cfg: DictConfig, rank: World | None = None) -> Assembly:
         total = max(options.total_steps(len(dataset.train)), 1)
         scheduler = _guarded("scheduler", cfg.scheduler, _part(cfg, "scheduler"))(optimizer, total_steps=total)
     parts = Parts(model, encoder, loss, READOUTS[cfg.readout], optimizer, scheduler)
-    return Assembly(device, spec, dataset, parts, options, state)
+    return Assembly(device, spec, dataset, parts, options, state, cfg if imported is not None else None)
 
 
 class Preflight(Callback):
     """Hydra callback: assemble a single run before Hydra creates its folder or log; refuse it
     there when anything is wrong, else keep the assembly for the task (``take``)."""
 
-    _assembly: Assembly | None = None
+    _assembly: Assembly | tuple | None = None  # an Assembly, or for task=export the checkpoint's (model, config)
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
+            if config.task == "export":
+                check(config)
+                model, saved = Preflight._assembly = checkpoint_network(config)
+                nirgraph.check_exact(model, saved.model.get("precision", "fp32"), config.export.approximate)
+                return
             Preflight._assembly = assemble(config)
         except USER_ERRORS as err:
             print(f"snnrun: error: {err}", file=sys.stderr)
             sys.exit(2)
 
     @staticmethod
-    def take() -> Assembly | None:
+    def take() -> Assembly | tuple | None:
         assembly, Preflight._assembly = Preflight._assembly, None
         return assembly

@@ -1,0 +1,418 @@
+"""NIR, the Neuromorphic Intermediate Representation: export an snnrun network, import a graph.
+
+NIR's neurons are continuous-time; snnrun's step t is one forward-Euler step of length dt
+(``export.dt``, default 1e-4 s, snnTorch's): v <- v + dt/tau*(v_leak - v + r*I) is
+U[t] = beta*U[t-1] + I[t] when tau = dt/(1 - beta) and r = tau/dt.
+
+    lif       LIF(tau=dt/(1-beta), r=tau/dt, v_leak=0, v_threshold=theta, v_reset=0)
+    synaptic  CubaLIF(tau_syn=dt/(1-alpha), tau_mem=dt/(1-beta), r=tau_mem/dt, w_in=tau_syn/dt, ...)
+    if        IF(r=1/dt, v_threshold=theta, v_reset=0)
+    li        LI(tau=dt/(1-beta), r=tau/dt, v_leak=0)
+    rlif      a subgraph input -> lif <-> w_rec (Affine W, c, or Linear diag(v)) -> output
+    FC / nC k Affine(W, b) / Conv2d(stride 1, padding 0);  AP k  AvgPool2d(k, k, 0);  Flatten(start_dim=0)
+
+NIR resets to v_reset, so only ``reset=zero`` exports exactly. Neuron parameters are written
+in float64 (beta survives the round trip bit for bit), weights in the model's float32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .neurons import IF, LI, Graded, Synaptic
+from .recurrent import ALIF, RLIF
+
+
+class NIRError(ValueError):
+    """A network NIR cannot hold, or a file snnrun cannot read as a network."""
+
+
+def _nir():
+    try:
+        import nir
+    except ImportError:
+        raise NIRError("NIR support needs the nir package: pip install 'snnrun[nir]'") from None
+    return nir
+
+
+def _array(value, shape) -> np.ndarray:
+    """A neuron parameter (scalar or per neuron) as a float64 array of the layer's shape."""
+    return np.broadcast_to(torch.as_tensor(value).detach().double().cpu().numpy(), shape).copy()
+
+
+def _f32(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------- export
+
+
+def exactness(model, precision: str) -> list[str]:
+    """What NIR cannot hold exactly, layer by layer, with what to train instead."""
+    issues = []
+    if precision == "bf16":
+        issues.append("model.precision=bf16: the weight layers computed in bfloat16; NIR holds their float32 weights "
+                      "(train with model.precision=fp32)")
+    for block in model.blocks:
+        for module in block.stateless:
+            if isinstance(module, nn.MaxPool2d):
+                issues.append(f"{block.name}: max pooling has no NIR node; exported as average pooling (train with AP"
+                              f"{module.kernel_size} instead of MP{module.kernel_size})")
+        neuron = block.neuron
+        if isinstance(neuron, (Graded, LI)):
+            continue
+        if neuron.reset != "zero":
+            issues.append(f"{block.name}: reset={neuron.reset} has no NIR form (NIR neurons reset to v_reset); "
+                          "exported as reset to zero (train with neuron.reset=zero)")
+        if neuron.rectify:
+            issues.append(f"{block.name}: rectify (U clamped at 0) has no NIR form; exported without the clamp")
+        if isinstance(neuron, ALIF) and neuron.jump:
+            issues.append(f"{block.name}: alif's adaptive threshold has no NIR node; exported with the fixed threshold "
+                          "theta0 (train with neuron=rlif or lif)")
+    return issues
+
+
+def check_exact(model, precision: str, approximate: bool) -> list[str]:
+    """``exactness``, refused (``NIRError``) unless ``approximate``; graded neurons are refused always."""
+    for block in model.blocks:
+        if isinstance(block.neuron, Graded):
+            raise NIRError(f"{block.name}: graded neurons have no NIR node, not even an approximate one (train with "
+                           "neuron=lif neuron.reset=zero)")
+    approximations = exactness(model, precision)
+    if approximations and not approximate:
+        raise NIRError("NIR cannot represent this network exactly: " + "; ".join(approximations)
+                       + ". Retrain as suggested, or write the nearest graph with export.approximate=true")
+    return approximations
+
+
+def _neuron_node(neuron, shape, dt: float, name: str):
+    nir = _nir()
+    zeros = np.zeros(shape)
+    theta = _array(neuron.threshold, shape)
+    beta = _array(neuron.beta, shape)
+    if isinstance(neuron, LI):
+        tau = dt / (1 - beta)
+        return nir.LI(tau=tau, r=tau / dt, v_leak=zeros)
+    if isinstance(neuron, Synaptic) and neuron.alpha:
+        if isinstance(neuron, IF) or np.any(beta == 1):
+            raise NIRError(f"{name}: an integrate-and-fire neuron with a synaptic current (alpha > 0) has no NIR node "
+                           "(train with neuron=synaptic, beta < 1)")
+        tau_syn, tau_mem = dt / (1 - np.full(shape, neuron.alpha)), dt / (1 - beta)
+        return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=tau_mem / dt, v_leak=zeros, v_threshold=theta,
+                           v_reset=zeros, w_in=tau_syn / dt)
+    if np.all(beta == 1):
+        return nir.IF(r=np.full(shape, 1 / dt), v_threshold=theta, v_reset=zeros)
+    tau = dt / (1 - beta)
+    return nir.LIF(tau=tau, r=tau / dt, v_leak=zeros, v_threshold=theta, v_reset=zeros)
+
+
+def export(model, dt: float = 1e-4, approximate: bool = False, precision: str = "fp32", metadata: dict | None = None):
+    """The NIR graph of ``model`` -> (graph, approximations). Refuses (``NIRError``) what NIR cannot
+    hold exactly unless ``approximate``; the approximations made are listed in the graph's metadata."""
+    nir = _nir()
+    approximations = check_exact(model, precision, approximate)
+    nodes = {"input": nir.Input(input_type=np.array(model.input_shape))}
+    edges, previous, shape = [], "input", tuple(model.input_shape)
+    for block in model.blocks:
+        for module in block.stateless:
+            if isinstance(module, nn.Conv2d):
+                node = nir.Conv2d(input_shape=shape[1:], weight=_f32(module.weight), stride=1, padding=0, dilation=1,
+                                  groups=1, bias=_f32(module.bias))
+            elif isinstance(module, nn.Flatten):
+                node = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
+            elif isinstance(module, nn.Linear):
+                node = nir.Affine(weight=_f32(module.weight), bias=_f32(module.bias))
+            else:  # average pooling, or max pooling approximated by it
+                k = module.kernel_size
+                node = nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([k, k]), padding=np.array([0, 0]))
+            name = f"{block.name}.{type(node).__name__.lower()}"
+            nodes[name] = node
+            edges.append((previous, name))
+            previous = name
+        shape = block.out_shape
+        neuron = _neuron_node(block.neuron, shape, dt, block.name)
+        name = f"{block.name}.neuron"
+        if isinstance(block.neuron, RLIF) and block.neuron.recurrence is not None:
+            neuron = _recurrent_subgraph(block.neuron, neuron, shape)
+            name = f"{block.name}.rnn"
+        nodes[name] = neuron
+        edges.append((previous, name))
+        previous = name
+    nodes["output"] = nir.Output(output_type=np.array(shape))
+    edges.append((previous, "output"))
+    info = {"producer": "snnrun", "dt": dt, "discretisation": "forward Euler, one step of dt per time step",
+            "approximations": approximations if approximate else [], **(metadata or {})}
+    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata={"snnrun": json.dumps(info)})
+    return graph, (approximations if approximate else [])
+
+
+def _recurrent_subgraph(neuron, node, shape):
+    nir = _nir()
+    if neuron.recurrence == "all_to_all":
+        w_rec = nir.Affine(weight=_f32(neuron.recurrent_weight), bias=_f32(neuron.recurrent_bias))
+    else:
+        w_rec = nir.Linear(weight=np.diag(_f32(neuron.recurrent_weight)))
+    return nir.NIRGraph(nodes={"input": nir.Input(input_type=np.array(shape)), "lif": node, "w_rec": w_rec,
+                               "output": nir.Output(output_type=np.array(shape))},
+                        edges=[("input", "lif"), ("lif", "w_rec"), ("w_rec", "lif"), ("lif", "output")])
+
+
+def write(graph, path: Path) -> None:
+    """Write via a temporary file and rename: a failed write never leaves a partial model.nir."""
+    nir = _nir()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        nir.write(tmp, graph)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------- import
+
+
+@dataclass
+class Layer:
+    """One snnrun block read from a graph: a weight layer, its pooling, its neuron."""
+
+    token: str
+    weight: np.ndarray
+    bias: np.ndarray
+    neuron: object
+    pool: int = 0
+    recurrent: object = None  # the w_rec node of a recurrent layer
+    gain: float = 1.0
+
+
+@dataclass
+class Imported:
+    """A NIR graph as an snnrun network: the config it needs and the values to load into it."""
+
+    arch: str
+    input_shape: tuple
+    neuron: dict
+    readout_neuron: str
+    layers: list = field(repr=False)
+    dt: float = 1e-4
+
+    def load_into(self, model) -> None:
+        """Copy the graph's weights, decays, thresholds and recurrent weights into the built model."""
+        with torch.no_grad():
+            for layer, block in zip(self.layers, model.blocks):
+                weight = next(m for m in block.stateless if isinstance(m, (nn.Linear, nn.Conv2d)))
+                weight.weight.copy_(torch.from_numpy(layer.weight * layer.gain).to(weight.weight))
+                weight.bias.copy_(torch.from_numpy(layer.bias * layer.gain).to(weight.bias))
+                _load_neuron(block.neuron, layer, self.dt)
+
+
+def _load_neuron(neuron, layer: Layer, dt: float) -> None:
+    node = layer.neuron
+    shape = neuron.param_shape
+    tau = getattr(node, "tau_mem", getattr(node, "tau", None))
+    if tau is not None:
+        beta = torch.from_numpy(np.asarray(1 - dt / np.asarray(tau, dtype=np.float64))).reshape(shape)
+        target = neuron.beta_logit if hasattr(neuron, "beta_logit") else neuron.beta_value
+        target.copy_(torch.logit(beta.double()) if hasattr(neuron, "beta_logit") else beta)
+    if hasattr(node, "v_threshold"):
+        neuron.log_threshold.copy_(torch.from_numpy(np.log(np.asarray(node.v_threshold, dtype=np.float64))).reshape(shape))
+    if isinstance(neuron, Synaptic) and hasattr(node, "tau_syn"):
+        neuron.alpha = float(1 - dt / float(np.asarray(node.tau_syn).flat[0]))
+    if layer.recurrent is not None:
+        w = np.asarray(layer.recurrent.weight, dtype=np.float32)
+        if neuron.recurrence == "one_to_one":
+            neuron.recurrent_weight.copy_(torch.from_numpy(np.diag(w).copy()))
+        else:
+            neuron.recurrent_weight.copy_(torch.from_numpy(w))
+            bias = getattr(layer.recurrent, "bias", None)
+            neuron.recurrent_bias.copy_(torch.from_numpy(np.zeros(len(w), np.float32) if bias is None
+                                                         else np.asarray(bias, np.float32)))
+
+
+def read(path: str | Path, dt: float = 1e-4) -> Imported:
+    """Read a NIR file (snnrun's or another library's) as an snnrun network, or refuse it."""
+    nir = _nir()
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise NIRError(f"nir_path={path}: no such file")
+    try:
+        graph = nir.read(path)
+    except Exception as err:  # h5py, nir's own asserts: the file is not a NIR graph
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NIRError(f"nir_path={path}: not a readable NIR file ({detail})") from None
+    info = graph.metadata.get("snnrun") if isinstance(graph.metadata, dict) else None
+    if info is not None:
+        dt = float(json.loads(str(info)).get("dt", dt))
+    try:
+        return _interpret(graph, dt)
+    except NIRError as err:
+        raise NIRError(f"nir_path={path}: {err}") from None
+
+
+def _chain(graph) -> list:
+    """The nodes from the input to the output, in order; a recurrent neuron (its cycle through
+    a weight node, flat or in a subgraph) becomes one ("rnn", neuron, w_rec) entry."""
+    nir = _nir()
+    nodes, edges = graph.nodes, list(graph.edges)
+    succ: dict[str, list[str]] = {}
+    for a, b in edges:
+        succ.setdefault(a, []).append(b)
+    loops = {}  # neuron name -> its recurrent weight node name
+    for a, b in edges:
+        if (b, a) in edges and isinstance(nodes[a], (nir.Affine, nir.Linear)):
+            loops[b] = a
+    starts = [n for n, node in nodes.items() if isinstance(node, nir.Input)]
+    if len(starts) != 1:
+        raise NIRError(f"the graph has {len(starts)} input nodes; snnrun reads graphs with one input")
+    order, current, seen = [], starts[0], set()
+    while True:
+        seen.add(current)
+        node = nodes[current]
+        if isinstance(node, nir.NIRGraph):
+            inner = _chain(node)
+            order.extend(e for e in inner if not isinstance(e, (nir.Input, nir.Output)))
+        elif current in loops:
+            order.append(("rnn", node, nodes[loops[current]]))
+        elif not isinstance(node, nir.Input):
+            order.append(node)
+        nxt = [b for b in succ.get(current, []) if b not in seen and b != loops.get(current)]
+        if isinstance(node, nir.Output) or not nxt:
+            break
+        if len(nxt) > 1:
+            raise NIRError(f"node {current!r} feeds {len(nxt)} nodes; snnrun reads chains of layers (no branches)")
+        current = nxt[0]
+    if not isinstance(node, nir.Output):
+        raise NIRError("the graph does not end in an output node")
+    return order
+
+
+def _interpret(graph, dt: float) -> Imported:
+    nir = _nir()
+    chain = _chain(graph)
+    input_shape = tuple(int(v) for v in np.asarray(next(iter(graph.nodes[n] for n in graph.nodes
+                                                            if isinstance(graph.nodes[n], nir.Input))).input_type["input"]))
+    layers: list[Layer] = []
+    pending = None
+    for entry in chain:
+        node = entry[1] if isinstance(entry, tuple) else entry
+        kind = type(node).__name__
+        if isinstance(entry, nir.Output):
+            break
+        if isinstance(node, nir.Flatten):
+            continue
+        if isinstance(node, (nir.Affine, nir.Linear, nir.Conv2d)):
+            if pending is not None:
+                raise NIRError(f"two weight layers follow each other without a neuron between them ({kind}); "
+                               "snnrun's layers are weight -> pooling -> neuron")
+            pending = _weight_layer(node)
+        elif isinstance(node, nir.AvgPool2d):
+            if pending is None or not pending.token[0].isdigit():
+                raise NIRError("average pooling must follow a convolution (snnrun's conv -> pool -> neuron)")
+            pending.pool = _pool_size(node)
+        elif isinstance(node, (nir.LIF, nir.CubaLIF, nir.IF, nir.LI)):
+            if pending is None:
+                raise NIRError(f"a {kind} neuron without a weight layer before it")
+            pending.neuron, pending.gain = node, _input_gain(node, dt)
+            if isinstance(entry, tuple):
+                if not pending.token.startswith("FC"):
+                    raise NIRError("a recurrent convolution; snnrun's recurrent layers (RFC) are fully connected")
+                pending.recurrent, pending.token = entry[2], "R" + pending.token
+            layers.append(pending)
+            pending = None
+        else:
+            raise NIRError(f"unsupported node {kind}; snnrun reads Affine, Linear, Conv2d, AvgPool2d, Flatten and "
+                           "LIF, CubaLIF, IF, LI neurons (recurrent ones as a cycle through Affine or Linear)")
+    if pending is not None or not layers:
+        raise NIRError("the graph ends without a neuron layer")
+    readout = "li" if isinstance(layers[-1].neuron, nir.LI) else "same"
+    hidden = {type(layer.neuron).__name__ for layer in (layers[:-1] if readout == "li" else layers)} or {"LIF"}
+    if "LI" in hidden:
+        raise NIRError("an LI (non-spiking) node before the last layer; snnrun uses LI only as the readout")
+    if len(hidden) > 1:
+        raise NIRError(f"neurons of several kinds ({', '.join(sorted(hidden))}); an snnrun network has one kind")
+    kind = hidden.pop()
+    for layer in layers:
+        _check_neuron(layer.neuron)
+    recurrent = [layer.recurrent for layer in layers if layer.recurrent is not None]
+    target = {"LIF": "snnrun.neurons.LIF", "CubaLIF": "snnrun.neurons.Synaptic", "IF": "snnrun.neurons.IF"}[kind]
+    neuron = {"_target_": target, "_partial_": True, "reset": "zero", "per_neuron": True}
+    if recurrent:
+        if kind != "LIF":
+            raise NIRError(f"a recurrent {kind} layer; snnrun's recurrent layers are LIF (rlif)")
+        one_to_one = [_is_diagonal(w) for w in recurrent]
+        if len(set(one_to_one)) > 1:
+            raise NIRError("recurrent layers of both kinds (all-to-all and one-to-one); snnrun uses one per network")
+        neuron.update({"_target_": "snnrun.recurrent.RLIF", "recurrence": "one_to_one" if one_to_one[0] else "all_to_all"})
+    arch = "-".join(layer.token + (f"-AP{layer.pool}" if layer.pool else "") for layer in layers)
+    return Imported(arch, input_shape, neuron, readout, layers, dt)
+
+
+def _weight_layer(node) -> Layer:
+    nir = _nir()
+    weight = np.asarray(node.weight, dtype=np.float64)
+    if isinstance(node, nir.Conv2d):
+        k = weight.shape[-1]
+        plain = (weight.shape[-2] == k and np.all(np.asarray(node.stride) == 1) and np.all(np.asarray(node.padding) == 0)
+                 and np.all(np.asarray(node.dilation) == 1) and int(node.groups) == 1)
+        if not plain:
+            raise NIRError(f"a Conv2d with stride {node.stride}, padding {node.padding}, dilation {node.dilation}, groups "
+                           f"{node.groups} and kernel {list(weight.shape[-2:])}; snnrun's {{n}}C{{k}} layers are square, "
+                           "stride 1, no padding")
+        bias = np.asarray(node.bias, dtype=np.float64) if node.bias is not None else np.zeros(weight.shape[0])
+        return Layer(f"{weight.shape[0]}C{k}", weight, np.broadcast_to(bias, (weight.shape[0],)).copy(), None)
+    bias = np.asarray(node.bias, dtype=np.float64) if isinstance(node, nir.Affine) else np.zeros(weight.shape[0])
+    return Layer(f"FC{weight.shape[0]}", weight, bias, None)
+
+
+def _pool_size(node) -> int:
+    k, s, p = (np.atleast_1d(np.asarray(v)).astype(int) for v in (node.kernel_size, node.stride, node.padding))
+    if len(set(k.tolist())) != 1 or not np.array_equal(np.broadcast_to(s, k.shape), k) or np.any(p != 0):
+        raise NIRError(f"AvgPool2d(kernel {k.tolist()}, stride {s.tolist()}, padding {p.tolist()}); snnrun's AP{{k}} "
+                       "pools k x k with stride k and no padding")
+    return int(k[0])
+
+
+def _input_gain(node, dt: float) -> float:
+    """How much one step scales the input current: r*dt/tau (1 for snnTorch-style graphs); folded
+    into the weights before the neuron. Must be one number for the layer."""
+    nir = _nir()
+    if isinstance(node, nir.IF):
+        gain = np.asarray(node.r, dtype=np.float64) * dt
+    elif isinstance(node, nir.CubaLIF):
+        gain = (np.asarray(node.r, np.float64) * dt / np.asarray(node.tau_mem, np.float64)
+                * np.asarray(node.w_in, np.float64) * dt / np.asarray(node.tau_syn, np.float64))
+    else:
+        gain = np.asarray(node.r, dtype=np.float64) * dt / np.asarray(node.tau, dtype=np.float64)
+    gain = np.broadcast_to(gain, np.shape(gain) or (1,))
+    if not np.allclose(gain, gain.flat[0], rtol=1e-9, atol=0):
+        raise NIRError(f"a {type(node).__name__} whose input gain r*dt/tau differs between neurons; snnrun folds one "
+                       "gain per layer into the weights")
+    g = float(gain.flat[0])
+    return 1.0 if math.isclose(g, 1.0, rel_tol=1e-9) else g
+
+
+def _check_neuron(node) -> None:
+    nir = _nir()
+    name = type(node).__name__
+    if not isinstance(node, nir.IF) and np.any(np.asarray(node.v_leak) != 0):
+        raise NIRError(f"a {name} with v_leak != 0; snnrun's neurons leak towards 0")
+    if not isinstance(node, nir.LI) and np.any(np.asarray(node.v_reset) != 0):
+        raise NIRError(f"a {name} with v_reset != 0; snnrun's neurons reset to 0")
+    tau = getattr(node, "tau_mem", getattr(node, "tau", None))
+    if tau is not None and np.any(np.asarray(tau) <= 0):
+        raise NIRError(f"a {name} with tau <= 0")
+    if isinstance(node, nir.CubaLIF) and len(np.unique(np.asarray(node.tau_syn))) > 1:
+        raise NIRError("a CubaLIF whose tau_syn differs between neurons; snnrun's synaptic decay alpha is one per layer")
+
+
+def _is_diagonal(node) -> bool:
+    w = np.asarray(node.weight)
+    return getattr(node, "bias", None) is None and w.ndim == 2 and np.count_nonzero(w - np.diag(np.diag(w))) == 0
+
