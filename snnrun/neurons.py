@@ -261,7 +261,7 @@ class LI(LIF):
         if not isinstance(neuron, LIF):
             raise OptionError("readout_neuron", "li", "same for this neuron (li takes its decay from lif, synaptic, "
                               "if, rlif or alif)", "same")
-        return cls(beta=float(neuron.beta.flatten()[0]), learn_beta=hasattr(neuron, "beta_logit"),
+        return cls(beta=float(neuron.beta.detach().flatten()[0]), learn_beta=hasattr(neuron, "beta_logit"),
                    per_neuron=neuron.param_shape != (), shape=shape, fused=neuron.fused)
 
     def extra_repr(self) -> str:

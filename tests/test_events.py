@@ -180,10 +180,10 @@ def test_nmnist_trains_end_to_end_and_refuses_a_conflicting_t(nmnist_root, tmp_p
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("preset", ["nmnist_csnn", "shd_lif"])
+@pytest.mark.parametrize("preset", ["nmnist_csnn", "shd_lif", "shd_alif"])
 def test_the_event_presets_train(preset, nmnist_root, tmp_path):
     root = nmnist_root if preset == "nmnist_csnn" else write_shd(tmp_path / "data", n_train=40, n_test=10)
     snnrun(f"experiment={preset}", f"data.root={root}", "data.download=false", "data.time_steps=8",
-           "data.batch_size=16", "trainer.max_steps=2", "hydra.run.dir=run", cwd=tmp_path)
+           "data.batch_size=16", "data.val_size=8", "trainer.max_steps=2", "hydra.run.dir=run", cwd=tmp_path)
     results = read_results(tmp_path / "run")
     assert results["status"] == "ok" and results["steps"] == 2

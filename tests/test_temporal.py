@@ -104,10 +104,12 @@ def test_temporal_torchrun_equals_one_process(mnist_root, tmp_path):
 
 
 @pytest.mark.e2e
-def test_the_smnist_preset_trains(mnist_root, tmp_path):
-    snnrun("experiment=smnist_rows_lif", f"data.root={mnist_root}", "data.download=false", "data.batch_size=16",
-           "trainer.max_steps=2", "hydra.run.dir=run", cwd=tmp_path)
-    assert read_results(tmp_path / "run")["steps"] == 2
+@pytest.mark.parametrize("preset", ["smnist_rows_lif", "smnist_rows_rlif", "smnist_pixels_alif", "psmnist_alif"])
+def test_the_smnist_presets_train(preset, mnist_root, tmp_path):
+    snnrun(f"experiment={preset}", f"data.root={mnist_root}", "data.download=false", "data.batch_size=16",
+           "data.val_size=8", "trainer.max_steps=2", "hydra.run.dir=run", cwd=tmp_path)
+    results = read_results(tmp_path / "run")
+    assert results["steps"] == 2 and "best_val_acc" in results
 
 
 @pytest.mark.e2e
