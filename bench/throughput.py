@@ -161,7 +161,7 @@ def make_layer(workload: str, variant: str, device: torch.device):
         from snntorch import surrogate
 
         if workload == "lif":
-            layer = snn.Leaky(beta=0.9, spike_grad=surrogate.atan())
+            layer = snn.Leaky(beta=0.9, spike_grad=surrogate.atan()).to(device)
         else:
             layer = snn.RLeaky(beta=0.9, linear_features=shape[-1], spike_grad=surrogate.atan()).to(device)
             with torch.no_grad():

@@ -1,0 +1,69 @@
+"""The CUDA paths: the fused neuron ops on the GPU against the CPU, a training step in fp32 and
+bf16, and the snnrun command on device=cuda. Skipped on machines without a GPU."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from conftest import FAST, read_results, snnrun
+from snnrun import neurons, surrogates
+from snnrun.architectures import SpikingNetwork
+from snnrun.recurrent import ALIF, RLIF
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+LAYERS = {
+    "lif": lambda: neurons.LIF(beta=0.9, learn_beta=True, learn_threshold=True, per_neuron=True, shape=(16,)),
+    "synaptic_zero": lambda: neurons.Synaptic(alpha=0.8, beta=0.9, reset="zero", shape=(16,)),
+    "rlif": lambda: RLIF(beta=0.9, recurrent=True, learn_beta=True, per_neuron=True, shape=(16,)),
+    "alif_one_to_one": lambda: ALIF(tau_adapt=10.0, adaptation=0.5, recurrence="one_to_one", recurrent=True,
+                                    learn_threshold=True, shape=(16,)),
+    "li": lambda: neurons.LI(beta=0.8, learn_beta=True, per_neuron=True, shape=(16,)),
+}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_fused_op_on_the_gpu_matches_the_cpu_in_float64(name):
+    torch.manual_seed(0)
+    layer = LAYERS[name]().double()
+    if name == "alif_one_to_one":
+        with torch.no_grad():
+            layer.recurrent_weight.uniform_(-0.5, 0.5)
+    current = torch.randn(30, 8, 16, dtype=torch.float64) + 0.3
+    weights = torch.randn(2, 30, 8, 16, dtype=torch.float64)
+    out = []
+    for device in ("cpu", "cuda"):
+        layer.to(device).zero_grad()
+        x = current.to(device).detach().requires_grad_()
+        spk, mem = layer(x)
+        ((spk * weights[0].to(device)).sum() + (mem * weights[1].to(device)).sum()).backward()
+        out.append([t.detach().cpu().clone() for t in (spk, mem, x.grad, *(p.grad for p in layer.parameters()))])
+    assert torch.equal(out[0][0], out[1][0])
+    for a, b in zip(out[0][1:], out[1][1:]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_csnn_training_step_on_the_gpu(precision):
+    torch.manual_seed(0)
+    net = SpikingNetwork("8C5-MP2-16C5-MP2-FC10", (1, 28, 28), 10, precision=precision,
+                         neuron=partial(neurons.LIF, beta=0.5), surrogate=surrogates.FastSigmoid()).cuda()
+    x, y = torch.rand(32, 1, 28, 28, device="cuda"), torch.randint(0, 10, (32,), device="cuda")
+    spk, mem = net(x, time_steps=10)
+    loss = torch.nn.functional.cross_entropy(mem.mean(0), y)
+    loss.backward()
+    assert spk.device.type == "cuda" and mem.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+@pytest.mark.e2e
+def test_the_command_trains_on_cuda_and_its_checkpoint_exports_on_any_machine(tmp_path):
+    snnrun(*FAST, "device=cuda", "neuron.reset=zero", "trainer.max_steps=4", "hydra.run.dir=run", cwd=tmp_path)
+    results = read_results(tmp_path / "run")
+    assert results["status"] == "ok" and results["steps"] == 4
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert all(t.device.type == "cpu" for t in state["model"].values())
+    pytest.importorskip("nir")
+    snnrun("task=export", "ckpt_path=run/checkpoints/last.pt", "hydra.run.dir=export", cwd=tmp_path)
+    assert (tmp_path / "run" / "checkpoints" / "model.nir").is_file()
