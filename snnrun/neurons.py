@@ -38,7 +38,7 @@ def lif_step(current, mem, spk, beta, threshold, surrogate, reset="subtract", de
     else:
         mem = beta * mem + current
     if rectify:
-        mem = mem.clamp(min=0)
+        mem = torch.where(mem > 0, mem, 0.0)  # gradient 1 where U > 0 and 0 at U = 0 on every torch version (unlike clamp)
     return surrogate(mem - threshold), mem
 
 
@@ -113,7 +113,7 @@ class _LIFSequence(torch.autograd.Function):
                 else:
                     a.addcmul_(nxt, beta)
             if ctx.rectify:
-                a.mul_(u > 0)  # max(U, 0) passes gradient where U > 0, as torch.clamp does
+                a.mul_(u > 0)  # max(U, 0) passes gradient where U > 0 only, as lif_step's where(U > 0, U, 0)
             if t > 0:
                 prev = mem[t - 1]
                 if need_beta:

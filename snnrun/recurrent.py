@@ -38,7 +38,7 @@ def alif_step(current, mem, spk, adapt, beta, threshold, rho, jump, surrogate, r
     else:
         mem = beta * mem + current
     if rectify:
-        mem = mem.clamp(min=0)
+        mem = torch.where(mem > 0, mem, 0.0)  # gradient 1 where U > 0 and 0 at U = 0 on every torch version (unlike clamp)
     return surrogate(mem - (threshold + jump * adapt)), mem, adapt
 
 

@@ -190,3 +190,16 @@ def test_fused_with_only_spikes_or_only_membrane_used():
             neurons.LIF(fused=fused).double()(x)[used].sum().backward()
             grads.append(x.grad)
         torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-10)
+
+
+def test_rectifier_passes_no_gradient_at_exactly_zero():
+    """max(U, 0) has gradient 1 for U > 0 and 0 for U <= 0 in both paths, whatever the torch
+    version does for clamp at the boundary (here U[0] = I[0] = 0 exactly)."""
+    for fused in (True, False):
+        layer = neurons.LIF(beta=0.5, rectify=True, reset="zero", fused=fused)
+        current = torch.tensor([0.0, 0.5, -2.0, 0.25]).reshape(4, 1, 1).requires_grad_()
+        spk, mem = layer(current)
+        mem.sum().backward()
+        assert mem.flatten().tolist() == [0.0, 0.5, 0.0, 0.25]
+        # dL/dI[t] = sum over later steps of the gate times beta^k: I[0] and I[2] sit at or below 0
+        assert current.grad.flatten().tolist() == [0.0, 1.0, 0.0, 1.0]
