@@ -111,6 +111,7 @@ class SpikingNetwork(nn.Module):
         self.record = False
         self.recorded: list[torch.Tensor] = []
         self.firing_rates: torch.Tensor | None = None
+        self.counter = None  # an OpCounter (snnrun.synops) while evaluation counts synaptic operations
         shape = self.input_shape
         self.state_numel = 0  # elements every layer produces per sample and step (memory estimates)
         layers = parse(arch)
@@ -178,6 +179,8 @@ class SpikingNetwork(nn.Module):
         rates, self.recorded = [], []
         bf16 = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         for i, block in enumerate(self.blocks):
+            if self.counter is not None:
+                self.counter.add(i, x, static=i == 0 and time_steps is not None)
             with bf16:
                 if i == 0 and time_steps is not None:
                     current = block.apply_stateless(x)

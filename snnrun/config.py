@@ -90,6 +90,9 @@ def check(cfg: DictConfig, processes: int = 1) -> None:
     if _get(cfg, "trainer.grad_clip") is not None:
         _require(cfg, "trainer.grad_clip", lambda v: isinstance(v, (int, float)) and v > 0, "null or a positive number",
                  "trainer.grad_clip=1.0")
+    for key in ("trainer.energy_ac_pj", "trainer.energy_mac_pj"):
+        _require(cfg, key, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+                 "a number of picojoules >= 0", f"{key}={0.9 if key.endswith('ac_pj') else 4.6}")
     if _get(cfg, "trainer.num_threads") is not None:
         _require(cfg, "trainer.num_threads", lambda v: _is_int(v) and v > 0, "null or a positive integer", "trainer.num_threads=2")
     if cfg.task in ("eval", "export") and not cfg.get("ckpt_path") and not (cfg.task == "eval" and cfg.get("nir_path")):

@@ -121,6 +121,12 @@ class RunLogger:
                 w.add_scalar(f"hparams/{metric}", record[metric], step)
         for name, rate in record["firing_rates"].items():
             w.add_scalar(f"firing_rate/{name}", rate, step)
+        for name, ops in record.get("synops", {}).items():
+            for kind, value in ops.items():
+                w.add_scalar(f"synops/{name}/{kind}", value, step)
+        for key in ("energy_pj", "ann_energy_pj"):
+            if key in record:
+                w.add_scalar(f"energy/{key}", record[key], step)
         for name, param in model.named_parameters():
             try:
                 w.add_histogram(f"weights/{name}", param.detach().double().cpu(), step)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from .logger import write_text_atomic
 
 COLUMNS = ("job", "overrides", "status", "test_acc", "best_test_acc", "best_val_acc", "test_acc_at_best_val", "test_loss",
-           "train_samples_per_s", "wall_s",
+           "energy_pj", "train_samples_per_s", "wall_s",
            "error")
 
 

@@ -26,6 +26,7 @@ from . import checkpoints
 from .data import Dataset, Split, batches, epoch_order, random_shift
 from .distributed import World, all_sum
 from .options import in_range
+from .synops import E_AC_PJ, E_MAC_PJ, ENERGY_KEYS, OpCounter
 
 log = logging.getLogger("snnrun")
 
@@ -70,6 +71,8 @@ class TrainerOptions:
     num_threads: int | None = None
     raster_samples: int = 4
     augment_shift: int = 0
+    energy_ac_pj: float = E_AC_PJ  # energy estimates: pJ per accumulate and per multiply-accumulate
+    energy_mac_pj: float = E_MAC_PJ
 
     @classmethod
     def from_config(cls, cfg) -> "TrainerOptions":
@@ -114,13 +117,16 @@ def simulate(model, encoder, x, time_steps: int, generator, shard: slice = slice
 
 @torch.no_grad()
 def evaluate(parts: Parts, split: Split, *, batch_size: int, time_steps: int, seed: int,
-             progress: bool = False, world: World = World(), name: str = "test") -> dict:
-    """Mean loss, accuracy and per-layer firing rates over a whole split (``name``_loss, ``name``_acc).
+             progress: bool = False, world: World = World(), name: str = "test",
+             costs: tuple[float, float] = (E_AC_PJ, E_MAC_PJ)) -> dict:
+    """Mean loss, accuracy, per-layer firing rates and synaptic operations per sample, with the
+    energy they would cost at ``costs`` (pJ per AC, per MAC; see snnrun.synops), over a whole split.
     Under torchrun each rank simulates its shard of every batch and the sums are all-reduced:
     the same figures, N times sooner."""
     model, encoder = parts.model, parts.encoder
     was_training = model.training
     model.eval()
+    model.counter = counter = OpCounter(model)
     device = split.labels.device
     generator = torch.Generator(device=device).manual_seed(seed + 1)  # fixed, apart from training's
     loss_sum = torch.zeros((), device=device)
@@ -139,13 +145,15 @@ def evaluate(parts: Parts, split: Split, *, batch_size: int, time_steps: int, se
         correct += (parts.readout(spk, mem) == y).sum()
         rates = rates + model.firing_rates * len(y)
     model.train(was_training)
-    n = len(split)
+    model.counter = None
+    n, layers = len(split), len(model.layer_names)
     totals = all_sum([loss_sum.item(), correct.item(), *torch.as_tensor(rates, dtype=torch.float64)
-                      .expand(len(model.layer_names)).tolist()], device)
+                      .expand(layers).tolist(), *counter.totals()], device)
     return {
         f"{name}_loss": totals[0] / n,
         f"{name}_acc": totals[1] / n,
-        "firing_rates": {layer: r / n for layer, r in zip(model.layer_names, totals[2:])},
+        "firing_rates": {layer: r / n for layer, r in zip(model.layer_names, totals[2:2 + layers])},
+        **counter.report(totals[2 + layers:], n, *costs),
     }
 
 
@@ -272,7 +280,7 @@ class Trainer:
         """The test figures and, with a validation split, the validation figures."""
         o = self.options
         kwargs = dict(batch_size=o.eval_batch_size, time_steps=o.time_steps, seed=o.seed, progress=self.progress,
-                      world=self.world)
+                      world=self.world, costs=(o.energy_ac_pj, o.energy_mac_pj))
         metrics = evaluate(self.parts, self.data.test, **kwargs)
         if self.data.val is not None:
             val = evaluate(self.parts, self.data.val, name="val", **kwargs)
@@ -392,4 +400,5 @@ class Trainer:
             "train_samples_per_s": samples / seconds if seconds else 0.0,
             "wall_s": time.perf_counter() - start_wall,
             "firing_rates": final["firing_rates"],
+            **{k: final[k] for k in ENERGY_KEYS},
         }

@@ -33,6 +33,9 @@ def test_run_folder_contents(trained):
         assert isinstance(results[key], float), key
     assert 0 <= results["test_acc"] <= 1 and results["best_test_acc"] >= results["test_acc"]
     assert set(results["firing_rates"]) == {"L1_4C5_MP2", "L2_FC10"}
+    assert set(results["synops"]) == {"L1_4C5_MP2", "L2_FC10"}  # direct input: MACs into L1, spikes: ACs into L2
+    assert results["synops"]["L1_4C5_MP2"]["mac"] == 4 * 24 * 24 * 25 and results["synops"]["L2_FC10"]["mac"] == 0
+    assert results["energy_pj"] == results["acs"] * 0.9 + results["macs"] * 4.6 and results["ann_macs"] > results["macs"]
     records = read_metrics(trained)
     assert [r["step"] for r in records] == [4, 8]
     for r in records:
@@ -50,7 +53,8 @@ def test_tensorboard_events(trained):
     acc = events(trained)
     tags = acc.Tags()
     for tag in ("train/loss", "train/acc", "lr", "test/loss", "test/acc", "throughput/train_samples_per_s",
-                "firing_rate/L1_4C5_MP2", "firing_rate/L2_FC10", "hparams/test_acc"):
+                "firing_rate/L1_4C5_MP2", "firing_rate/L2_FC10", "hparams/test_acc", "synops/L2_FC10/ac",
+                "energy/energy_pj", "energy/ann_energy_pj"):
         assert tag in tags["scalars"], tag
     assert [e.step for e in acc.Scalars("test/acc")] == [4, 8]
     assert len(acc.Scalars("train/loss")) == 4

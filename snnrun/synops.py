@@ -1,0 +1,90 @@
+"""Synaptic operations and energy estimates, per layer and per sample.
+
+Every input spike of a layer adds its weights into the targets it reaches: an accumulate (AC)
+per synapse. ACs = sum_t sum_inputs S_in * fan-out, with fan-out = out_features for FC and, for
+a k x k conv (stride 1, no padding), the output positions whose window covers the input pixel
+(fewer at the borders) times C_out. Pooling and the neurons' own updates are not counted.
+Where a layer's input is not binary (direct coding, event counts), its weight layer is counted
+as dense multiply-accumulates (MACs): once per sample when the input is a static image whose
+current is computed once, T times otherwise. Energy = MACs * E_MAC + ACs * E_AC with Horowitz's
+45 nm, 32-bit figures by default (4.6 pJ and 0.9 pJ): an estimate for neuromorphic hardware,
+not the energy of the machine that ran the model. ``ann_macs`` is the same network run once as
+a non-spiking ANN.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+E_AC_PJ, E_MAC_PJ = 0.9, 4.6
+ENERGY_KEYS = ("synops", "acs", "macs", "energy_pj", "ann_macs", "ann_energy_pj")  # what ``report`` returns
+
+
+def weight_layer(block) -> nn.Module:
+    return next(m for m in block.stateless if isinstance(m, (nn.Linear, nn.Conv2d)))
+
+
+def fan_out(layer: nn.Module, in_shape: tuple) -> torch.Tensor:
+    """How many synapses each input element drives, shaped like one sample's input."""
+    if isinstance(layer, nn.Linear):
+        return torch.full(in_shape, float(layer.out_features))
+    k, (_, h, w) = layer.kernel_size[0], in_shape
+
+    def covering(n):  # output positions o in [0, n-k] with o <= i <= o + k - 1
+        i = torch.arange(n)
+        return (torch.clamp(i, max=n - k) - torch.clamp(i - k + 1, min=0) + 1).double()
+
+    return (covering(h)[:, None] * covering(w)[None, :] * layer.out_channels).expand(in_shape).float()
+
+
+def dense_macs(layer: nn.Module, in_shape: tuple) -> int:
+    """Multiply-accumulates of the weight layer on one dense input."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features * layer.out_features
+    c, h, w = in_shape
+    k = layer.kernel_size[0]
+    return layer.out_channels * (h - k + 1) * (w - k + 1) * c * k * k
+
+
+class OpCounter:
+    """Accumulates each layer's ACs and MACs over the batches a network runs while attached."""
+
+    def __init__(self, model):
+        self.names = model.layer_names
+        self.layers = [weight_layer(b) for b in model.blocks]
+        self.shapes, shape = [], tuple(model.input_shape)
+        for block in model.blocks:
+            self.shapes.append(shape)
+            shape = block.out_shape
+        self.fan_outs: list[torch.Tensor | None] = [None] * len(self.layers)
+        self.acs = [0.0] * len(self.layers)
+        self.macs = [0.0] * len(self.layers)
+
+    def add(self, i: int, x: torch.Tensor, static: bool) -> None:
+        """Layer i's input: [T, B, ...] time-first, or [B, ...] for a static input computed once."""
+        binary = bool(((x == 0) | (x == 1)).all())
+        if binary:
+            if self.fan_outs[i] is None or self.fan_outs[i].device != x.device:
+                self.fan_outs[i] = fan_out(self.layers[i], self.shapes[i]).to(x.device)
+            flat = x.reshape(-1, *self.shapes[i]).float()
+            self.acs[i] += float((flat.sum(0) * self.fan_outs[i]).sum())
+        else:
+            rows = x.shape[0] if static else x.shape[0] * x.shape[1]
+            self.macs[i] += float(dense_macs(self.layers[i], self.shapes[i])) * rows
+
+    def totals(self) -> list[float]:
+        return [*self.acs, *self.macs]
+
+    def report(self, totals: list[float], samples: int, e_ac: float = E_AC_PJ, e_mac: float = E_MAC_PJ) -> dict:
+        """Per-sample figures from summed ``totals`` (see ``totals``; summed over ranks)."""
+        n = len(self.names)
+        acs, macs = [a / samples for a in totals[:n]], [m / samples for m in totals[n:]]
+        ann = sum(dense_macs(layer, shape) for layer, shape in zip(self.layers, self.shapes))
+        return {
+            "synops": {name: {"ac": a, "mac": m} for name, a, m in zip(self.names, acs, macs)},
+            "acs": sum(acs), "macs": sum(macs),
+            "energy_pj": sum(acs) * e_ac + sum(macs) * e_mac,
+            "ann_macs": float(ann), "ann_energy_pj": ann * e_mac,
+        }
+
