@@ -188,6 +188,8 @@ class SpikingNetwork(nn.Module):
                 else:
                     current = block.current(x)
             spk, mem = block.neuron(current)
+            if self.counter is not None and getattr(block.neuron, "recurrence", None):
+                self.counter.add_recurrent(i, spk)
             rates.append((spk.detach() > 0).float().mean())
             if self.record:
                 self.recorded.append(spk.detach())

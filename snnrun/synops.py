@@ -6,10 +6,11 @@ a k x k conv (stride 1, no padding), the output positions whose window covers th
 (fewer at the borders) times C_out. Pooling and the neurons' own updates are not counted.
 Where a layer's input is not binary (direct coding, event counts), its weight layer is counted
 as dense multiply-accumulates (MACs): once per sample when the input is a static image whose
-current is computed once, T times otherwise. Energy = MACs * E_MAC + ACs * E_AC with Horowitz's
+current is computed once, T times otherwise. A recurrent layer's own spikes S[t-1] add their V
+weights too: n ACs each (all_to_all) or 1 (one_to_one). Energy = MACs * E_MAC + ACs * E_AC with Horowitz's
 45 nm, 32-bit figures by default (4.6 pJ and 0.9 pJ): an estimate for neuromorphic hardware,
-not the energy of the machine that ran the model. ``ann_macs`` is the same network run once as
-a non-spiking ANN.
+not the energy of the machine that ran the model. ``ann_macs`` is the same network as a
+non-spiking ANN: once per image, or T steps of a sequence (recurrent layers: n x n per step).
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def dense_macs(layer: nn.Module, in_shape: tuple) -> int:
 class OpCounter:
     """Accumulates each layer's ACs and MACs over the batches a network runs while attached."""
 
-    def __init__(self, model):
-        self.names = model.layer_names
+    def __init__(self, model, ann_steps: int = 1):
+        self.names, self.ann_steps = model.layer_names, ann_steps
+        self.recurrent = [getattr(b.neuron, "recurrence", None) for b in model.blocks]
         self.layers = [weight_layer(b) for b in model.blocks]
         self.shapes, shape = [], tuple(model.input_shape)
         for block in model.blocks:
@@ -73,6 +75,11 @@ class OpCounter:
             rows = x.shape[0] if static else x.shape[0] * x.shape[1]
             self.macs[i] += float(dense_macs(self.layers[i], self.shapes[i])) * rows
 
+    def add_recurrent(self, i: int, spk: torch.Tensor) -> None:
+        """Layer i's own spikes of every step but the last drive V at the next step."""
+        n = spk.shape[-1] if self.recurrent[i] == "all_to_all" else 1
+        self.acs[i] += float(spk[:-1].sum()) * n
+
     def totals(self) -> list[float]:
         return [*self.acs, *self.macs]
 
@@ -80,7 +87,8 @@ class OpCounter:
         """Per-sample figures from summed ``totals`` (see ``totals``; summed over ranks)."""
         n = len(self.names)
         acs, macs = [a / samples for a in totals[:n]], [m / samples for m in totals[n:]]
-        ann = sum(dense_macs(layer, shape) for layer, shape in zip(self.layers, self.shapes))
+        ann = self.ann_steps * sum(dense_macs(layer, shape) + (layer.out_features ** 2 if rec else 0)
+                                   for layer, shape, rec in zip(self.layers, self.shapes, self.recurrent))
         return {
             "synops": {name: {"ac": a, "mac": m} for name, a, m in zip(self.names, acs, macs)},
             "acs": sum(acs), "macs": sum(macs),

@@ -126,7 +126,7 @@ def evaluate(parts: Parts, split: Split, *, batch_size: int, time_steps: int, se
     model, encoder = parts.model, parts.encoder
     was_training = model.training
     model.eval()
-    model.counter = counter = OpCounter(model)
+    model.counter = counter = OpCounter(model, ann_steps=time_steps if encoder is None else 1)  # sequences: T steps
     device = split.labels.device
     generator = torch.Generator(device=device).manual_seed(seed + 1)  # fixed, apart from training's
     loss_sum = torch.zeros((), device=device)

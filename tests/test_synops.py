@@ -90,3 +90,21 @@ def test_a_conv_network_counts_each_layer_on_its_input_after_pooling():
     with torch.no_grad():
         net(x)
     assert counter.acs[1] == net.recorded[0].sum().item() * 3  # [2, 2, 2] pooled spikes, each into FC3
+
+
+def test_a_recurrent_layer_counts_its_own_spikes_into_v_and_the_ann_runs_every_step():
+    from snnrun.recurrent import RLIF
+
+    torch.manual_seed(1)
+    for recurrence, per_spike in (("all_to_all", 5), ("one_to_one", 1)):
+        net = SpikingNetwork("RFC5-FC3", (4,), 3, neuron=partial(RLIF, beta=0.9, threshold=0.5, recurrence=recurrence))
+        x = (torch.rand(6, 2, 4) > 0.4).float()
+        net.counter = counter = synops.OpCounter(net, ann_steps=6)
+        net.record = True
+        with torch.no_grad():
+            net(x)
+        own = net.recorded[0][:-1].sum().item()  # the spikes of steps 0..T-2 reach V at the next step
+        assert own > 0
+        assert counter.acs[0] == x.sum().item() * 5 + own * per_spike
+        report = counter.report(counter.totals(), samples=2)
+        assert report["ann_macs"] == 6 * (4 * 5 + 5 * 5 + 5 * 3)
