@@ -12,25 +12,21 @@ PRESETS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yam
 SMALL = ["data=synthetic", "data.num_train=1000", "data.num_test=16"]
 
 
-TEMPORAL = ["nmnist_csnn", "psmnist_alif", "shd_alif", "shd_lif", "smnist_pixels_alif", "smnist_rows_lif",
-            "smnist_rows_rlif"]  # trained on their own data in test_events / test_temporal
+TEMPORAL = ["nmnist_csnn", "shd_alif", "shd_lif", "smnist_rows_lif", "smnist_rows_rlif"]  # trained on their own data in test_events / test_temporal
 
 
 def test_presets_are_named_by_what_they_are():
-    assert PRESETS == ["csnn_best", "csnn_nir", "graded_fc100", "if_rate_fc500", "nmnist_csnn", "psmnist_alif",
-                       "shd_alif", "shd_lif", "smnist_pixels_alif", "smnist_rows_lif", "smnist_rows_rlif",
-                       "tutorial5_dense", "tutorial6_csnn"]
+    assert PRESETS == ["csnn_best", "csnn_nir", "graded_fc100", "if_rate_fc500", "nmnist_csnn", "shd_alif", "shd_lif",
+                       "smnist_rows_lif", "smnist_rows_rlif", "tutorial5_dense", "tutorial6_csnn"]
 
 
 @pytest.mark.parametrize("preset, steps, neuron, readout", [
-    ("smnist_rows_rlif", 28, "RLIF", "membrane"), ("smnist_pixels_alif", 784, "ALIF", "membrane_max"),
-    ("psmnist_alif", 784, "ALIF", "membrane_max"), ("shd_alif", 100, "ALIF", "membrane_max"),
+    ("smnist_rows_rlif", 28, "RLIF", "membrane"), ("shd_alif", 100, "ALIF", "membrane_max"),
 ])
 def test_recurrent_presets_have_a_recurrent_layer_and_an_li_readout(compose, preset, steps, neuron, readout):
     cfg = compose(f"experiment={preset}")
     assert cfg.time_steps == steps and cfg.neuron._target_.endswith(neuron) and cfg.readout == readout
     assert cfg.model.arch.startswith("RFC") and cfg.model.readout_neuron == "li" and cfg.data.val_size > 0
-    assert (cfg.data.get("permutation_seed") is not None) == (preset == "psmnist_alif")
 
 
 @pytest.mark.parametrize("preset, data, steps", [("smnist_rows_lif", "smnist", 28), ("nmnist_csnn", "nmnist", 20),
