@@ -6,7 +6,8 @@ import sys
 
 from conftest import REPO
 
-CORE = ["snnrun.neurons", "snnrun.surrogates", "snnrun.encoders", "snnrun.architectures", "snnrun.losses"]
+CORE = ["snnrun.neurons", "snnrun.recurrent", "snnrun.surrogates", "snnrun.encoders", "snnrun.architectures",
+        "snnrun.losses", "snnrun.synops", "snnrun.nirgraph"]
 
 
 def _python(code: str) -> str:
