@@ -55,6 +55,9 @@ class Parts:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
 
+ACCURACY_TARGETS = (0.98, 0.99, 0.995)  # time to accuracy: the step and wall seconds each was first reached
+
+
 @dataclass(frozen=True)
 class TrainerOptions:
     """The ``trainer:`` config block, with the run-level values the loop needs (all by name)."""
@@ -191,6 +194,8 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(options.seed)
         self.step, self.best_test_acc, self.last_eval = 0, -1.0, None
         self.best = {}  # the evaluation best.pt holds: chosen on validation when there is a split, else on test
+        self.started = time.perf_counter()  # reset when fit() starts
+        self.reached: dict[str, dict] = {}  # time to accuracy: the first evaluation at or above each target
         self.window = {"loss": 0.0, "correct": 0.0, "samples": 0, "seconds": 0.0}  # since the last evaluation
         self.stop_signal: str | None = None  # set by a signal handler at any time
         self.stopping = False  # whether any rank had a stop signal at the last step (agreed by all ranks)
@@ -333,6 +338,10 @@ class Trainer:
         }
         self.window = {"loss": 0.0, "correct": 0.0, "samples": 0, "seconds": 0.0}
         self.best_test_acc = record["best_test_acc"]
+        for target in ACCURACY_TARGETS:
+            if f"{target:g}" not in self.reached and metrics["test_acc"] >= target:
+                self.reached[f"{target:g}"] = {"step": self.step, "wall_s": time.perf_counter() - self.started}
+        record["time_to_acc"] = dict(self.reached)
         key = f"{self.selected_on}_acc"
         improved = metrics[key] > self.best.get(key, -1.0)
         if improved:
@@ -360,7 +369,7 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict:
-        start_wall = time.perf_counter()
+        start_wall = self.started = time.perf_counter()
         samples, seconds = 0, 0.0
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
@@ -400,5 +409,6 @@ class Trainer:
             "train_samples_per_s": samples / seconds if seconds else 0.0,
             "wall_s": time.perf_counter() - start_wall,
             "firing_rates": final["firing_rates"],
+            "time_to_acc": dict(self.reached),
             **{k: final[k] for k in ENERGY_KEYS},
         }

@@ -63,3 +63,21 @@ def test_without_validation_results_say_test_chose_the_best(tmp_path):
     results = read_results(tmp_path / "run")
     assert results["best_selected_on"] == "test" and "best_val_acc" not in results
     assert results["best_test_acc"] == max(r["test_acc"] for r in read_metrics(tmp_path / "run"))
+
+
+@pytest.mark.e2e
+def test_each_run_records_when_it_first_reached_each_accuracy(tmp_path):
+    """time_to_acc: for 0.98, 0.99 and 0.995, the step and wall seconds of the first evaluation at
+    or above it; targets never reached are absent."""
+    snnrun(*FAST, "trainer.max_steps=24", "trainer.eval_every=2", "optimizer.lr=3e-3", "hydra.run.dir=run",
+           cwd=tmp_path)
+    results, records = read_results(tmp_path / "run"), read_metrics(tmp_path / "run")
+    reached = results["time_to_acc"]
+    assert "0.98" in reached  # synthetic data is easy: the run gets there
+    for target in ("0.98", "0.99", "0.995"):
+        first = next((r for r in records if r["test_acc"] >= float(target)), None)
+        if first is None:
+            assert target not in reached
+        else:
+            assert reached[target]["step"] == first["step"] and 0 < reached[target]["wall_s"] <= results["wall_s"]
+    assert records[-1]["time_to_acc"] == reached
