@@ -200,3 +200,41 @@ def test_rlif_zero_reset_keeps_the_step_input_rleaky_drops_it():
             assert m2[t + 1, b, j] == 0
             torch.testing.assert_close(m1[t + 1, b, j], current[t + 1, b, j] + rec, atol=1e-6, rtol=0)
     assert checked > 32
+
+
+def test_synaptic_zero_reset_keeps_the_step_current_snntorch_drops_it():
+    """Ours: U[t] = beta*(1 - R)*U[t-1] + J[t]. snnTorch's Synaptic (reset_delay=True, its default):
+    U[t] = (1 - R)*(beta*U[t-1] + J[t]); in both J[t] = alpha*J[t-1] + I[t] is never reset. The
+    two agree up to each neuron's first spike; at the next step snnTorch's membrane is 0 and ours
+    is J of that step."""
+    torch.manual_seed(6)
+    current = torch.randn(30, 4, 16) * 0.5 + 0.2
+    ours = neurons.Synaptic(alpha=0.8, beta=0.9, reset="zero", surrogate=surrogates.ATan())
+    theirs = snn.Synaptic(alpha=0.8, beta=0.9, reset_mechanism="zero", spike_grad=snn_surrogate.atan())
+    syn, mem = theirs.reset_mem()
+    m2, syns = [], []
+    with torch.no_grad():
+        s1, m1 = ours(current)
+        for i_t in current:
+            _, syn, mem = theirs(i_t, syn, mem)
+            m2.append(mem)
+            syns.append(syn)
+    m2, syns = torch.stack(m2), torch.stack(syns)
+    j = torch.zeros_like(current[0])
+    currents = []
+    for i_t in current:
+        j = 0.8 * j + i_t
+        currents.append(j)
+    currents = torch.stack(currents)
+    torch.testing.assert_close(syns, currents, atol=1e-6, rtol=0)  # snnTorch keeps J through its resets
+    first, checked = s1.argmax(0), 0
+    for b in range(4):
+        for n in range(16):
+            t = first[b, n].item()
+            if not s1[t, b, n] or t == 29:
+                continue
+            checked += 1
+            torch.testing.assert_close(m1[: t + 1, b, n], m2[: t + 1, b, n], atol=1e-6, rtol=0)
+            assert m2[t + 1, b, n] == 0
+            torch.testing.assert_close(m1[t + 1, b, n], currents[t + 1, b, n], atol=1e-6, rtol=0)
+    assert checked > 32
