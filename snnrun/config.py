@@ -28,7 +28,7 @@ from .checkpoints import CheckpointError
 from .data import DataError, DataSpec, available_memory
 from .distributed import World, world
 from .losses import READOUTS, SPIKE_READOUTS
-from .options import OptionError
+from .options import OptionError, is_number
 from .training import Parts, TrainerOptions
 
 
@@ -77,8 +77,7 @@ def check(cfg: DictConfig, processes: int = 1) -> None:
     _require(cfg, "data.batch_size", lambda v: v % processes == 0, f"a multiple of the {processes} torchrun processes "
              "(each takes an equal shard of every batch)", f"data.batch_size={128 * processes}")
     _require(cfg, "data.eval_batch_size", lambda v: _is_int(v) and v > 0, "a positive integer", "data.eval_batch_size=1000")
-    _require(cfg, "optimizer.lr", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-             "a positive number", "optimizer.lr=5e-4")
+    _require(cfg, "optimizer.lr", lambda v: is_number(v) and v > 0, "a positive number", "optimizer.lr=5e-4")
     _require(cfg, "trainer.epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0", "trainer.epochs=3")
     for key, example in (("trainer.max_steps", "trainer.max_steps=500"), ("trainer.eval_every", "trainer.eval_every=100")):
         if _get(cfg, key) is not None:
@@ -91,7 +90,7 @@ def check(cfg: DictConfig, processes: int = 1) -> None:
         _require(cfg, "trainer.grad_clip", lambda v: isinstance(v, (int, float)) and v > 0, "null or a positive number",
                  "trainer.grad_clip=1.0")
     for key in ("trainer.energy_ac_pj", "trainer.energy_mac_pj"):
-        _require(cfg, key, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+        _require(cfg, key, lambda v: is_number(v) and v >= 0,
                  "a number of picojoules >= 0", f"{key}={0.9 if key.endswith('ac_pj') else 4.6}")
     if _get(cfg, "trainer.num_threads") is not None:
         _require(cfg, "trainer.num_threads", lambda v: _is_int(v) and v > 0, "null or a positive integer", "trainer.num_threads=2")
@@ -103,7 +102,7 @@ def check(cfg: DictConfig, processes: int = 1) -> None:
         raise ConfigError("nir_path", cfg.nir_path, "null when ckpt_path is set (the network comes from one or the "
                           "other)", f"ckpt_path={cfg.ckpt_path}")
     if cfg.get("export"):
-        _require(cfg, "export.dt", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+        _require(cfg, "export.dt", lambda v: is_number(v) and v > 0,
                  "a positive number of seconds", "export.dt=1e-4")
     if cfg.get("ckpt_path") and not Path(str(cfg.ckpt_path)).expanduser().is_file():
         raise ConfigError("ckpt_path", cfg.ckpt_path, "an existing checkpoint file",

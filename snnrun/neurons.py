@@ -22,17 +22,18 @@ from .surrogates import ATan, Surrogate
 RESETS = ("subtract", "zero", "none")
 
 
-def lif_step(current, mem, spk, beta, threshold, surrogate, reset="subtract", detach_reset=True, rectify=False):
+def lif_step(current, mem, spk, beta, threshold, surrogate, reset="subtract", detach_reset=True, rectify=False,
+             reset_threshold=None):
     """One LIF step; ``spk`` is the previous step's spikes, so R[t] = S[t-1].
 
-    subtract: U[t] = beta*U[t-1] + I[t] - R[t]*theta
+    subtract: U[t] = beta*U[t-1] + I[t] - R[t]*theta_r   (theta_r = ``reset_threshold``, default theta)
     zero:     U[t] = beta*(1 - R[t])*U[t-1] + I[t]
     none:     U[t] = beta*U[t-1] + I[t]
     then (optional rectification) U[t] <- max(U[t], 0), and S[t] = H(U[t] - theta).
     """
     r = spk.detach() if detach_reset else spk
     if reset == "subtract":
-        mem = beta * mem + current - r * threshold
+        mem = beta * mem + current - r * (threshold if reset_threshold is None else reset_threshold)
     elif reset == "zero":
         mem = beta * (1 - r) * mem + current
     else:

@@ -296,8 +296,8 @@ def _chain(graph) -> list:
 def _interpret(graph, dt: float) -> Imported:
     nir = _nir()
     chain = _chain(graph)
-    input_shape = tuple(int(v) for v in np.asarray(next(iter(graph.nodes[n] for n in graph.nodes
-                                                            if isinstance(graph.nodes[n], nir.Input))).input_type["input"]))
+    source = next(node for node in graph.nodes.values() if isinstance(node, nir.Input))  # _chain checked: exactly one
+    input_shape = tuple(int(v) for v in np.asarray(source.input_type["input"]))
     layers: list[Layer] = []
     pending = None
     for entry in chain:

@@ -28,18 +28,11 @@ RECURRENCES = ("all_to_all", "one_to_one")
 def alif_step(current, mem, spk, adapt, beta, threshold, rho, jump, surrogate, reset="subtract", detach_reset=True,
               rectify=False):
     """One ALIF step on the previous (S, U, a); ``current`` already holds V(S[t-1]). Returns (S, U, a)."""
-    r = spk.detach() if detach_reset else spk
-    previous_threshold = threshold + jump * adapt  # theta[t-1], the one S[t-1] crossed
+    previous_threshold = threshold + jump * adapt  # theta[t-1], the one S[t-1] crossed and its reset subtracts
     adapt = rho * adapt + (1 - rho) * spk
-    if reset == "subtract":
-        mem = beta * mem + current - r * previous_threshold
-    elif reset == "zero":
-        mem = beta * (1 - r) * mem + current
-    else:
-        mem = beta * mem + current
-    if rectify:
-        mem = torch.where(mem > 0, mem, 0.0)  # gradient 1 where U > 0 and 0 at U = 0 on every torch version (unlike clamp)
-    return surrogate(mem - (threshold + jump * adapt)), mem, adapt
+    spk, mem = lif_step(current, mem, spk, beta, threshold + jump * adapt, surrogate, reset, detach_reset, rectify,
+                        reset_threshold=previous_threshold)
+    return spk, mem, adapt
 
 
 class _RecurrentSequence(torch.autograd.Function):
