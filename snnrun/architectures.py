@@ -1,10 +1,13 @@
 """Spiking networks built from spec strings in the literature's notation.
 
-Tokens joined by ``-``: ``{n}C{k}`` conv, n filters k x k (no padding, stride 1);
-``MP{k}`` / ``AP{k}`` max / average pooling k x k; ``FC{n}`` fully connected to n units,
-flattening first when needed; ``RFC{n}`` the same, with its neurons also driven by their own
-previous spikes (``neuron=rlif`` or ``alif``, on a flat input). Every weight layer is followed by its pooling (if any)
-and then a spiking neuron layer: conv -> pool -> neuron (the order of snnTorch's tutorial 6).
+Tokens joined by ``-``: ``{n}C{k}`` conv, n filters k x k, optionally ``p{p}`` zero padding and
+``s{s}`` stride (``32C3p1``, ``64C3p1s2``); ``MP{k}`` / ``AP{k}`` max / average pooling k x k;
+``FC{n}`` fully connected to n units, flattening first when needed; ``RFC{n}`` the same, with its
+neurons also driven by their own previous spikes (``neuron=rlif`` or ``alif``, on a flat input);
+``BN`` right after a weight layer: batch normalisation of its current with statistics over all
+T*B samples (tdBN, per channel); ``DO{p}`` after a layer: dropout of its spikes with probability
+p, one mask for all time steps. Every weight layer is followed by its BN and pooling (if any)
+and then a spiking neuron layer: conv -> BN -> pool -> neuron (snnTorch tutorial 6's order).
 
 Execution is multi-step: stateless layers run once over all T*B samples and only the
 neuron recurrence loops over time. With a static input (direct coding) the first
@@ -26,8 +29,11 @@ from .options import one_of
 PRECISIONS = ("fp32", "bf16")
 INITS = ("default", "xavier_uniform")
 READOUT_NEURONS = ("same", "li")
-_TOKEN = re.compile(r"(?P<conv>(?P<filters>\d+)C(?P<kernel>\d+))|(?P<pool>(?P<kind>MP|AP)(?P<size>\d+))"
-                    r"|(?P<fc>(?P<recurrent>R?)FC(?P<units>\d+))")
+_TOKEN = re.compile(r"(?P<conv>(?P<filters>\d+)C(?P<kernel>\d+)(?:p(?P<padding>\d+))?(?:s(?P<stride>\d+))?)"
+                    r"|(?P<pool>(?P<kind>MP|AP)(?P<size>\d+))|(?P<fc>(?P<recurrent>R?)FC(?P<units>\d+))"
+                    r"|(?P<bn>BN)|(?P<dropout>DO(?P<p>\d*\.?\d+))")
+_EXPECTED = ("expected {n}C{k}[p{p}][s{s}], MP{k}, AP{k}, FC{n}, RFC{n}, BN or DO{p} "
+             "(e.g. 32C3p1, MP2, FC10, DO0.2)")
 
 
 class ArchitectureError(ValueError):
@@ -38,34 +44,51 @@ class ArchitectureError(ValueError):
         self.token = token
 
 
-def parse(arch: str) -> list[tuple[str, str, tuple[int, ...]]]:
-    """``"12C5-MP2-FC10"`` -> ``[("12C5", "conv", (12, 5)), ("MP2", "MP", (2,)), ("FC10", "fc", (10,))]``;
-    ``RFC{n}`` gives kind ``"rfc"``."""
+def parse(arch: str) -> list[tuple[str, str, tuple]]:
+    """``"32C3p1-BN-MP2-DO0.2-FC10"`` -> ``[("32C3p1", "conv", (32, 3, 1, 1)), ("BN", "BN", ()),
+    ("MP2", "MP", (2,)), ("DO0.2", "DO", (0.2,)), ("FC10", "fc", (10,))]``; conv args are
+    (filters, kernel, padding, stride); ``RFC{n}`` gives kind ``"rfc"``."""
     if not isinstance(arch, str) or not arch.strip():
         raise ArchitectureError(str(arch), str(arch), "empty architecture; expected e.g. 'FC1000-FC10'")
     layers = []
     for token in arch.strip().split("-"):
-        m = _TOKEN.fullmatch(token.strip())
+        token = token.strip()
+        m = _TOKEN.fullmatch(token)
         if m is None:
-            raise ArchitectureError(arch, token, "expected {n}C{k}, MP{k}, AP{k}, FC{n} or RFC{n} (e.g. 12C5, MP2, FC10)")
+            raise ArchitectureError(arch, token, _EXPECTED)
         if m["conv"]:
-            layer = (token, "conv", (int(m["filters"]), int(m["kernel"])))
+            args = (int(m["filters"]), int(m["kernel"]), int(m["padding"] or 0), int(m["stride"] or 1))
+            if min(args[:2] + args[3:]) <= 0:
+                raise ArchitectureError(arch, token, "filters, kernel and stride must be positive integers")
+            if args[2] >= args[1]:
+                raise ArchitectureError(arch, token, f"padding {args[2]} must be smaller than the kernel {args[1]}")
+            layer = (token, "conv", args)
         elif m["pool"]:
             layer = (token, m["kind"], (int(m["size"]),))
-        else:
+        elif m["fc"]:
             layer = (token, "rfc" if m["recurrent"] else "fc", (int(m["units"]),))
-        if any(v <= 0 for v in layer[2]):
+        elif m["bn"]:
+            layer = (token, "BN", ())
+        else:
+            p = float(m["p"])
+            if not 0 < p < 1:
+                raise ArchitectureError(arch, token, f"dropout probability {p} must lie strictly between 0 and 1")
+            layer = (token, "DO", (p,))
+        if any(v <= 0 for v in layer[2]) and layer[1] != "conv":
             raise ArchitectureError(arch, token, "sizes must be positive integers")
         layers.append(layer)
     return layers
 
 
 class _Block(nn.Module):
-    """A weight layer, its pooling (``stateless``), then a spiking ``neuron``."""
+    """A weight layer, its batch norm and pooling (``stateless``), then a spiking ``neuron``, whose
+    spikes ``dropout`` zeroes in training with one mask for all time steps."""
 
-    def __init__(self, name: str, stateless: nn.Sequential, neuron: nn.Module, out_shape: tuple[int, ...]):
+    def __init__(self, name: str, stateless: nn.Sequential, neuron: nn.Module, out_shape: tuple[int, ...],
+                 dropout: float = 0.0):
         super().__init__()
         self.name, self.stateless, self.neuron, self.out_shape = name, stateless, neuron, out_shape
+        self.dropout = dropout
         self.conv = isinstance(stateless[0], nn.Conv2d)
         if self.conv:  # NHWC convolutions run about 1.8x faster on CPU (oneDNN) and suit tensor cores
             stateless.to(memory_format=torch.channels_last)
@@ -81,6 +104,14 @@ class _Block(nn.Module):
         """Apply the stateless layers to every step at once: [T, B, ...] -> [T, B, ...]."""
         t, b = x.shape[:2]
         return self.apply_stateless(x.reshape(t * b, *x.shape[2:])).reshape(t, b, *self.out_shape)
+
+    def drop(self, spk: torch.Tensor) -> torch.Tensor:
+        """Inverted dropout on [T, B, ...] spikes: the same neurons of a sample are silenced at every
+        step (a mask drawn per step would only thin the spike trains), the rest scaled by 1/(1-p)."""
+        if not (self.training and self.dropout):
+            return spk
+        keep = torch.empty_like(spk[0]).bernoulli_(1 - self.dropout)
+        return spk * (keep / (1 - self.dropout))
 
 
 class SpikingNetwork(nn.Module):
@@ -105,7 +136,7 @@ class SpikingNetwork(nn.Module):
         one_of("precision", precision, PRECISIONS)
         one_of("init", init, INITS)
         self.readout_neuron = one_of("readout_neuron", readout_neuron, READOUT_NEURONS)
-        neuron_class = getattr(neuron, "func", neuron)  # the class behind the (partial) factory
+        self.neuron_class = getattr(neuron, "func", neuron)  # the class behind the (partial) factory
         self.arch, self.input_shape, self.precision = arch, tuple(input_shape), precision
         self.blocks = nn.ModuleList()
         self.record = False
@@ -115,7 +146,7 @@ class SpikingNetwork(nn.Module):
         shape = self.input_shape
         self.state_numel = 0  # elements every layer produces per sample and step (memory estimates)
         layers = parse(arch)
-        if getattr(neuron_class, "needs_recurrent_layer", False) and not any(k == "rfc" for _, k, _ in layers):
+        if getattr(self.neuron_class, "needs_recurrent_layer", False) and not any(k == "rfc" for _, k, _ in layers):
             raise ArchitectureError(arch, arch, "neuron=rlif makes the RFC{n} layers recurrent and this architecture "
                                     "has none; write e.g. RFC128-FC10, or use neuron=lif")
         i = 0
@@ -123,29 +154,20 @@ class SpikingNetwork(nn.Module):
             token, kind, args = layers[i]
             if kind in ("MP", "AP"):
                 raise ArchitectureError(arch, token, "pooling must follow a conv layer (conv -> pool -> neuron)")
-            modules: list[nn.Module] = []
-            if kind == "conv":
-                if len(shape) != 3:
-                    raise ArchitectureError(arch, token, f"a conv layer needs a [C, H, W] input, gets {list(shape)}")
-                filters, k = args
-                if k > shape[1] or k > shape[2]:
-                    raise ArchitectureError(arch, token, f"kernel {k}x{k} does not fit its {shape[1]}x{shape[2]} input")
-                modules.append(nn.Conv2d(shape[0], filters, k))
-                shape = (filters, shape[1] - k + 1, shape[2] - k + 1)
-                self.state_numel += math.prod(shape)
-            else:
-                if kind == "rfc" and not getattr(neuron_class, "supports_recurrence", False):
-                    raise ArchitectureError(arch, token, "a recurrent layer needs neuron=rlif or neuron=alif")
-                if kind == "rfc" and len(shape) > 1:
-                    raise ArchitectureError(arch, token, f"a recurrent layer needs a flat input, gets {list(shape)} "
-                                            "(recurrent conv layers are not supported); put an FC layer before it")
-                if len(shape) > 1:
-                    modules.append(nn.Flatten())
-                modules.append(nn.Linear(math.prod(shape), args[0]))
-                shape = (args[0],)
-                self.state_numel += args[0]
+            if kind == "BN":
+                raise ArchitectureError(arch, token, "BN normalises a weight layer's current: put it right after "
+                                        "{n}C{k} or FC{n} (e.g. 32C3p1-BN-MP2)")
+            if kind == "DO":
+                raise ArchitectureError(arch, token, "dropout acts on a layer's spikes: put it after a layer, before "
+                                        "the next one (e.g. FC500-DO0.2-FC10)")
+            modules, shape = self._weight_layer(arch, token, kind, args, shape)
             name = f"L{len(self.blocks) + 1}_{token}"
             i += 1
+            if i < len(layers) and layers[i][1] == "BN":
+                modules.append(nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0]))
+                self.state_numel += math.prod(shape)
+                name += "_BN"
+                i += 1
             while i < len(layers) and layers[i][1] in ("MP", "AP"):
                 token, pool, (size,) = layers[i]
                 if len(shape) != 3:
@@ -157,10 +179,20 @@ class SpikingNetwork(nn.Module):
                 self.state_numel += math.prod(shape)
                 name += f"_{token}"
                 i += 1
+            if i < len(layers) and layers[i][1] == "BN":
+                raise ArchitectureError(arch, layers[i][0], "BN goes right after its weight layer, before pooling "
+                                        "(e.g. 32C3p1-BN-MP2)")
+            dropout = 0.0
+            if i < len(layers) and layers[i][1] == "DO":
+                if i == len(layers) - 1:
+                    raise ArchitectureError(arch, layers[i][0], "dropout after the output layer would drop class "
+                                            "outputs; put it between two layers")
+                dropout = layers[i][2][0]
+                i += 1
             layer = neuron(shape=shape, surrogate=surrogate, **({"recurrent": True} if kind == "rfc" else {}))
             if i == len(layers) and readout_neuron == "li":
                 layer = LI.like(layer, shape)
-            self.blocks.append(_Block(name, nn.Sequential(*modules), layer, shape))
+            self.blocks.append(_Block(name, nn.Sequential(*modules), layer, shape, dropout))
             self.state_numel += 3 * math.prod(shape)  # spikes, membrane and its gradient
         if init == "xavier_uniform":
             for p in self.parameters():
@@ -169,6 +201,29 @@ class SpikingNetwork(nn.Module):
         last = layers[-1][0]
         if shape != (num_classes,):
             raise ArchitectureError(arch, last, f"the last layer must be FC{num_classes}, one unit per class")
+
+    def _weight_layer(self, arch: str, token: str, kind: str, args: tuple, shape: tuple) -> tuple[list, tuple]:
+        """The conv or linear layer (flattening first if needed) for ``token`` on ``shape``, and its output shape."""
+        if kind == "conv":
+            if len(shape) != 3:
+                raise ArchitectureError(arch, token, f"a conv layer needs a [C, H, W] input, gets {list(shape)}")
+            filters, k, p, s = args
+            if k > shape[1] + 2 * p or k > shape[2] + 2 * p:
+                raise ArchitectureError(arch, token, f"kernel {k}x{k} does not fit its {shape[1]}x{shape[2]} input"
+                                        + (f" padded by {p}" if p else ""))
+            conv = nn.Conv2d(shape[0], filters, k, stride=s, padding=p)
+            shape = (filters, (shape[1] + 2 * p - k) // s + 1, (shape[2] + 2 * p - k) // s + 1)
+            self.state_numel += math.prod(shape)
+            return [conv], shape
+        if kind == "rfc" and not getattr(self.neuron_class, "supports_recurrence", False):
+            raise ArchitectureError(arch, token, "a recurrent layer needs neuron=rlif or neuron=alif")
+        if kind == "rfc" and len(shape) > 1:
+            raise ArchitectureError(arch, token, f"a recurrent layer needs a flat input, gets {list(shape)} "
+                                    "(recurrent conv layers are not supported); put an FC layer before it")
+        modules = [nn.Flatten()] if len(shape) > 1 else []
+        modules.append(nn.Linear(math.prod(shape), args[0]))
+        self.state_numel += args[0]
+        return modules, (args[0],)
 
     @property
     def layer_names(self) -> list[str]:
@@ -193,6 +248,6 @@ class SpikingNetwork(nn.Module):
             rates.append((spk.detach() > 0).float().mean())
             if self.record:
                 self.recorded.append(spk.detach())
-            x = spk
+            x = block.drop(spk)
         self.firing_rates = torch.stack(rates)
         return spk, mem

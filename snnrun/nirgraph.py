@@ -9,10 +9,13 @@ U[t] = beta*U[t-1] + I[t] when tau = dt/(1 - beta) and r = tau/dt.
     if        IF(r=1/dt, v_threshold=theta, v_reset=0)
     li        LI(tau=dt/(1-beta), r=tau/dt, v_leak=0)
     rlif      a subgraph input -> lif <-> w_rec (Affine W, c, or Linear diag(v)) -> output
-    FC / nC k Affine(W, b) / Conv2d(stride 1, padding 0);  AP k  AvgPool2d(k, k, 0);  Flatten(start_dim=0)
+    FC / nCk  Affine(W, b) / Conv2d(stride s, padding p);  AP k  AvgPool2d(k, k, 0);  Flatten(start_dim=0)
+    BN        folded into the weight layer before it: s*W, s*(b - mean) + shift, s = gamma/sqrt(var + eps)
 
 NIR resets to v_reset, so only ``reset=zero`` exports exactly. Neuron parameters are written
-in float64 (beta survives the round trip bit for bit), weights in the model's float32.
+in float64 (beta survives the round trip bit for bit), weights in the model's float32. A network
+with batch norm exports its inference-time function (running statistics); the folded weights
+differ from the unfolded computation by float rounding, and a re-imported network has no BN.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch import nn
 
 from .neurons import IF, LI, Graded, Synaptic
 from .recurrent import ALIF, RLIF
+from .synops import weight_layer
 
 
 class NIRError(ValueError):
@@ -119,16 +123,19 @@ def export(model, dt: float = 1e-4, approximate: bool = False, precision: str = 
     nir = _nir()
     approximations = check_exact(model, precision, approximate)
     nodes = {"input": nir.Input(input_type=np.array(model.input_shape))}
-    edges, previous, shape = [], "input", tuple(model.input_shape)
+    edges, previous, shape, folded = [], "input", tuple(model.input_shape), []
     for block in model.blocks:
         for module in block.stateless:
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                folded.append(block.name)
+                continue
             if isinstance(module, nn.Conv2d):
-                node = nir.Conv2d(input_shape=shape[1:], weight=_f32(module.weight), stride=1, padding=0, dilation=1,
-                                  groups=1, bias=_f32(module.bias))
+                node = nir.Conv2d(input_shape=shape[1:], **_folded(block), stride=module.stride, padding=module.padding,
+                                  dilation=1, groups=1)
             elif isinstance(module, nn.Flatten):
                 node = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
             elif isinstance(module, nn.Linear):
-                node = nir.Affine(weight=_f32(module.weight), bias=_f32(module.bias))
+                node = nir.Affine(**_folded(block))
             else:  # average pooling, or max pooling approximated by it
                 k = module.kernel_size
                 node = nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([k, k]), padding=np.array([0, 0]))
@@ -148,9 +155,22 @@ def export(model, dt: float = 1e-4, approximate: bool = False, precision: str = 
     nodes["output"] = nir.Output(output_type=np.array(shape))
     edges.append((previous, "output"))
     info = {"producer": "snnrun", "dt": dt, "discretisation": "forward Euler, one step of dt per time step",
-            "approximations": approximations if approximate else [], **(metadata or {})}
+            "approximations": approximations if approximate else [], "batch_norm_folded": folded, **(metadata or {})}
     graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata={"snnrun": json.dumps(info)})
     return graph, (approximations if approximate else [])
+
+
+def _folded(block) -> dict:
+    """The block's weight and bias as float32 arrays, its batch norm (if any) folded in with the
+    running statistics: BN(Wx + b) = (s*W)x + s*(b - mean) + shift, s = gamma / sqrt(var + eps)."""
+    layer = weight_layer(block)
+    weight, bias = layer.weight.detach().double(), layer.bias.detach().double()
+    bn = next((m for m in block.stateless if isinstance(m, nn.modules.batchnorm._BatchNorm)), None)
+    if bn is not None:
+        scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        weight = weight * scale.reshape(-1, *[1] * (weight.dim() - 1))
+        bias = (bias - bn.running_mean.double()) * scale + bn.bias.detach().double()
+    return {"weight": _f32(weight), "bias": _f32(bias)}
 
 
 def _recurrent_subgraph(neuron, node, shape):
@@ -207,7 +227,7 @@ class Imported:
         """Copy the graph's weights, decays, thresholds and recurrent weights into the built model."""
         with torch.no_grad():
             for layer, block in zip(self.layers, model.blocks):
-                weight = next(m for m in block.stateless if isinstance(m, (nn.Linear, nn.Conv2d)))
+                weight = weight_layer(block)
                 weight.weight.copy_(torch.from_numpy(layer.weight * layer.gain).to(weight.weight))
                 weight.bias.copy_(torch.from_numpy(layer.bias * layer.gain).to(weight.bias))
                 _load_neuron(block.neuron, layer, self.dt)
@@ -359,14 +379,18 @@ def _weight_layer(node) -> Layer:
     weight = np.asarray(node.weight, dtype=np.float64)
     if isinstance(node, nir.Conv2d):
         k = weight.shape[-1]
-        plain = (weight.shape[-2] == k and np.all(np.asarray(node.stride) == 1) and np.all(np.asarray(node.padding) == 0)
-                 and np.all(np.asarray(node.dilation) == 1) and int(node.groups) == 1)
-        if not plain:
+        stride, padding = (np.broadcast_to(np.asarray(v), (2,)) if not isinstance(v, str) else v
+                           for v in (node.stride, node.padding))
+        square = (weight.shape[-2] == k and not isinstance(padding, str) and stride[0] == stride[1]
+                  and padding[0] == padding[1] and int(padding[0]) < k)
+        if not square or np.any(np.asarray(node.dilation) != 1) or int(node.groups) != 1:
             raise NIRError(f"a Conv2d with stride {node.stride}, padding {node.padding}, dilation {node.dilation}, groups "
-                           f"{node.groups} and kernel {list(weight.shape[-2:])}; snnrun's {{n}}C{{k}} layers are square, "
-                           "stride 1, no padding")
+                           f"{node.groups} and kernel {list(weight.shape[-2:])}; snnrun's {{n}}C{{k}}p{{p}}s{{s}} layers "
+                           "are square, with the same stride and padding (< k) along both axes, no dilation or groups")
         bias = np.asarray(node.bias, dtype=np.float64) if node.bias is not None else np.zeros(weight.shape[0])
-        return Layer(f"{weight.shape[0]}C{k}", weight, np.broadcast_to(bias, (weight.shape[0],)).copy(), None)
+        token = f"{weight.shape[0]}C{k}" + (f"p{int(padding[0])}" if padding[0] else "") + (
+            f"s{int(stride[0])}" if stride[0] != 1 else "")
+        return Layer(token, weight, np.broadcast_to(bias, (weight.shape[0],)).copy(), None)
     bias = np.asarray(node.bias, dtype=np.float64) if isinstance(node, nir.Affine) else np.zeros(weight.shape[0])
     return Layer(f"FC{weight.shape[0]}", weight, bias, None)
 

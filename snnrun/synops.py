@@ -2,8 +2,8 @@
 
 Every input spike of a layer adds its weights into the targets it reaches: an accumulate (AC)
 per synapse. ACs = sum_t sum_inputs S_in * fan-out, with fan-out = out_features for FC and, for
-a k x k conv (stride 1, no padding), the output positions whose window covers the input pixel
-(fewer at the borders) times C_out. Pooling and the neurons' own updates are not counted.
+a k x k conv, the output positions whose window covers the input pixel (fewer at the
+borders, padding and stride included) times C_out. Pooling and the neurons' own updates are not counted.
 Where a layer's input is not binary (direct coding, event counts), its weight layer is counted
 as dense multiply-accumulates (MACs): once per sample when the input is a static image whose
 current is computed once, T times otherwise. A recurrent layer's own spikes S[t-1] add their V
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 E_AC_PJ, E_MAC_PJ = 0.9, 4.6
 ENERGY_KEYS = ("synops", "acs", "macs", "energy_pj", "ann_macs", "ann_energy_pj")  # what ``report`` returns
@@ -27,25 +28,25 @@ def weight_layer(block) -> nn.Module:
 
 
 def fan_out(layer: nn.Module, in_shape: tuple) -> torch.Tensor:
-    """How many synapses each input element drives, shaped like one sample's input."""
+    """How many synapses each input element drives, shaped like one sample's input: for a conv,
+    the output positions whose window covers the element (padding and stride included, fewer at
+    the borders) times C_out, counted by a transposed convolution of ones."""
     if isinstance(layer, nn.Linear):
         return torch.full(in_shape, float(layer.out_features))
-    k, (_, h, w) = layer.kernel_size[0], in_shape
-
-    def covering(n):  # output positions o in [0, n-k] with o <= i <= o + k - 1
-        i = torch.arange(n)
-        return (torch.clamp(i, max=n - k) - torch.clamp(i - k + 1, min=0) + 1).double()
-
-    return (covering(h)[:, None] * covering(w)[None, :] * layer.out_channels).expand(in_shape).float()
+    (_, h, w), (k, _), (st, _), (p, _) = in_shape, layer.kernel_size, layer.stride, layer.padding
+    out_h, out_w = (h + 2 * p - k) // st + 1, (w + 2 * p - k) // st + 1
+    extra = (h - ((out_h - 1) * st - 2 * p + k), w - ((out_w - 1) * st - 2 * p + k))  # rows/cols no window reaches
+    covering = F.conv_transpose2d(torch.ones(1, 1, out_h, out_w, dtype=torch.float64),
+                                  torch.ones(1, 1, k, k, dtype=torch.float64), stride=st, padding=p, output_padding=extra)
+    return (covering[0] * layer.out_channels).expand(in_shape).float()
 
 
 def dense_macs(layer: nn.Module, in_shape: tuple) -> int:
-    """Multiply-accumulates of the weight layer on one dense input."""
+    """Multiply-accumulates of the weight layer on one dense input (padding's zeros included)."""
     if isinstance(layer, nn.Linear):
         return layer.in_features * layer.out_features
-    c, h, w = in_shape
-    k = layer.kernel_size[0]
-    return layer.out_channels * (h - k + 1) * (w - k + 1) * c * k * k
+    (c, h, w), (k, _), (s, _), (p, _) = in_shape, layer.kernel_size, layer.stride, layer.padding
+    return layer.out_channels * ((h + 2 * p - k) // s + 1) * ((w + 2 * p - k) // s + 1) * c * k * k
 
 
 class OpCounter:

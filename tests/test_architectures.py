@@ -79,6 +79,21 @@ def test_per_neuron_parameters_get_layer_shape():
         ("FC1000-FC5", "FC5", "FC10"),
         ("FC0-FC10", "FC0", "positive"),
         ("", "", "empty"),
+        ("32C3p3-FC10", "32C3p3", "smaller than the kernel"),
+        ("32C3s0-FC10", "32C3s0", "positive"),
+        ("32C3p1s-FC10", "32C3p1s", "expected"),
+        ("32C3s2p1-FC10", "32C3s2p1", "expected"),
+        ("8C31p1-FC10", "8C31p1", "padded by 1"),
+        ("BN-FC10", "BN", "right after"),
+        ("32C3-MP2-BN-FC10", "BN", "before pooling"),
+        ("FC100-BN-BN-FC10", "BN", "before pooling"),
+        ("bn-FC10", "bn", "expected"),
+        ("DO0.2-FC10", "DO0.2", "after a layer"),
+        ("FC100-DO1.5-FC10", "DO1.5", "between 0 and 1"),
+        ("FC100-DO0-FC10", "DO0", "between 0 and 1"),
+        ("FC100-FC10-DO0.2", "DO0.2", "output layer"),
+        ("FC100-DO0.2-DO0.2-FC10", "DO0.2", "after a layer"),
+        ("FC100-DO-FC10", "DO", "expected"),
     ],
 )
 def test_bad_specs_name_the_token(arch, token, reason):
@@ -88,7 +103,78 @@ def test_bad_specs_name_the_token(arch, token, reason):
 
 
 def test_parse():
-    assert architectures.parse("12C5-MP2-FC10") == [("12C5", "conv", (12, 5)), ("MP2", "MP", (2,)), ("FC10", "fc", (10,))]
+    assert architectures.parse("12C5-MP2-FC10") == [("12C5", "conv", (12, 5, 0, 1)), ("MP2", "MP", (2,)),
+                                                    ("FC10", "fc", (10,))]
+    assert architectures.parse("32C3p1-BN-AP2-64C3p1s2-DO0.25-RFC8-BN-FC10") == [
+        ("32C3p1", "conv", (32, 3, 1, 1)), ("BN", "BN", ()), ("AP2", "AP", (2,)), ("64C3p1s2", "conv", (64, 3, 1, 2)),
+        ("DO0.25", "DO", (0.25,)), ("RFC8", "rfc", (8,)), ("BN", "BN", ()), ("FC10", "fc", (10,))]
+
+
+def test_padding_stride_batch_norm_and_dropout_layers_and_shapes():
+    net = SpikingNetwork("16C3p1-BN-MP2-32C3p1s2-BN-DO0.2-FC64-BN-DO0.5-FC10", (1, 28, 28), 10, LIF)
+    conv1, bn1, pool, conv2, bn2, fc1, bn3, fc2 = layers(net)
+    assert (conv1.padding, conv1.stride, conv2.padding, conv2.stride) == ((1, 1), (1, 1), (1, 1), (2, 2))
+    assert isinstance(bn1, nn.BatchNorm2d) and bn1.num_features == 16 and bn2.num_features == 32
+    assert isinstance(bn3, nn.BatchNorm1d) and bn3.num_features == 64
+    assert [b.out_shape for b in net.blocks] == [(16, 14, 14), (32, 7, 7), (64,), (10,)]
+    assert fc1.in_features == 32 * 7 * 7
+    assert [b.dropout for b in net.blocks] == [0.0, 0.2, 0.5, 0.0]
+    assert net.layer_names == ["L1_16C3p1_BN_MP2", "L2_32C3p1s2_BN", "L3_FC64_BN", "L4_FC10"]
+    spk, mem = net(torch.rand(3, 1, 28, 28), time_steps=4)
+    assert spk.shape == mem.shape == (4, 3, 10)
+
+
+def test_batch_norm_uses_statistics_over_all_time_steps_and_samples():
+    """tdBN: the current of channel c is normalised with the mean and (biased) variance over every
+    t, b, y, x; written out here from the conv's output."""
+    torch.manual_seed(0)
+    net = SpikingNetwork("6C3p1-BN-FC10", (2, 5, 5), 10, LIF).train()
+    block = net.blocks[0]
+    conv, bn = block.stateless[0], block.stateless[1]
+    nn.init.uniform_(bn.weight, 0.5, 2.0)
+    nn.init.uniform_(bn.bias, -1.0, 1.0)
+    x = torch.rand(7, 3, 2, 5, 5) * torch.arange(1.0, 8.0)[:, None, None, None, None]  # steps differ in scale
+    raw = conv(x.reshape(21, 2, 5, 5)).reshape(7, 3, 6, 5, 5)
+    mean = raw.mean((0, 1, 3, 4), keepdim=True)
+    var = raw.var((0, 1, 3, 4), unbiased=False, keepdim=True)
+    expected = (raw - mean) / torch.sqrt(var + bn.eps) * bn.weight[:, None, None] + bn.bias[:, None, None]
+    torch.testing.assert_close(block.current(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bn.running_mean, 0.1 * mean.flatten(), rtol=1e-5, atol=1e-6)
+    per_step = torch.stack([bn(conv(x[t])) for t in range(7)])  # per-step BN (not tdBN) differs
+    assert not torch.allclose(per_step, expected, atol=1e-3)
+
+
+def test_batch_norm_of_a_static_input_equals_the_repeated_input_in_training():
+    """The first layer of a static input runs on [B, ...] once: its batch statistics equal those of
+    the T identical copies, so spikes, membranes and gradients match the repeated input."""
+    torch.manual_seed(0)
+    net = SpikingNetwork("4C3p1-BN-AP2-FC16-BN-FC10", (1, 6, 6), 10, LIF).double().train()
+    twin = copy.deepcopy(net)
+    x = torch.rand(5, 1, 6, 6, dtype=torch.float64) * 2
+    spk1, mem1 = net(x, time_steps=6)
+    spk2, mem2 = twin(x.unsqueeze(0).expand(6, *x.shape))
+    assert torch.equal(spk1, spk2)
+    torch.testing.assert_close(mem1, mem2)
+    mem1.sum().backward()
+    mem2.sum().backward()
+    for p1, p2 in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_dropout_silences_the_same_neurons_at_every_step_and_only_in_training():
+    torch.manual_seed(0)
+    net = SpikingNetwork("FC400-DO0.25-FC10", (20,), 10, LIF)
+    block = net.blocks[0]
+    spikes = torch.ones(6, 32, 400)
+    dropped = block.drop(spikes)
+    assert torch.equal(dropped, dropped[:1].expand_as(dropped))  # one mask for all steps
+    assert torch.equal(dropped.unique(), torch.tensor([0.0, 1 / 0.75]))
+    assert (dropped[0] == 0).float().mean().item() == pytest.approx(0.25, abs=0.02)
+    net.eval()
+    assert block.drop(spikes) is spikes
+    net.record = True
+    net(torch.rand(3, 20) * 4, time_steps=5)
+    assert set(net.recorded[0].unique().tolist()) <= {0.0, 1.0}  # recorded spikes stay binary
 
 
 def _nchw_reference(net, x, time_steps):

@@ -22,6 +22,7 @@ NETWORKS = {
     "rlif_one_to_one": ("FC32-RFC24-FC10", (28,), partial(RLIF, beta=0.8, reset="zero", recurrence="one_to_one"), "same"),
     "synaptic": ("FC64-FC10", (28,), partial(Synaptic, alpha=0.7, beta=0.8, reset="zero"), "same"),
     "if": ("FC64-FC10", (28,), partial(IF), "same"),
+    "padded_strided": ("6C3p1s2-AP2-8C3p1-FC10", (1, 28, 28), partial(LIF, beta=0.8, reset="zero"), "same"),
 }
 
 
@@ -101,6 +102,39 @@ def test_the_file_follows_nirs_rules(tmp_path):
     assert info["dt"] == 1e-3 and info["approximations"] == [] and "Euler" in info["discretisation"]
 
 
+def test_padding_and_stride_are_written_as_nir_conv_fields():
+    conv = nirgraph.export(build("padded_strided"))[0].nodes["L1_6C3p1s2_AP2.conv2d"]
+    assert list(conv.stride) == [2, 2] and list(conv.padding) == [1, 1]
+
+
+def test_batch_norm_is_folded_into_the_weights_with_its_running_statistics(tmp_path):
+    """At inference BN is an affine map per channel: the exported graph (no BN node) drives the
+    same spikes as the network with BN, its currents equal up to float rounding."""
+    torch.manual_seed(0)
+    net = SpikingNetwork("6C3p1-BN-AP2-FC32-BN-FC10", (1, 12, 12), 10, neuron=partial(LIF, beta=0.8, reset="zero"))
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(module.bias, -0.2, 0.2)
+    with torch.no_grad():
+        for _ in range(5):  # running statistics that are not the initial 0 and 1
+            net(torch.rand(16, 1, 12, 12) * 2, time_steps=4)
+    net.eval()
+    graph, _ = nirgraph.export(net)
+    assert json.loads(str(graph.metadata["snnrun"]))["batch_norm_folded"] == ["L1_6C3p1_BN_AP2", "L2_FC32_BN"]
+    nirgraph.write(graph, tmp_path / "bn.nir")
+    imported = nirgraph.read(tmp_path / "bn.nir")
+    assert imported.arch == "6C3p1-AP2-FC32-FC10"
+    folded = rebuild(imported).eval()
+    x = torch.rand(8, 1, 12, 12) * 2
+    with torch.no_grad():
+        torch.testing.assert_close(folded.blocks[0].apply_stateless(x), net.blocks[0].apply_stateless(x),
+                                   rtol=1e-5, atol=1e-5)
+    (s1, m1), (s2, m2) = all_spikes(net, x.expand(10, *x.shape)), all_spikes(folded, x.expand(10, *x.shape))
+    assert s1[0].sum() > 0 and all(torch.equal(a, b) for a, b in zip(s1, s2))
+    torch.testing.assert_close(m1, m2, rtol=1e-5, atol=1e-5)
+
+
 def test_a_recurrent_layer_is_a_subgraph_with_a_cycle():
     graph, _ = nirgraph.export(build("rlif_all_to_all_li"))
     rnn = graph.nodes["L2_RFC24.rnn"]
@@ -155,6 +189,12 @@ def test_an_approximate_export_keeps_the_rest_exact(tmp_path):
     (lambda: nir.NIRGraph.from_list(nir.Affine(np.ones((3, 4)), np.zeros(3)),
                                     nir.LIF(np.ones(3), np.ones(3), np.zeros(3), np.ones(3), np.full(3, -1.0))),
      "v_reset != 0"),
+    (lambda: nir.NIRGraph.from_list(nir.Conv2d((8, 8), np.ones((2, 1, 3, 3)), 1, 0, 2, 1, np.zeros(2)),
+                                    nir.LIF(*(np.ones((2, 4, 4)),) * 2, np.zeros((2, 4, 4)), np.ones((2, 4, 4)))),
+     "no dilation or groups"),
+    (lambda: nir.NIRGraph.from_list(nir.Conv2d((8, 8), np.ones((2, 1, 3, 3)), (1, 2), 0, 1, 1, np.zeros(2)),
+                                    nir.LIF(*(np.ones((2, 6, 3)),) * 2, np.zeros((2, 6, 3)), np.ones((2, 6, 3)))),
+     "same stride and padding"),
 ])
 def test_graphs_snnrun_cannot_hold_are_refused(graph, message, tmp_path):
     nir.write(tmp_path / "g.nir", graph())

@@ -27,18 +27,28 @@ def test_conv_fan_out_counts_the_borders():
     assert synops.dense_macs(conv, (1, 4, 4)) == 2 * 2 * 2 * 1 * 9
 
 
-@pytest.mark.parametrize("size, k, channels", [(6, 3, 2), (7, 5, 3), (5, 1, 1)])
-def test_conv_fan_out_equals_a_brute_force_count(size, k, channels):
+@pytest.mark.parametrize("size, k, channels, padding, stride",
+                         [(6, 3, 2, 0, 1), (7, 5, 3, 0, 1), (5, 1, 1, 0, 1), (6, 3, 2, 1, 1), (7, 3, 1, 1, 2),
+                          (8, 5, 2, 2, 3), (6, 4, 1, 0, 2)])
+def test_conv_fan_out_equals_a_brute_force_count(size, k, channels, padding, stride):
     """Each pixel's fan-out = the number of (output position, channel) pairs its spike reaches:
-    a conv with all-one weights on a one-spike image sums exactly those."""
-    conv = nn.Conv2d(channels, 4, k, bias=False)
-    ones = nn.Conv2d(channels, 4, k, bias=False)
+    a conv with all-one weights on a one-spike image sums exactly those, at every pixel."""
+    conv = nn.Conv2d(channels, 4, k, stride=stride, padding=padding, bias=False)
+    ones = nn.Conv2d(channels, 4, k, stride=stride, padding=padding, bias=False)
     nn.init.ones_(ones.weight)
     fan = synops.fan_out(conv, (channels, size, size))
-    for c, y, x in [(0, 0, 0), (channels - 1, size // 2, 1), (0, size - 1, size - 1)]:
-        image = torch.zeros(1, channels, size, size)
-        image[0, c, y, x] = 1
-        assert fan[c, y, x] == ones(image).sum()
+    images = torch.eye(channels * size * size).reshape(-1, channels, size, size)
+    assert torch.equal(fan.reshape(-1), ones(images).sum((1, 2, 3)).detach())
+    out = (size + 2 * padding - k) // stride + 1
+    assert synops.dense_macs(conv, (channels, size, size)) == 4 * out * out * channels * k * k
+
+
+def test_padded_and_strided_conv_fan_out_by_hand():
+    """5x5 input, 3x3 kernel, padding 1, stride 2: three windows per axis, over rows -1..1, 1..3
+    and 3..5. Rows 1 and 3 lie under two windows, rows 0, 2 and 4 under one: 1, 2, 1, 2, 1."""
+    conv = nn.Conv2d(1, 3, 3, stride=2, padding=1)
+    per_axis = torch.tensor([1.0, 2.0, 1.0, 2.0, 1.0])
+    assert torch.equal(synops.fan_out(conv, (1, 5, 5)), (per_axis[:, None] * per_axis[None, :] * 3).reshape(1, 5, 5))
 
 
 def network(arch="FC6-FC3", shape=(4,)):
