@@ -11,7 +11,11 @@ variant in a fresh subprocess (growth of the peak RSS over three training steps 
 ``torch.cuda.max_memory_allocated`` on a GPU). The ``lif`` and ``rlif`` workloads time one neuron
 layer alone (``rlif``: snnTorch's RLeaky with snnrun's all-to-all recurrent weights); snnTorch runs
 its layer in a loop over ``x.unbind(0)``, its fastest idiom (indexing ``x[t]`` makes backward write
-a full-size gradient at every step). Writes bench/results/throughput.md.
+a full-size gradient at every step). SpikingJelly 2.0 (``pip install 'snnrun[bench]'``) runs the
+same layers as its multi-step idiom: ``SeqToANNContainer`` over T*B and ``LIFNode(step_mode="m",
+decay_input=False, v_reset=None)``, tau = 1/(1 - beta), the first weight layer computed once for a
+static image; its soft reset subtracts theta within the step instead of at the next one, so its
+spikes differ from snnTorch's and are not compared. Writes bench/results/throughput.md.
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ WORKLOADS = {
     "csnn25": ("tutorial6_csnn", ["time_steps=25"]),
     "csnn50": ("tutorial6_csnn", ["time_steps=50"]),
 }
-# variant -> extra snnrun overrides (None: snnTorch)
+# variant -> extra snnrun overrides (None: another library)
 VARIANTS = {
     "snnTorch 1.0": None,
+    "SpikingJelly 2.0": None,
     "snnrun step-by-step autograd": ["neuron.fused=false"],
     "snnrun fp32": [],
     "snnrun bf16": ["model.precision=bf16"],
@@ -87,6 +92,37 @@ def snntorch_model(model, cfg):
     return Net().to(next(model.parameters()).device)
 
 
+def spikingjelly_model(model, cfg):
+    """SpikingJelly's multi-step network with snnrun's weights: each weight layer over all T*B
+    samples at once (SeqToANNContainer), then a multi-step LIFNode (a torch loop over T on CPU)."""
+    from spikingjelly.activation_based import layer, neuron, surrogate
+
+    spike_grad = (surrogate.ATan(alpha=cfg.surrogate.alpha) if "alpha" in cfg.surrogate
+                  else surrogate.SuperSpike(alpha=cfg.surrogate.slope))  # SuperSpike's is the fast sigmoid's
+    tau, T = 1 / (1 - cfg.neuron.beta), cfg.time_steps
+    layers = [block.stateless for block in model.blocks]
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = _copy(layers[0])
+            self.weights = torch.nn.ModuleList([layer.SeqToANNContainer(*_copy(s)) for s in layers[1:]])
+            self.lifs = torch.nn.ModuleList([
+                neuron.LIFNode(tau=tau, decay_input=False, v_reset=None, surrogate_function=spike_grad,
+                               detach_reset=True, step_mode="m", store_v_seq=True) for _ in layers])
+
+        def forward(self, x):
+            h = self.first(x).unsqueeze(0).repeat(T, *[1] * x.dim())  # static image: first layer once
+            h = self.lifs[0](h)
+            for w, lif in zip(self.weights, self.lifs[1:]):
+                h = lif(w(h))
+            for lif in self.lifs:
+                lif.reset()  # functional.reset_net: the next batch starts from rest
+            return h, self.lifs[-1].v_seq
+
+    return Net().to(next(model.parameters()).device)
+
+
 def _copy(stateless):
     """A plain NCHW copy of one weight layer and its pooling (snnTorch's tutorials use no channels_last)."""
     layer = copy.deepcopy(stateless)
@@ -115,7 +151,7 @@ def make_variant(workload: str, variant: str, device: torch.device, batch: tuple
     parts = assemble(cfg).parts
     model, loss_fn, T = parts.model, parts.loss, cfg.time_steps
     if extra is None:
-        model = snntorch_model(model, cfg)
+        model = (spikingjelly_model if variant.startswith("SpikingJelly") else snntorch_model)(model, cfg)
         loss_fn = snntorch_loss(cfg)
         forward = model
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
@@ -138,8 +174,8 @@ def make_variant(workload: str, variant: str, device: torch.device, batch: tuple
 def make_layer(workload: str, variant: str, device: torch.device):
     """One neuron layer alone, forward + backward on [T, B, N]: ``lif`` (LIF_SHAPE) or ``rlif``
     (RLIF_SHAPE, all-to-all recurrent weights copied from snnrun's into snnTorch's RLeaky)."""
-    if variant == "snnrun bf16":
-        return None, None
+    if variant == "snnrun bf16" or (variant.startswith("SpikingJelly") and workload == "rlif"):
+        return None, None  # SpikingJelly has no recurrent LIF layer of RLeaky's form
     shape = LIF_SHAPE if workload == "lif" else RLIF_SHAPE
     gen = torch.Generator().manual_seed(0)
     current = (torch.randn(shape, generator=gen) * 0.5 + 0.3).to(device)
@@ -156,7 +192,16 @@ def make_layer(workload: str, variant: str, device: torch.device):
         ours = RLIF(beta=0.9, surrogate=ATan(), recurrent=True, shape=shape[-1:], fused=fused).to(device)
         with torch.no_grad():
             ours.recurrent_weight.mul_(0.5)  # keeps the layer's firing moderate
-    if VARIANTS[variant] is None:
+    if variant.startswith("SpikingJelly"):
+        from spikingjelly.activation_based import neuron, surrogate
+
+        layer = neuron.LIFNode(tau=10.0, decay_input=False, v_reset=None, surrogate_function=surrogate.ATan(),
+                               detach_reset=True, step_mode="m").to(device)  # beta = 1 - 1/tau = 0.9
+
+        def run(x):
+            layer.reset()
+            return layer(x)
+    elif VARIANTS[variant] is None:
         import snntorch as snn
         from snntorch import surrogate
 
@@ -294,7 +339,8 @@ def main() -> None:
                 step, spikes = make_variant(workload, variant, device, batch)
             if variant == "snnTorch 1.0":
                 reference = spikes
-            elif variant != "snnrun bf16" and reference is not None and not torch.equal(spikes, reference):
+            elif variant.startswith("snnrun") and variant != "snnrun bf16" and reference is not None \
+                    and not torch.equal(spikes, reference):
                 raise SystemExit(f"{workload}: {variant} and snnTorch disagree before training; not the same network")
             step()  # warm-up
             steps[variant] = step

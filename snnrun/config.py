@@ -29,7 +29,7 @@ from .data import DataError, DataSpec, available_memory
 from .distributed import World, world
 from .losses import READOUTS, SPIKE_READOUTS
 from .options import OptionError, is_number
-from .training import Parts, TrainerOptions
+from .training import FIGURES, Parts, TrainerOptions
 
 
 # ``${snnrun.div:128,${data.downsample}}``: sizes that configs derive from other keys (integer division)
@@ -86,6 +86,7 @@ def check(cfg: DictConfig, processes: int = 1) -> None:
     _require(cfg, "trainer.augment_shift", lambda v: _is_int(v) and v >= 0, "an integer >= 0", "trainer.augment_shift=2")
     _require(cfg, "trainer.log_every", lambda v: _is_int(v) and v > 0, "a positive integer", "trainer.log_every=50")
     _require(cfg, "trainer.raster_samples", lambda v: _is_int(v) and v >= 0, "an integer >= 0", "trainer.raster_samples=4")
+    _require(cfg, "trainer.figures", lambda v: v in FIGURES, " or ".join(FIGURES), "trainer.figures=last")
     if _get(cfg, "trainer.grad_clip") is not None:
         _require(cfg, "trainer.grad_clip", lambda v: isinstance(v, (int, float)) and v > 0, "null or a positive number",
                  "trainer.grad_clip=1.0")

@@ -55,6 +55,7 @@ class Parts:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
 
+FIGURES = ("every", "last")  # trainer.figures: at which evaluations the rasters are drawn
 ACCURACY_TARGETS = (0.98, 0.99, 0.995)  # time to accuracy: the step and wall seconds each was first reached
 
 
@@ -73,6 +74,7 @@ class TrainerOptions:
     grad_clip: float | None = None
     num_threads: int | None = None
     raster_samples: int = 4
+    figures: str = "every"  # draw the rasters at every evaluation or only at the last one
     augment_shift: int = 0
     energy_ac_pj: float = E_AC_PJ  # energy estimates: pJ per accumulate and per multiply-accumulate
     energy_mac_pj: float = E_MAC_PJ
@@ -300,7 +302,7 @@ class Trainer:
     def traces(self) -> dict | None:
         """Every layer's spikes and the output membranes of the first few test samples."""
         k = min(self.options.raster_samples, len(self.data.test))
-        if k <= 0:
+        if k <= 0 or (self.options.figures == "last" and self.step < self.total_steps):
             return None
         x, y = next(batches(self.data.test, k))
         self.model.record = True
@@ -335,12 +337,13 @@ class Trainer:
             "best_test_acc": max(self.best_test_acc, metrics["test_acc"]),
             "train_samples_per_s": w["samples"] / w["seconds"] if w["seconds"] else 0.0,
             "lr": self.lr,
+            "wall_s": time.perf_counter() - self.started,  # since training started, this evaluation included
         }
         self.window = {"loss": 0.0, "correct": 0.0, "samples": 0, "seconds": 0.0}
         self.best_test_acc = record["best_test_acc"]
         for target in ACCURACY_TARGETS:
             if f"{target:g}" not in self.reached and metrics["test_acc"] >= target:
-                self.reached[f"{target:g}"] = {"step": self.step, "wall_s": time.perf_counter() - self.started}
+                self.reached[f"{target:g}"] = {"step": self.step, "wall_s": record["wall_s"]}
         record["time_to_acc"] = dict(self.reached)
         key = f"{self.selected_on}_acc"
         improved = metrics[key] > self.best.get(key, -1.0)

@@ -70,6 +70,14 @@ def test_tensorboard_events(trained):
     assert not any(p.is_dir() and p.name[0].isdigit() for p in trained.iterdir())  # no extra hparams run folder
 
 
+def test_figures_last_draws_the_rasters_only_at_the_last_evaluation(tmp_path):
+    snnrun(*FAST, "trainer.max_steps=6", "trainer.eval_every=2", "trainer.raster_samples=2", "trainer.figures=last",
+           "hydra.run.dir=run", cwd=tmp_path)
+    acc = events(tmp_path / "run")
+    assert [e.step for e in acc.Scalars("test/acc")] == [2, 4, 6]
+    assert [image.step for image in acc.Images("membrane/output")] == [6]
+
+
 def test_resume_continues_from_checkpoint(trained, tmp_path):
     snnrun(*FAST, "model.arch=4C5-MP2-FC10", "trainer.max_steps=12", "trainer.eval_every=4",
            f"ckpt_path={trained / 'checkpoints' / 'last.pt'}", "hydra.run.dir=resumed", cwd=tmp_path)

@@ -80,4 +80,7 @@ def test_each_run_records_when_it_first_reached_each_accuracy(tmp_path):
             assert target not in reached
         else:
             assert reached[target]["step"] == first["step"] and 0 < reached[target]["wall_s"] <= results["wall_s"]
+            assert reached[target]["wall_s"] == first["wall_s"]  # the clock of the evaluation that reached it
     assert records[-1]["time_to_acc"] == reached
+    clock = [r["wall_s"] for r in records]  # every evaluation's time since training started: a curve over time
+    assert clock == sorted(clock) and 0 < clock[0] and clock[-1] <= results["wall_s"]
