@@ -112,13 +112,14 @@ def spikingjelly_model(model, cfg):
                                detach_reset=True, step_mode="m", store_v_seq=True) for _ in layers])
 
         def forward(self, x):
-            h = self.first(x).unsqueeze(0).repeat(T, *[1] * x.dim())  # static image: first layer once
-            h = self.lifs[0](h)
+            h = self.first(x)  # static image: the first weight layer once, its current repeated over T
+            h = self.lifs[0](h.unsqueeze(0).repeat(T, *[1] * h.dim()))
             for w, lif in zip(self.weights, self.lifs[1:]):
                 h = lif(w(h))
+            mem = self.lifs[-1].v_seq
             for lif in self.lifs:
                 lif.reset()  # functional.reset_net: the next batch starts from rest
-            return h, self.lifs[-1].v_seq
+            return h, mem
 
     return Net().to(next(model.parameters()).device)
 

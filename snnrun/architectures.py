@@ -4,10 +4,11 @@ Tokens joined by ``-``: ``{n}C{k}`` conv, n filters k x k, optionally ``p{p}`` z
 ``s{s}`` stride (``32C3p1``, ``64C3p1s2``); ``MP{k}`` / ``AP{k}`` max / average pooling k x k;
 ``FC{n}`` fully connected to n units, flattening first when needed; ``RFC{n}`` the same, with its
 neurons also driven by their own previous spikes (``neuron=rlif`` or ``alif``, on a flat input);
-``BN`` right after a weight layer: batch normalisation of its current with statistics over all
-T*B samples (tdBN, per channel); ``DO{p}`` after a layer: dropout of its spikes with probability
+``BN`` right after a weight layer or after its pooling: batch normalisation of its current with
+statistics over all T*B samples (tdBN, per channel); ``DO{p}`` after a layer: dropout of its spikes with probability
 p, one mask for all time steps. Every weight layer is followed by its BN and pooling (if any)
-and then a spiking neuron layer: conv -> BN -> pool -> neuron (snnTorch tutorial 6's order).
+and then a spiking neuron layer: conv -> BN -> pool -> neuron (snnTorch tutorial 6's order;
+``MP2-BN`` normalises the pooled current instead, with its own statistics: a quarter of the work).
 
 Execution is multi-step: stateless layers run once over all T*B samples and only the
 neuron recurrence loops over time. With a static input (direct coding) the first
@@ -163,7 +164,8 @@ class SpikingNetwork(nn.Module):
             modules, shape = self._weight_layer(arch, token, kind, args, shape)
             name = f"L{len(self.blocks) + 1}_{token}"
             i += 1
-            if i < len(layers) and layers[i][1] == "BN":
+            bn = i < len(layers) and layers[i][1] == "BN"
+            if bn:
                 modules.append(nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0]))
                 self.state_numel += math.prod(shape)
                 name += "_BN"
@@ -180,8 +182,13 @@ class SpikingNetwork(nn.Module):
                 name += f"_{token}"
                 i += 1
             if i < len(layers) and layers[i][1] == "BN":
-                raise ArchitectureError(arch, layers[i][0], "BN goes right after its weight layer, before pooling "
-                                        "(e.g. 32C3p1-BN-MP2)")
+                if bn or not modules[-1].__class__.__name__.endswith("Pool2d"):
+                    raise ArchitectureError(arch, layers[i][0], "one BN per layer, right after its weight layer or "
+                                            "after its pooling (e.g. 32C3p1-BN-MP2 or 32C3p1-MP2-BN)")
+                modules.append(nn.BatchNorm2d(shape[0]))  # the pooled current
+                self.state_numel += math.prod(shape)
+                name += "_BN"
+                i += 1
             dropout = 0.0
             if i < len(layers) and layers[i][1] == "DO":
                 if i == len(layers) - 1:

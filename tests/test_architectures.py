@@ -85,8 +85,8 @@ def test_per_neuron_parameters_get_layer_shape():
         ("32C3s2p1-FC10", "32C3s2p1", "expected"),
         ("8C31p1-FC10", "8C31p1", "padded by 1"),
         ("BN-FC10", "BN", "right after"),
-        ("32C3-MP2-BN-FC10", "BN", "before pooling"),
-        ("FC100-BN-BN-FC10", "BN", "before pooling"),
+        ("32C3-BN-MP2-BN-FC10", "BN", "one BN per layer"),
+        ("FC100-BN-BN-FC10", "BN", "one BN per layer"),
         ("bn-FC10", "bn", "expected"),
         ("DO0.2-FC10", "DO0.2", "after a layer"),
         ("FC100-DO1.5-FC10", "DO1.5", "between 0 and 1"),
@@ -122,6 +122,16 @@ def test_padding_stride_batch_norm_and_dropout_layers_and_shapes():
     assert net.layer_names == ["L1_16C3p1_BN_MP2", "L2_32C3p1s2_BN", "L3_FC64_BN", "L4_FC10"]
     spk, mem = net(torch.rand(3, 1, 28, 28), time_steps=4)
     assert spk.shape == mem.shape == (4, 3, 10)
+
+
+def test_batch_norm_after_pooling_normalises_the_pooled_current():
+    net = SpikingNetwork("8C3p1-MP2-BN-FC10", (1, 28, 28), 10, LIF)
+    conv, pool, bn, fc = layers(net)
+    assert isinstance(pool, nn.MaxPool2d) and isinstance(bn, nn.BatchNorm2d) and bn.num_features == 8
+    assert net.layer_names == ["L1_8C3p1_MP2_BN", "L2_FC10"] and fc.in_features == 8 * 14 * 14
+    block = net.blocks[0].train()
+    current = block.current(torch.rand(3, 4, 1, 28, 28))
+    torch.testing.assert_close(current.mean((0, 1, 3, 4)), torch.zeros(8), atol=1e-5, rtol=0)  # its own statistics
 
 
 def test_batch_norm_uses_statistics_over_all_time_steps_and_samples():

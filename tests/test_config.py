@@ -134,7 +134,7 @@ def test_arch_override(compose):
     ("model.readout_neuron=li loss=spike_count_ce", "model.readout_neuron"),
     ("model.readout_neuron=li readout=spike_count", "readout"),
     ("neuron=graded model.readout_neuron=li loss=membrane_sum_ce readout=membrane", "model.readout_neuron"),
-    ("trainer.figures=never", "trainer.figures"), ("model.arch=8C3p1-MP2-BN-FC10", "model.arch"),
+    ("trainer.figures=never", "trainer.figures"), ("model.arch=8C3p1-BN-MP2-BN-FC10", "model.arch"),
     ("model.arch=FC16-DO2-FC10", "model.arch"),
 ])
 def test_bad_values_refused_before_work(compose, override, key):
