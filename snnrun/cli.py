@@ -63,6 +63,14 @@ def keep_freed_memory() -> None:
         pass
 
 
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX); elsewhere it emulates it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True  # cannot tell: no warning
+
+
 def run(cfg: DictConfig) -> float:
     """Train (or evaluate) one configuration; returns the best validation accuracy, or without a
     validation split the final test accuracy (the objective of optimising sweepers)."""
@@ -81,6 +89,10 @@ def run(cfg: DictConfig) -> float:
         log.info("resumed from %s at step %d", cfg.ckpt_path, trainer.step)
     log.info("run folder %s  device %s  model %s  T=%d", run_dir, assembly.device, assembly.parts.model.arch,
              cfg.time_steps)
+    if assembly.parts.model.precision == "bf16" and assembly.device.type == "cpu" and not cpu_has_bf16():
+        log.warning("model.precision=bf16 on a CPU without bfloat16 instructions (torch reports %s): bf16 is emulated "
+                    "there, several times slower than fp32; model.precision=fp32 is faster on this machine",
+                    torch.backends.cpu.get_cpu_capability())
 
     if cfg.task == "eval":
         metrics = trainer.test()

@@ -112,6 +112,9 @@ def test_speed_options_train(tmp_path, speed):
            cwd=tmp_path)
     results = read_results(tmp_path / "run")
     assert results["status"] == "ok" and results["test_acc"] > 0.3  # chance is 0.1
+    if speed == "model.precision=bf16":  # emulated bf16 on a CPU without bf16 instructions is said, not hidden
+        warned = "bfloat16 instructions" in (tmp_path / "run" / "snnrun.log").read_text()
+        assert warned == (not torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 @needs_mnist
