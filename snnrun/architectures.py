@@ -166,10 +166,10 @@ class SpikingNetwork(nn.Module):
             i += 1
             bn = i < len(layers) and layers[i][1] == "BN"
             if bn:
-                modules.append(nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0]))
-                self.state_numel += math.prod(shape)
+                modules.append(self._batch_norm(shape))
                 name += "_BN"
                 i += 1
+            pooled = False
             while i < len(layers) and layers[i][1] in ("MP", "AP"):
                 token, pool, (size,) = layers[i]
                 if len(shape) != 3:
@@ -180,13 +180,13 @@ class SpikingNetwork(nn.Module):
                 shape = (shape[0], shape[1] // size, shape[2] // size)
                 self.state_numel += math.prod(shape)
                 name += f"_{token}"
+                pooled = True
                 i += 1
             if i < len(layers) and layers[i][1] == "BN":
-                if bn or not modules[-1].__class__.__name__.endswith("Pool2d"):
+                if bn or not pooled:
                     raise ArchitectureError(arch, layers[i][0], "one BN per layer, right after its weight layer or "
                                             "after its pooling (e.g. 32C3p1-BN-MP2 or 32C3p1-MP2-BN)")
-                modules.append(nn.BatchNorm2d(shape[0]))  # the pooled current
-                self.state_numel += math.prod(shape)
+                modules.append(self._batch_norm(shape))  # the pooled current
                 name += "_BN"
                 i += 1
             dropout = 0.0
@@ -208,6 +208,11 @@ class SpikingNetwork(nn.Module):
         last = layers[-1][0]
         if shape != (num_classes,):
             raise ArchitectureError(arch, last, f"the last layer must be FC{num_classes}, one unit per class")
+
+    def _batch_norm(self, shape: tuple) -> nn.Module:
+        """Batch norm of a current of ``shape``: per channel of [C, H, W], per unit of [n]."""
+        self.state_numel += math.prod(shape)
+        return nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0])
 
     def _weight_layer(self, arch: str, token: str, kind: str, args: tuple, shape: tuple) -> tuple[list, tuple]:
         """The conv or linear layer (flattening first if needed) for ``token`` on ``shape``, and its output shape."""

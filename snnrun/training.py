@@ -372,7 +372,7 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict:
-        start_wall = self.started = time.perf_counter()
+        self.started = time.perf_counter()
         samples, seconds = 0, 0.0
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
@@ -410,7 +410,7 @@ class Trainer:
             "steps": self.step,
             "epochs": self.step / self.steps_per_epoch,
             "train_samples_per_s": samples / seconds if seconds else 0.0,
-            "wall_s": time.perf_counter() - start_wall,
+            "wall_s": time.perf_counter() - self.started,
             "firing_rates": final["firing_rates"],
             "time_to_acc": dict(self.reached),
             **{k: final[k] for k in ENERGY_KEYS},
