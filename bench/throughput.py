@@ -107,9 +107,10 @@ def spikingjelly_model(model, cfg):
             super().__init__()
             self.first = _copy(layers[0])
             self.weights = torch.nn.ModuleList([layer.SeqToANNContainer(*_copy(s)) for s in layers[1:]])
-            self.lifs = torch.nn.ModuleList([
+            self.lifs = torch.nn.ModuleList([  # only the output layer keeps its membranes (for the loss)
                 neuron.LIFNode(tau=tau, decay_input=False, v_reset=None, surrogate_function=spike_grad,
-                               detach_reset=True, step_mode="m", store_v_seq=True) for _ in layers])
+                               detach_reset=True, step_mode="m", store_v_seq=i == len(layers) - 1)
+                for i in range(len(layers))])
 
         def forward(self, x):
             h = self.first(x)  # static image: the first weight layer once, its current repeated over T
