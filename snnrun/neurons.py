@@ -30,6 +30,8 @@ def lif_step(current, mem, spk, beta, threshold, surrogate, reset="subtract", de
     zero:     U[t] = beta*(1 - R[t])*U[t-1] + I[t]
     none:     U[t] = beta*U[t-1] + I[t]
     then (optional rectification) U[t] <- max(U[t], 0), and S[t] = H(U[t] - theta).
+    The rectifier's gradient is 1 everywhere (straight through): with max's own gradient, 0 below
+    zero, a neuron driven below 0 on every input is silent for good and never learns again.
     """
     r = spk.detach() if detach_reset else spk
     if reset == "subtract":
@@ -39,7 +41,7 @@ def lif_step(current, mem, spk, beta, threshold, surrogate, reset="subtract", de
     else:
         mem = beta * mem + current
     if rectify:
-        mem = torch.where(mem > 0, mem, 0.0)  # gradient 1 where U > 0 and 0 at U = 0 on every torch version (unlike clamp)
+        mem = torch.where(mem > 0, mem, mem - mem.detach())  # value max(U, 0), gradient 1 everywhere (straight through)
     return surrogate(mem - threshold), mem
 
 
@@ -52,13 +54,14 @@ class _LIFSequence(torch.autograd.Function):
     """``lif_step`` over all T steps as one autograd op: current [T, ...] -> (S, U).
 
     Forward runs the recurrence in place without building a graph. Backward is BPTT by hand,
-    from t = T-1 down to 0, on the adjoint a[t] = dL/dU_pre[t] (before rectification):
+    from t = T-1 down to 0, on the adjoint a[t] = dL/dU[t]:
 
-        a[t] = m[t] * (dL/dU[t] + sigma'(U[t] - theta) * dL/dS[t] + K[t] * a[t+1])
+        a[t] = dL/dU[t] (direct) + sigma'(U[t] - theta) * dL/dS[t] + K[t] * a[t+1]
 
-    with m[t] the rectifier's gate, K[t] = dU_pre[t+1]/dU[t] (beta; beta*(1 - S[t]) for the
-    zero reset) and dL/dS[t] including the reset's path R[t+1] = S[t] unless it is detached.
-    Then dL/dI[t] = a[t]. Only U is saved: S = U > theta and m = U > 0 are recomputed from it.
+    with K[t] = dU[t+1]/dU[t] (beta; beta*(1 - S[t]) for the zero reset) and dL/dS[t] including
+    the reset's path R[t+1] = S[t] unless it is detached. Then dL/dI[t] = a[t]: the rectifier
+    max(U, 0) is passed straight through (gradient 1), so a neuron held at 0 still learns.
+    Only U is saved: S = U > theta is recomputed from it.
     """
 
     @staticmethod
@@ -108,13 +111,11 @@ class _LIFSequence(torch.autograd.Function):
                     acc_th.sub_(a)
             if grad_mem is not None:
                 a.add_(grad_mem[t])
-            if nxt is not None:  # a[t+1] * dU_pre[t+1]/dU[t]
+            if nxt is not None:  # a[t+1] * dU[t+1]/dU[t]
                 if reset == "zero":
                     a.add_((nxt * beta).masked_fill_(u > threshold, 0))
                 else:
                     a.addcmul_(nxt, beta)
-            if ctx.rectify:
-                a.mul_(u > 0)  # max(U, 0) passes gradient where U > 0 only, as lif_step's where(U > 0, U, 0)
             if t > 0:
                 prev = mem[t - 1]
                 if need_beta:

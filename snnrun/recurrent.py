@@ -38,10 +38,10 @@ def alif_step(current, mem, spk, adapt, beta, threshold, rho, jump, surrogate, r
 class _RecurrentSequence(torch.autograd.Function):
     """rlif/alif over all T steps as one autograd op: one matrix product per step for V.
 
-    Backward is BPTT by hand on the adjoints g[t] = dL/dU_pre[t] and e[t] = dL/da[t]:
+    Backward is BPTT by hand on the adjoints g[t] = dL/dU[t] and e[t] = dL/da[t]:
 
         dL/dS[t] = dL/dS[t] (from above) + V^T g[t+1] + (1 - rho) e[t+1] (+ the reset path)
-        g[t] = m[t] * (dL/dU[t] + sigma'(U[t] - theta[t]) dL/dS[t] + K[t] g[t+1])
+        g[t] = dL/dU[t] + sigma'(U[t] - theta[t]) dL/dS[t] + K[t] g[t+1]   (rectifier: straight through)
         e[t] = b * dL/dtheta[t] + rho e[t+1],  dL/dtheta[t] = -sigma' dL/dS[t] - S[t] g[t+1] (subtract)
 
     dL/dI[t] = g[t]; dL/dW = sum_t g[t]^T S[t-1] (one product after the loop); dL/dc = sum_t g[t].
@@ -123,8 +123,6 @@ class _RecurrentSequence(torch.autograd.Function):
                 if need_beta:
                     acc_beta.addcmul_(nxt, u.masked_fill(s, 0) if reset == "zero" else u)
                 g.add_((nxt * beta).masked_fill_(s, 0) if reset == "zero" else nxt * beta)
-            if rectify:
-                g.mul_(u > 0)
             if adaptive:
                 e = g_theta * jump
                 nxt_adapt = e if nxt_adapt is None else e.add_(nxt_adapt, alpha=rho)

@@ -156,7 +156,7 @@ def test_fused_time_loop_matches_step_by_step_autograd(cls, reset, detach_reset,
     """The fused op's hand-written BPTT gives autograd's gradients for every option."""
     torch.manual_seed(3)
     current = torch.randn(24, 4, 3, 5, dtype=torch.float64) * 0.8
-    current[5] = 0  # exact zeros: the rectifier's gate at U = 0 must match torch.clamp's
+    current[5] = 0  # exact zeros: U = 0 exactly at the rectifier
     weights = torch.randn(2, 24, 4, 3, 5, dtype=torch.float64)
     kwargs = dict(beta=0.8, threshold=0.7, reset=reset, detach_reset=detach_reset, rectify=rectify,
                   learn_beta=True, learn_threshold=True, per_neuron=per_neuron, shape=(3, 5),
@@ -192,14 +192,14 @@ def test_fused_with_only_spikes_or_only_membrane_used():
         torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-10)
 
 
-def test_rectifier_passes_no_gradient_at_exactly_zero():
-    """max(U, 0) has gradient 1 for U > 0 and 0 for U <= 0 in both paths, whatever the torch
-    version does for clamp at the boundary (here U[0] = I[0] = 0 exactly)."""
+def test_rectifier_passes_gradient_straight_through():
+    """max(U, 0) forward, gradient 1 backward in both paths, also where U was clamped: a neuron
+    held at 0 still learns (with max's own gradient a silent output neuron never recovers)."""
     for fused in (True, False):
         layer = neurons.LIF(beta=0.5, rectify=True, reset="zero", fused=fused)
         current = torch.tensor([0.0, 0.5, -2.0, 0.25]).reshape(4, 1, 1).requires_grad_()
         spk, mem = layer(current)
         mem.sum().backward()
         assert mem.flatten().tolist() == [0.0, 0.5, 0.0, 0.25]
-        # dL/dI[t] = sum over later steps of the gate times beta^k: I[0] and I[2] sit at or below 0
-        assert current.grad.flatten().tolist() == [0.0, 1.0, 0.0, 1.0]
+        # no spikes, so dL/dI[t] = sum over k >= 0 of beta^k for the steps t..3, clamped or not
+        assert current.grad.flatten().tolist() == [1.875, 1.75, 1.5, 1.0]
