@@ -83,12 +83,14 @@ def check(cfg: DictConfig, processes: int = 1) -> None:
         if _get(cfg, key) is not None:
             low = 0 if key.endswith("max_steps") else 1
             _require(cfg, key, lambda v: _is_int(v) and v >= low, f"null or an integer >= {low}", example)
+    _require(cfg, "trainer.curve_points", lambda v: _is_int(v) and v >= 0, "an integer >= 0", "trainer.curve_points=10")
+    _require(cfg, "trainer.curve_samples", lambda v: _is_int(v) and v > 0, "a positive integer", "trainer.curve_samples=1000")
     _require(cfg, "trainer.augment_shift", lambda v: _is_int(v) and v >= 0, "an integer >= 0", "trainer.augment_shift=2")
     _require(cfg, "trainer.log_every", lambda v: _is_int(v) and v > 0, "a positive integer", "trainer.log_every=50")
     _require(cfg, "trainer.raster_samples", lambda v: _is_int(v) and v >= 0, "an integer >= 0", "trainer.raster_samples=4")
     _require(cfg, "trainer.figures", lambda v: v in FIGURES, " or ".join(FIGURES), "trainer.figures=last")
     if _get(cfg, "trainer.grad_clip") is not None:
-        _require(cfg, "trainer.grad_clip", lambda v: isinstance(v, (int, float)) and v > 0, "null or a positive number",
+        _require(cfg, "trainer.grad_clip", lambda v: is_number(v) and v > 0, "null or a positive number",
                  "trainer.grad_clip=1.0")
     for key in ("trainer.energy_ac_pj", "trainer.energy_mac_pj"):
         _require(cfg, key, lambda v: is_number(v) and v >= 0,

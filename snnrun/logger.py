@@ -113,6 +113,11 @@ class RunLogger:
         self.writer.add_scalar("train/acc", acc, step)
         self.writer.add_scalar("lr", lr, step)
 
+    def log_curve(self, step: int, split: str, loss: float, acc: float) -> None:
+        """A quick evaluation on a fixed subset of ``split``: curve/<split>_acc and curve/<split>_loss."""
+        self.writer.add_scalar(f"curve/{split}_acc", acc, step)
+        self.writer.add_scalar(f"curve/{split}_loss", loss, step)
+
     def log_eval(self, record: dict, model: torch.nn.Module, traces: dict | None) -> None:
         step = record["step"]
         with open(self.run_dir / "metrics.jsonl", "a") as f:

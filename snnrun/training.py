@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoints
-from .data import Dataset, Split, batches, epoch_order, random_shift
+from .data import Dataset, Split, batches, epoch_order, fixed_subset, random_shift
 from .distributed import World, all_sum
 from .options import in_range
 from .synops import E_AC_PJ, E_MAC_PJ, ENERGY_KEYS, OpCounter
@@ -70,6 +70,8 @@ class TrainerOptions:
     epochs: int = 1
     max_steps: int | None = None
     eval_every: int | None = None
+    curve_points: int = 10  # quick evaluations on a fixed subset when the full ones draw fewer points
+    curve_samples: int = 1000
     log_every: int = 50
     grad_clip: float | None = None
     num_threads: int | None = None
@@ -192,6 +194,11 @@ class Trainer:
         self.steps_per_epoch = len(data.train) // options.batch_size
         self.total_steps = options.total_steps(len(data.train))
         self.eval_every = options.eval_every or self.steps_per_epoch
+        # Curves, not dots: if the full evaluations give fewer than curve_points points, quick ones
+        # on a fixed subset of the selection split fill in, about curve_points over the whole run.
+        sparse = self.total_steps // self.eval_every < options.curve_points
+        self.curve_every = -(-self.total_steps // options.curve_points) if sparse else 0
+        self.curve_split = fixed_subset(data.val if data.val is not None else data.test, options.curve_samples)
         self.device = data.train.labels.device
         self.generator = torch.Generator(device=self.device).manual_seed(options.seed)
         self.step, self.best_test_acc, self.last_eval = 0, -1.0, None
@@ -324,6 +331,16 @@ class Trainer:
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             self.fail(f"the weights became NaN or inf in the update of step {self.step}; nothing after it was saved.")
 
+    def curve_point(self) -> None:
+        """A quick evaluation on ``curve_split`` for TensorBoard's curve/ tags; it selects nothing."""
+        o, split = self.options, self.selected_on
+        metrics = evaluate(self.parts, self.curve_split, batch_size=o.eval_batch_size, time_steps=o.time_steps,
+                           seed=o.seed, world=self.world, name=split)
+        if self.world.main:
+            self.logger.log_curve(self.step, split, metrics[f"{split}_loss"], metrics[f"{split}_acc"])
+        log.info("step %d  %s_acc %.2f%% on %d samples (curve point)", self.step, split, 100 * metrics[f"{split}_acc"],
+                 len(self.curve_split))
+
     def evaluate_and_save(self) -> dict:
         self.check_weights()
         metrics = self.test()
@@ -393,6 +410,8 @@ class Trainer:
                     bar.update(1)
                     if self.step % self.eval_every == 0 or self.step == self.total_steps:
                         bar.set_postfix(test_acc=f"{self.evaluate_and_save()['test_acc']:.4f}")
+                    elif self.curve_every and self.step % self.curve_every == 0:
+                        self.curve_point()
                     if self.stopping:
                         self.check_weights()
                         path = self.save("last") if self.world.main else self.checkpoint("last")

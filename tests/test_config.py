@@ -135,7 +135,8 @@ def test_arch_override(compose):
     ("model.readout_neuron=li readout=spike_count", "readout"),
     ("neuron=graded model.readout_neuron=li loss=membrane_sum_ce readout=membrane", "model.readout_neuron"),
     ("trainer.figures=never", "trainer.figures"), ("model.arch=8C3p1-BN-MP2-BN-FC10", "model.arch"),
-    ("model.arch=FC16-DO2-FC10", "model.arch"),
+    ("model.arch=FC16-DO2-FC10", "model.arch"), ("trainer.curve_points=-1", "trainer.curve_points"),
+    ("trainer.curve_samples=0", "trainer.curve_samples"), ("trainer.grad_clip=true", "trainer.grad_clip"),
 ])
 def test_bad_values_refused_before_work(compose, override, key):
     with pytest.raises(ConfigError) as err:
