@@ -33,7 +33,6 @@ PRESETS = [
     ("mnist_fast", [], "target ≥ 99.0 % in ≤ 60 s"),
     ("mnist_best", [], "target ≥ 99.5 % in ≤ 10 min"),
     ("csnn_nir", [], "none"),
-    ("csnn_best", [], "target ≥ 99.3 %"),
     ("smnist_rows_lif", [], "none"),
     ("smnist_rows_rlif", [], "none"),
 ]

@@ -280,6 +280,18 @@ class Assembly:
     config: DictConfig | None = None  # with nir_path: the run's config with the graph's model and neuron
 
 
+def synced_batch_norm(model, cfg: DictConfig, device: torch.device):
+    """Under torchrun, BN layers normalise over the whole global batch (SyncBatchNorm), so N ranks
+    compute what one process does. torch syncs them on GPUs only: on CPU processes each rank would
+    normalise its own shard, a different network, so that is refused."""
+    if device.type != "cuda":
+        raise ConfigError("model.arch", cfg.model.arch, "a network without BN layers when torchrun runs CPU processes "
+                          "(each would normalise only its own shard of the batch, unlike one process; torch syncs "
+                          "batch norm across ranks on GPUs only). Drop the BN tokens or run on one process",
+                          "model.arch=16C5-MP2-32C5-MP2-FC10")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def assemble(cfg: DictConfig, rank: World | None = None) -> Assembly:
     """Check the config, then build every part, read the checkpoint and load the data, once."""
     rank = rank or world()
@@ -308,6 +320,8 @@ def assemble(cfg: DictConfig, rank: World | None = None) -> Assembly:
     if getattr(model, "readout_neuron", "same") == "li":
         check_li_readout(cfg, loss)
     check_memory(model, options, device)
+    if rank.size > 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        model = synced_batch_norm(model, cfg, device)
     state = None
     if cfg.get("ckpt_path"):
         state = checkpoints.load(cfg.ckpt_path)

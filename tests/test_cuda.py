@@ -67,3 +67,14 @@ def test_the_command_trains_on_cuda_and_its_checkpoint_exports_on_any_machine(tm
     pytest.importorskip("nir")
     snnrun("task=export", "ckpt_path=run/checkpoints/last.pt", "hydra.run.dir=export", cwd=tmp_path)
     assert (tmp_path / "run" / "checkpoints" / "model.nir").is_file()
+
+
+def test_batch_norm_is_synced_across_torchrun_ranks_on_gpus(compose):
+    """Under torchrun on GPUs, BN layers become SyncBatchNorm: statistics over the whole global batch."""
+    from snnrun.config import assemble
+    from snnrun.distributed import World
+
+    cfg = compose("data=synthetic", "data.num_train=64", "data.num_test=16", "data.batch_size=16", "time_steps=2",
+                  "model.arch=4C5-BN-MP2-FC10", "device=cuda")
+    model = assemble(cfg, World(rank=0, size=2)).parts.model
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()) == 1

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from conftest import FAST, read_results, snnrun
+from snnrun.config import ConfigError, assemble
+from snnrun.distributed import World
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
 ARGS = [*FAST, "trainer.max_steps=6", "trainer.eval_every=3", "encoder=poisson", "device=cpu"]
@@ -80,3 +82,13 @@ def test_sharded_evaluation_sums_to_the_single_process_figures():
         assert sum(p[key] for p in parts) == pytest.approx(whole[key], rel=1e-6)
     for layer, rate in whole["firing_rates"].items():
         assert sum(p["firing_rates"][layer] for p in parts) == pytest.approx(rate, rel=1e-5)
+
+
+def test_batch_norm_under_torchrun_on_cpu_is_refused_before_work(compose):
+    """torch syncs BN statistics across ranks on GPUs only; on CPU each rank would normalise its shard."""
+    cfg = compose("data=synthetic", "data.num_train=64", "data.num_test=16", "data.batch_size=16", "time_steps=2",
+                  "model.arch=4C5-BN-MP2-FC10", "device=cpu")
+    with pytest.raises(ConfigError) as err:
+        assemble(cfg, World(rank=0, size=2))
+    assert err.value.key == "model.arch" and "GPUs only" in str(err.value)
+    assert assemble(cfg, World()).parts.model.arch == "4C5-BN-MP2-FC10"  # one process: fine

@@ -17,7 +17,7 @@ TEMPORAL = ["nmnist_csnn", "shd_alif", "shd_lif", "smnist_rows_lif", "smnist_row
 
 
 def test_presets_are_named_by_what_they_are():
-    assert PRESETS == ["csnn_best", "csnn_nir", "graded_fc100", "if_rate_fc500", "mnist_best", "mnist_fast", "nmnist_csnn",
+    assert PRESETS == ["csnn_nir", "graded_fc100", "if_rate_fc500", "mnist_best", "mnist_fast", "nmnist_csnn",
                        "shd_alif", "shd_lif", "smnist_rows_lif", "smnist_rows_rlif", "tutorial5_dense", "tutorial6_csnn"]
 
 
@@ -61,14 +61,6 @@ def test_preset_settings(compose, preset, expected):
         assert parts.encoder.shift == -0.5 and cfg.model.init == "xavier_uniform"
 
 
-def test_csnn_best_settings(compose):
-    cfg = compose("experiment=csnn_best", *SMALL)
-    parts = assemble(cfg).parts
-    assert parts.model.arch == "12C5-MP2-64C5-MP2-FC10" and parts.model.precision == "bf16"
-    assert hasattr(parts.model.blocks[0].neuron, "beta_logit")  # learned beta
-    assert cfg.trainer.augment_shift == 2 and cfg.readout == "membrane" and cfg.trainer.epochs == 15
-
-
 @pytest.mark.parametrize("preset, arch, epochs", [("mnist_fast", "16C5-MP2-BN-32C5-MP2-BN-FC10", 3),
                                                   ("mnist_best", "32C5-MP2-BN-64C5-MP2-BN-FC10", 12)])
 def test_time_to_accuracy_presets(compose, preset, arch, epochs):
@@ -78,6 +70,7 @@ def test_time_to_accuracy_presets(compose, preset, arch, epochs):
     model = assemble(cfg).parts.model
     assert model.arch == arch and cfg.time_steps == 2 and cfg.trainer.epochs == epochs
     assert model.precision == "fp32" and cfg.trainer.figures == "last" and cfg.readout == "membrane"
+    assert cfg.trainer.curve_points == 0  # no quick evaluations in a race against the clock
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 2
 
 
