@@ -1,5 +1,6 @@
 """Run presets on several seeds on real MNIST and print a Markdown table: mean ± std, min and max
-of the headline accuracy beside the reported figure, and the mean wall time per run.
+of the headline accuracy beside the reported figure and each seed's, and the mean wall time per run
+(training and evaluations, from results.json: not the command's start-up).
 
     python bench/reproduce.py --data /path/to/datasets [--only tutorial5_dense ...] [--seeds 0 1 2]
                               [--reuse] [--set model.precision=fp32 ...]
@@ -58,7 +59,8 @@ def row(preset: str, extra: list[str], reported: str, runs: list[dict]) -> str:
     accs = [100 * headline(r)[0] for r in runs]
     spread = f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else f"{accs[0]:.2f}"
     name = " ".join([f"`{preset}`", *(f"`{e}`" for e in extra)])
-    return (f"| {name} | {reported} | **{spread} %** | {min(accs):.2f} | {max(accs):.2f} | {len(runs)} | "
+    each = ", ".join(f"{a:.2f}" for a in accs)
+    return (f"| {name} | {reported} | **{spread} %** | {min(accs):.2f} | {max(accs):.2f} | {each} | "
             f"{headline(runs[0])[1]} | {statistics.mean(r['wall_s'] for r in runs):.0f} s | "
             f"{statistics.mean(r['train_samples_per_s'] for r in runs):.0f} |")
 
@@ -76,7 +78,8 @@ def main() -> None:
     snnrun = shutil.which("snnrun", path=str(Path(sys.executable).parent)) or "snnrun"
     data, out = Path(args.data).resolve(), Path(args.out)
     rows = [f"`python bench/reproduce.py {' '.join(sys.argv[1:])}`", "",
-            "| preset | reported | ours: mean ± std | min | max | seeds | accuracy | wall time per run | "
+            f"| preset | reported | ours: mean ± std | min | max | seeds {', '.join(map(str, args.seeds))} | accuracy | "
+            "wall time per run | "
             "train samples/s |", "|---|---|---|---|---|---|---|---|---|"]
     for preset, extra, reported in PRESETS:
         if args.only and preset not in args.only:
