@@ -31,10 +31,21 @@ class _SpikeFunction(torch.autograd.Function):
 
 
 class Surrogate:
-    """Base class: a Heaviside spike whose backward pass is ``derivative``."""
+    """Base class: a Heaviside spike whose backward pass is ``derivative`` = scale * ``shape``.
+
+    ``scale`` (gamma, default 1) damps every surrogate alike: LSNN's dampening factor (0.3)
+    keeps backpropagation through hundreds of recurrent steps from exploding.
+    """
+
+    def __init__(self, scale: float = 1.0):
+        self.scale = positive("scale", scale, example=0.3)
+
+    def shape(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        d = self.shape(x)
+        return d if self.scale == 1 else self.scale * d
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return _SpikeFunction.apply(x, self)
@@ -47,30 +58,33 @@ class Surrogate:
 class ATan(Surrogate):
     """Arc-tangent: dS/dx = (alpha/2) / (1 + (pi/2 * alpha * x)^2)."""
 
-    def __init__(self, alpha: float = 2.0):
+    def __init__(self, alpha: float = 2.0, scale: float = 1.0):
+        super().__init__(scale)
         self.alpha = positive("alpha", alpha, example=2.0)
 
-    def derivative(self, x):
+    def shape(self, x):
         return (self.alpha / 2) / (1 + (math.pi / 2 * self.alpha * x) ** 2)
 
 
 class FastSigmoid(Surrogate):
     """Fast sigmoid (SuperSpike): dS/dx = 1 / (slope * |x| + 1)^2."""
 
-    def __init__(self, slope: float = 25.0):
+    def __init__(self, slope: float = 25.0, scale: float = 1.0):
+        super().__init__(scale)
         self.slope = positive("slope", slope, example=25)
 
-    def derivative(self, x):
+    def shape(self, x):
         return 1 / (self.slope * x.abs() + 1) ** 2
 
 
 class Sigmoid(Surrogate):
     """Logistic: dS/dx = slope * sigma(slope*x) * (1 - sigma(slope*x))."""
 
-    def __init__(self, slope: float = 25.0):
+    def __init__(self, slope: float = 25.0, scale: float = 1.0):
+        super().__init__(scale)
         self.slope = positive("slope", slope, example=25)
 
-    def derivative(self, x):
+    def shape(self, x):
         s = torch.sigmoid(self.slope * x)
         return self.slope * s * (1 - s)
 
@@ -78,23 +92,24 @@ class Sigmoid(Surrogate):
 class Triangular(Surrogate):
     """Triangle of half-width w and unit area: dS/dx = max(0, 1 - |x|/w) / w."""
 
-    def __init__(self, width: float = 1.0):
+    def __init__(self, width: float = 1.0, scale: float = 1.0):
+        super().__init__(scale)
         self.width = positive("width", width, example=1.0)
 
-    def derivative(self, x):
+    def shape(self, x):
         return (1 - x.abs() / self.width).clamp(min=0) / self.width
 
 
 class StraightThrough(Surrogate):
     """Straight-through estimator: dS/dx = 1."""
 
-    def derivative(self, x):
+    def shape(self, x):
         return torch.ones_like(x)
 
 
 class Heaviside(Surrogate):
     """No surrogate: dS/dx = 0 almost everywhere, so no gradient reaches the weights."""
 
-    def derivative(self, x):
+    def shape(self, x):
         return torch.zeros_like(x)
 

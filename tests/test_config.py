@@ -137,6 +137,7 @@ def test_arch_override(compose):
     ("trainer.figures=never", "trainer.figures"), ("model.arch=8C3p1-BN-MP2-BN-FC10", "model.arch"),
     ("model.arch=FC16-DO2-FC10", "model.arch"), ("trainer.curve_points=-1", "trainer.curve_points"),
     ("trainer.curve_samples=0", "trainer.curve_samples"), ("trainer.grad_clip=true", "trainer.grad_clip"),
+    ("surrogate.scale=0", "surrogate.scale"),
 ])
 def test_bad_values_refused_before_work(compose, override, key):
     with pytest.raises(ConfigError) as err:

@@ -60,6 +60,20 @@ def test_hand_values():
     assert at(surrogates.Heaviside(), 0.0) == 0.0
 
 
+def test_scale_damps_the_backward_and_leaves_the_forward():
+    """gamma * dS/dx, written out: atan alpha = 2 at x = 0 gives 1, so gamma = 0.3 gives 0.3; the
+    triangle of width 1 at x = 0.5 gives 0.5, so 0.15."""
+    at = lambda s, v: backward_of(s, torch.tensor([v], dtype=torch.float64))[1].item()  # noqa: E731
+    assert at(surrogates.ATan(alpha=2.0, scale=0.3), 0.0) == pytest.approx(0.3)
+    assert at(surrogates.Triangular(width=1.0, scale=0.3), 0.5) == pytest.approx(0.15)
+    assert at(surrogates.StraightThrough(scale=0.5), -1.0) == 0.5
+    spk, grad = backward_of(surrogates.FastSigmoid(slope=25, scale=0.3))
+    torch.testing.assert_close(grad, 0.3 * primitive_grad(lambda x: x / (1 + 25 * x.abs())), atol=1e-12, rtol=1e-10)
+    assert torch.equal(spk, (X > 0).double())
+    with pytest.raises(ValueError, match="scale"):
+        surrogates.ATan(scale=0.0)
+
+
 def test_triangular_has_unit_area():
     x = torch.linspace(-3, 3, 600001, dtype=torch.float64)
     for width in (0.5, 1.0, 2.0):
