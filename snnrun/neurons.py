@@ -82,7 +82,7 @@ class _LIFSequence(torch.autograd.Function):
                 u.clamp_(min=0)
             torch.gt(u, threshold, out=spk[t])
         ctx.save_for_backward(mem, beta, threshold)
-        ctx.surrogate, ctx.reset, ctx.detach_reset, ctx.rectify = surrogate, reset, detach_reset, rectify
+        ctx.surrogate, ctx.reset, ctx.detach_reset = surrogate, reset, detach_reset
         ctx.set_materialize_grads(False)
         return spk, mem
 

@@ -86,7 +86,7 @@ class _RecurrentSequence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_spk, grad_mem):
         mem, thr, beta, threshold, weight = ctx.saved_tensors
-        surrogate, reset, detach_reset, rectify, recurrence, rho, jump = ctx.options
+        surrogate, reset, detach_reset, _, recurrence, rho, jump = ctx.options  # the rectifier passes straight through
         adaptive = thr is not None
         need_beta, need_th = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         acc_beta = torch.zeros_like(mem[0]) if need_beta else None
