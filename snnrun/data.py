@@ -93,19 +93,23 @@ class Dataset:
                        self.val.to(device) if self.val is not None else None)
 
 
+def _fixed_choice(n: int, size: int) -> torch.Tensor:
+    """``size`` of ``n`` indices, ascending, the same for every run: drawn from a generator seeded 0."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:size].sort().values
+
+
 def fixed_subset(split: Split, size: int) -> Split:
-    """``size`` samples of ``split`` (all if it has fewer), the same for every run: drawn from a
-    generator seeded 0, kept in the split's order."""
+    """``size`` samples of ``split`` (all if it has fewer), the same for every run, kept in the split's order."""
     if size >= len(split):
         return split
-    chosen = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:size].sort().values
+    chosen = _fixed_choice(len(split), size)
     return Split(split.inputs[chosen.to(split.inputs.device)], split.labels[chosen.to(split.labels.device)], split.unit)
 
 
 def hold_out(dataset: Dataset, size: int) -> Dataset:
     """Move ``size`` training samples into a validation split: one fixed choice (drawn from a
     generator seeded 0, whatever the run's seed), disjoint from the rest, which keeps its order."""
-    chosen = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))[:size].sort().values
+    chosen = _fixed_choice(len(dataset.train), size)
     keep = torch.ones(len(dataset.train), dtype=torch.bool)
     keep[chosen] = False
     train = dataset.train

@@ -78,7 +78,7 @@ class _RecurrentSequence(torch.autograd.Function):
                 torch.add(threshold, adapt, alpha=jump, out=thr[t])
             torch.gt(u, thr[t] if adaptive else threshold, out=spk[t])
         ctx.save_for_backward(mem, thr, beta, threshold, weight)
-        ctx.options = surrogate, reset, detach_reset, rectify, recurrence, rho, jump
+        ctx.options = surrogate, reset, detach_reset, recurrence, rho, jump  # the rectifier passes straight through
         ctx.set_materialize_grads(False)
         return spk, mem
 
@@ -86,7 +86,7 @@ class _RecurrentSequence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_spk, grad_mem):
         mem, thr, beta, threshold, weight = ctx.saved_tensors
-        surrogate, reset, detach_reset, _, recurrence, rho, jump = ctx.options  # the rectifier passes straight through
+        surrogate, reset, detach_reset, recurrence, rho, jump = ctx.options
         adaptive = thr is not None
         need_beta, need_th = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         acc_beta = torch.zeros_like(mem[0]) if need_beta else None

@@ -198,7 +198,8 @@ class Trainer:
         # on a fixed subset of the selection split fill in, about curve_points over the whole run.
         sparse = self.total_steps // self.eval_every < options.curve_points
         self.curve_every = -(-self.total_steps // options.curve_points) if sparse else 0
-        self.curve_split = fixed_subset(data.val if data.val is not None else data.test, options.curve_samples)
+        self.curve_split = (fixed_subset(data.val if data.val is not None else data.test, options.curve_samples)
+                            if self.curve_every else None)
         self.device = data.train.labels.device
         self.generator = torch.Generator(device=self.device).manual_seed(options.seed)
         self.step, self.best_test_acc, self.last_eval = 0, -1.0, None
@@ -290,14 +291,16 @@ class Trainer:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
+    def evaluate_split(self, split: Split, name: str, progress: bool = False) -> dict:
+        o = self.options
+        return evaluate(self.parts, split, batch_size=o.eval_batch_size, time_steps=o.time_steps, seed=o.seed,
+                        progress=progress, world=self.world, name=name, costs=(o.energy_ac_pj, o.energy_mac_pj))
+
     def test(self) -> dict:
         """The test figures and, with a validation split, the validation figures."""
-        o = self.options
-        kwargs = dict(batch_size=o.eval_batch_size, time_steps=o.time_steps, seed=o.seed, progress=self.progress,
-                      world=self.world, costs=(o.energy_ac_pj, o.energy_mac_pj))
-        metrics = evaluate(self.parts, self.data.test, **kwargs)
+        metrics = self.evaluate_split(self.data.test, "test", self.progress)
         if self.data.val is not None:
-            val = evaluate(self.parts, self.data.val, name="val", **kwargs)
+            val = self.evaluate_split(self.data.val, "val", self.progress)
             metrics.update(val_loss=val["val_loss"], val_acc=val["val_acc"])
         return metrics
 
@@ -333,9 +336,8 @@ class Trainer:
 
     def curve_point(self) -> None:
         """A quick evaluation on ``curve_split`` for TensorBoard's curve/ tags; it selects nothing."""
-        o, split = self.options, self.selected_on
-        metrics = evaluate(self.parts, self.curve_split, batch_size=o.eval_batch_size, time_steps=o.time_steps,
-                           seed=o.seed, world=self.world, name=split)
+        split = self.selected_on
+        metrics = self.evaluate_split(self.curve_split, split)
         if self.world.main:
             self.logger.log_curve(self.step, split, metrics[f"{split}_loss"], metrics[f"{split}_acc"])
         log.info("step %d  %s_acc %.2f%% on %d samples (curve point)", self.step, split, 100 * metrics[f"{split}_acc"],
