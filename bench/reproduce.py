@@ -36,6 +36,8 @@ PRESETS = [
     ("csnn_nir", [], "none"),
     ("smnist_rows_lif", [], "none"),
     ("smnist_rows_rlif", [], "none"),
+    ("smnist_pixels_alif", [], "96.4 % (LSNN), 98.7 % (SRNN)"),
+    ("psmnist_alif", [], "94.3 % (SRNN)"),
 ]
 
 

@@ -13,21 +13,33 @@ PRESETS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yam
 SMALL = ["data=synthetic", "data.num_train=1000", "data.num_test=16"]
 
 
-TEMPORAL = ["nmnist_csnn", "shd_alif", "shd_lif", "smnist_rows_lif", "smnist_rows_rlif"]  # trained on their own data in test_events / test_temporal
+TEMPORAL = ["nmnist_csnn", "psmnist_alif", "shd_alif", "shd_lif", "smnist_pixels_alif", "smnist_rows_lif",
+            "smnist_rows_rlif"]  # trained on their own data in test_events / test_temporal
 
 
 def test_presets_are_named_by_what_they_are():
     assert PRESETS == ["csnn_nir", "graded_fc100", "if_rate_fc500", "mnist_best", "mnist_fast", "nmnist_csnn",
-                       "shd_alif", "shd_lif", "smnist_rows_lif", "smnist_rows_rlif", "tutorial5_dense", "tutorial6_csnn"]
+                       "psmnist_alif", "shd_alif", "shd_lif", "smnist_pixels_alif", "smnist_rows_lif",
+                       "smnist_rows_rlif", "tutorial5_dense", "tutorial6_csnn"]
 
 
 @pytest.mark.parametrize("preset, steps, neuron, readout", [
     ("smnist_rows_rlif", 28, "RLIF", "membrane"), ("shd_alif", 100, "ALIF", "membrane_max"),
+    ("smnist_pixels_alif", 784, "ALIF", "membrane"), ("psmnist_alif", 784, "ALIF", "membrane"),
 ])
 def test_recurrent_presets_have_a_recurrent_layer_and_an_li_readout(compose, preset, steps, neuron, readout):
     cfg = compose(f"experiment={preset}")
     assert cfg.time_steps == steps and cfg.neuron._target_.endswith(neuron) and cfg.readout == readout
     assert cfg.model.arch.startswith("RFC") and cfg.model.readout_neuron == "li" and cfg.data.val_size > 0
+
+
+def test_the_permuted_preset_is_the_pixel_preset_on_permuted_pixels(compose):
+    pixels, permuted = compose("experiment=smnist_pixels_alif"), compose("experiment=psmnist_alif")
+    for group in ("model", "neuron", "surrogate", "loss", "optimizer", "scheduler", "trainer"):
+        assert pixels[group] == permuted[group], group
+    assert pixels.data.mode == permuted.data.mode == "pixels"
+    assert pixels.data.permutation_seed is None and permuted.data.permutation_seed == 0
+    assert (permuted.neuron.adaptation, permuted.neuron.tau_adapt, permuted.surrogate.scale) == (180.0, 700.0, 0.3)
 
 
 @pytest.mark.parametrize("preset, data, steps", [("smnist_rows_lif", "smnist", 28), ("nmnist_csnn", "nmnist", 20),
