@@ -31,6 +31,8 @@ def test_recurrent_presets_have_a_recurrent_layer_and_an_li_readout(compose, pre
     cfg = compose(f"experiment={preset}")
     assert cfg.time_steps == steps and cfg.neuron._target_.endswith(neuron) and cfg.readout == readout
     assert cfg.model.arch.startswith("RFC") and cfg.model.readout_neuron == "li" and cfg.data.val_size > 0
+    if neuron == "ALIF":  # LSNN's and SRNN's adaptation, 180 times the threshold
+        assert cfg.neuron.adaptation == 180 * cfg.neuron.threshold
 
 
 def test_the_permuted_preset_is_the_pixel_preset_on_permuted_pixels(compose):
