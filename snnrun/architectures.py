@@ -241,6 +241,11 @@ class SpikingNetwork(nn.Module):
     def layer_names(self) -> list[str]:
         return [b.name for b in self.blocks]
 
+    @property
+    def spiking_layers(self) -> list[str]:
+        """The layers whose neurons spike: all but an ``li`` readout."""
+        return [b.name for b in self.blocks if not isinstance(b.neuron, LI)]
+
     def forward(self, x: torch.Tensor, time_steps: int | None = None):
         """x: [T, B, *input_shape], or a static [B, *input_shape] repeated for ``time_steps``."""
         rates, self.recorded = [], []

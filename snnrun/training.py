@@ -159,7 +159,8 @@ def evaluate(parts: Parts, split: Split, *, batch_size: int, time_steps: int, se
     return {
         f"{name}_loss": totals[0] / n,
         f"{name}_acc": totals[1] / n,
-        "firing_rates": {layer: r / n for layer, r in zip(model.layer_names, totals[2:2 + layers])},
+        "firing_rates": {layer: r / n for layer, r in zip(model.layer_names, totals[2:2 + layers])
+                         if layer in model.spiking_layers},
         **counter.report(totals[2 + layers:], n, *costs),
     }
 
@@ -322,8 +323,11 @@ class Trainer:
         finally:
             self.model.record = False
         threshold = getattr(self.model.blocks[-1].neuron, "threshold", None)
+        if threshold is not None and not torch.isfinite(torch.as_tensor(threshold)).all():
+            threshold = None  # an li readout never fires
+        spiking = self.model.spiking_layers
         return {
-            "spikes": dict(zip(self.model.layer_names, (s.cpu() for s in self.model.recorded))),
+            "spikes": {name: s.cpu() for name, s in zip(self.model.layer_names, self.model.recorded) if name in spiking},
             "membrane": mem.cpu(),
             "labels": y.tolist(),
             "threshold": float(torch.as_tensor(threshold).float().mean()) if threshold is not None else None,

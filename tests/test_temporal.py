@@ -119,3 +119,16 @@ def test_a_sweep_over_temporal_data(mnist_root, tmp_path):
     summary = (tmp_path / "sweep" / "summary.md").read_text()
     assert "data.mode=rows" in summary and "data.mode=pixels" in summary and summary.count("| ok |") == 2
     assert read_results(tmp_path / "sweep" / "0")["steps"] == 2
+
+
+@pytest.mark.e2e
+def test_an_li_readout_gets_no_firing_rate_and_no_raster(mnist_root, tmp_path):
+    snnrun("data=smnist", f"data.root={mnist_root}", "data.download=false", "data.batch_size=16", "neuron=rlif",
+           "model.arch=RFC16-FC10", "model.readout_neuron=li", "loss=membrane_sum_ce", "readout=membrane",
+           "trainer.max_steps=2", "trainer.raster_samples=2", "hydra.run.dir=run", cwd=tmp_path)
+    assert set(read_results(tmp_path / "run")["firing_rates"]) == {"L1_RFC16"}
+    acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0})
+    acc.Reload()
+    images, scalars = set(acc.Tags()["images"]), set(acc.Tags()["scalars"])
+    assert {"raster/L1_RFC16", "membrane/output"} <= images and "raster/L2_FC10" not in images
+    assert "firing_rate/L1_RFC16" in scalars and "firing_rate/L2_FC10" not in scalars
