@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from event_files import write_gestures, write_nmnist, write_shd  # noqa: E402
 
-from snnrun import events  # noqa: E402
+from snnrun.data import events  # noqa: E402
 
 DEFAULTS = {"NMNIST": (20, 1), "SHD": (100, 1), "DVSGesture": (20, 4)}  # data.time_steps, data.downsample
 

@@ -55,7 +55,7 @@ LAYERS = ("lif", "rlif")  # workloads that time one neuron layer alone
 
 def compose(workload: str, overrides: list[str]):
     from hydra import compose as hydra_compose, initialize_config_dir
-    from snnrun.cli import config_dir
+    from snnrun.run.cli import config_dir
 
     preset, extra = WORKLOADS[workload]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -143,7 +143,7 @@ def snntorch_loss(cfg):
 
 def make_variant(workload: str, variant: str, device: torch.device, batch: tuple[torch.Tensor, torch.Tensor]):
     """-> (one training step, the output spike counts on ``batch`` before training)."""
-    from snnrun.config import assemble
+    from snnrun.run.assembly import assemble
 
     extra = VARIANTS[variant]
     x, y = batch
@@ -182,9 +182,9 @@ def make_layer(workload: str, variant: str, device: torch.device):
     gen = torch.Generator().manual_seed(0)
     current = (torch.randn(shape, generator=gen) * 0.5 + 0.3).to(device)
     weights = torch.randn(shape, generator=gen).to(device)
-    from snnrun.neurons import LIF
-    from snnrun.recurrent import RLIF
-    from snnrun.surrogates import ATan
+    from snnrun.core.neurons import LIF
+    from snnrun.core.recurrent import RLIF
+    from snnrun.core.surrogates import ATan
 
     fused = VARIANTS[variant] is None or "neuron.fused=false" not in VARIANTS[variant]
     if workload == "lif":
@@ -254,7 +254,7 @@ def timed(step, iters: int, device: torch.device) -> float:
 def batch_for(args, device):
     g = torch.Generator().manual_seed(0)
     if args.data:
-        from snnrun.data import torchvision_dataset
+        from snnrun.data.datasets import torchvision_dataset
 
         train = torchvision_dataset("MNIST", args.data, download=False).train
         idx = torch.randperm(len(train), generator=g)[: args.batch]
@@ -318,7 +318,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.device == "cpu":
-        from snnrun.cli import keep_freed_memory
+        from snnrun.run.cli import keep_freed_memory
 
         keep_freed_memory()  # as the snnrun command does; the same process setting for every variant
     if args.probe:

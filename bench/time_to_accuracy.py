@@ -64,7 +64,7 @@ def snntorch_tutorial6(data: Path, budget_s: float, eval_every: int, seed: int) 
     from snntorch import surrogate, utils
     from torch import nn
 
-    from snnrun.data import torchvision_dataset
+    from snnrun.data.datasets import torchvision_dataset
 
     mnist = torchvision_dataset("MNIST", str(data), download=False)
     images = lambda split: split.inputs.float() / 255  # noqa: E731  ToTensor's [0, 1]

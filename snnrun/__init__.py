@@ -1,6 +1,8 @@
-"""snnrun: spiking neural networks trained with surrogate-gradient BPTT."""
+"""snnrun: spiking neural networks trained with surrogate-gradient BPTT.
 
-from . import architectures, encoders, losses, neurons, surrogates
+Layers: ``snnrun.core`` (the spiking core, plain PyTorch), ``snnrun.data`` (datasets and event
+recordings), ``snnrun.run`` (assembly, the loop, evaluation, checkpoints, logs, sweeps, the CLI)
+and ``snnrun.interop`` (NIR graphs).
+"""
 
-__all__ = ["architectures", "encoders", "losses", "neurons", "surrogates"]
 __version__ = "0.1.0"

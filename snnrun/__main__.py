@@ -1,5 +1,5 @@
 """``python -m snnrun`` (e.g. ``torchrun --nproc-per-node=2 -m snnrun ...``) is the ``snnrun`` command."""
 
-from .cli import main
+from .run.cli import main
 
 main()

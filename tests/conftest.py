@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hydra import compose as hydra_compose, initialize_config_dir
 
-from snnrun.cli import config_dir
+from snnrun.run.cli import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SNNRUN_DATA", REPO.parent / "shared" / "data"))

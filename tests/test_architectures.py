@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from snnrun import architectures, neurons, surrogates
-from snnrun.architectures import ArchitectureError, SpikingNetwork
+from snnrun.core import architectures, neurons, surrogates
+from snnrun.core.architectures import ArchitectureError, SpikingNetwork
 
 LIF = functools.partial(neurons.LIF, beta=0.5)
 

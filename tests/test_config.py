@@ -1,17 +1,21 @@
 """Hydra composition and assembly: every option of every group composes and builds its part;
 every bad value is refused by the one rule that owns it, named as group.option."""
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from snnrun import config
-from snnrun.cli import config_dir
-from snnrun.config import ConfigError, Preflight, assemble, check_memory
-from snnrun.data import DataSpec
-from snnrun.training import Parts, TrainerOptions
+from snnrun.run import devices
+from snnrun.run.cli import config_dir
+from snnrun.run.assembly import assemble
+from snnrun.run.devices import check_memory
+from snnrun.run.preflight import Preflight
+from snnrun.run.rules import ConfigError
+from snnrun.data.datasets import DataSpec
+from snnrun.run.records import Parts, TrainerOptions
 
 CONF = Path(config_dir())
 GROUPS = ["neuron", "surrogate", "encoder", "model", "loss", "data", "optimizer", "scheduler"]
@@ -57,9 +61,10 @@ def test_option_builds_and_trains_a_step(compose, group, option):
     spk, mem = parts.model(parts.encoder(x, 4, torch.Generator().manual_seed(0)))
     loss = parts.loss(spk, mem, y)
     loss.backward()
+    scheduler = parts.scheduler(parts.optimizer, total_steps=10) if parts.scheduler is not None else None
     parts.optimizer.step()
-    if parts.scheduler is not None:
-        parts.scheduler.step()
+    if scheduler is not None:
+        scheduler.step()
     assert spk.shape == (4, 2, 10) and torch.isfinite(loss)
 
 
@@ -99,7 +104,9 @@ def test_a_run_is_assembled_once_into_named_records(compose):
     assembly = assemble(compose(*SMALL, "scheduler=onecycle", "trainer.max_steps=7"))
     assert isinstance(assembly.parts, Parts) and isinstance(assembly.options, TrainerOptions)
     assert assembly.options.time_steps == 4 and assembly.options.batch_size == 16 and assembly.options.max_steps == 7
-    assert assembly.parts.scheduler.total_steps == 7
+    assert assembly.options.total_steps(len(assembly.data.train)) == 7
+    schedule = assembly.parts.scheduler(torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3), total_steps=7)
+    assert isinstance(schedule, torch.optim.lr_scheduler.OneCycleLR) and schedule.total_steps == 7
     assert assembly.parts.optimizer.param_groups[0]["params"][0] is next(assembly.parts.model.parameters())
     assert Preflight.take() is None  # nothing handed over outside a single run
 
@@ -115,8 +122,9 @@ def test_arch_override(compose):
     ("neuron.learn_beta=true neuron.beta=1.0", "neuron.beta"), ("neuron=graded neuron.decay=0", "neuron.decay"),
     ("optimizer.lr=-1", "optimizer.lr"), ("optimizer.betas=[1.5,0.9]", "optimizer"),
     ("scheduler=onecycle scheduler.pct_start=1.5", "scheduler.pct_start"),
-    ("scheduler=cosine +scheduler.warmup=3", "scheduler"), ("+neuron.colour=red", "neuron"),
-    ("+trainer.colour=red", "trainer"), ("data.batch_size=0", "data.batch_size"), ("data.batch_size=100000", "data.batch_size"),
+    ("scheduler=cosine +scheduler.warmup=3", "scheduler.warmup"), ("+neuron.colour=red", "neuron.colour"),
+    ("+trainer.colour=red", "trainer.colour"), ("trainer.max_time=0", "trainer.max_time"),
+    ("neuron=rlif model.arch=FC16-RFC10 model.readout_neuron=li loss=membrane_sum_ce readout=membrane", "model.arch"), ("data.batch_size=0", "data.batch_size"), ("data.batch_size=100000", "data.batch_size"),
     ("trainer.epochs=-1", "trainer.epochs"), ("trainer.max_steps=-5", "trainer.max_steps"),
     ("surrogate.alpha=0", "surrogate.alpha"), ("surrogate=fast_sigmoid surrogate.slope=-1", "surrogate.slope"),
     ("encoder=poisson encoder.gain=-1", "encoder.gain"), ("encoder=rate encoder.threshold=0", "encoder.threshold"),
@@ -152,7 +160,7 @@ def test_constructor_messages_keep_their_wording(compose):
 
 
 def test_a_run_too_large_for_memory_names_the_sizes(compose, monkeypatch):
-    monkeypatch.setattr(config, "available_memory", lambda device: 8 * 2**30)  # free memory varies between calls
+    monkeypatch.setattr(devices, "available_memory", lambda device: 8 * 2**30)  # free memory varies between calls
     with pytest.raises(ConfigError) as err:
         assemble(compose(*SMALL, "time_steps=100000000"))
     message = str(err.value)
@@ -164,7 +172,7 @@ def test_a_run_too_large_for_memory_names_the_sizes(compose, monkeypatch):
 
 def test_one_cycle_fits_runs_of_any_length():
     """torch's OneCycleLR divides by zero when a phase has no step; short runs still get a schedule."""
-    from snnrun.training import onecycle
+    from snnrun.run.schedules import onecycle
 
     for total in range(1, 12):
         for pct in (0.0, 0.1, 0.25, 0.5, 1.0):
@@ -178,3 +186,40 @@ def test_one_cycle_fits_runs_of_any_length():
             assert all(0 < lr <= 0.1 + 1e-12 for lr in lrs)
     long = onecycle(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), 1000, 0.25)
     assert long.total_steps == 1000 and long._schedule_phases[0]["end_step"] == 249  # long runs: torch's own schedule
+
+
+def test_memory_estimate_counts_the_bytes_of_the_state_type(compose, monkeypatch):
+    """fp32 and bf16 networks keep 4-byte states; a float64 network needs twice the state memory."""
+    assembly = assemble(compose(*SMALL, "trainer.max_steps=1"))
+    model, options = assembly.parts.model, assembly.options
+    assert devices.state_bytes(model) == 4
+    need = {}
+    for name, net in (("fp32", model), ("fp64", copy.deepcopy(model).double())):
+        monkeypatch.setattr(devices, "available_memory", lambda device: 1)
+        with pytest.raises(ConfigError) as err:
+            check_memory(net, options, torch.device("cpu"))
+        need[name] = float(str(err.value).split("needs about ")[1].split(" GiB")[0])
+    assert devices.state_bytes(model.double()) == 8
+    batch = max(options.batch_size, options.eval_batch_size)
+    states = model.state_numel * batch * options.time_steps / 2**30
+    params = 4 * sum(p.numel() for p in model.parameters()) / 2**30
+    assert need["fp32"] == pytest.approx(round(4 * states + 4 * params, 1), abs=0.051)
+    assert need["fp64"] == pytest.approx(round(8 * states + 8 * params, 1), abs=0.051)
+
+
+def test_a_bug_inside_snnrun_is_not_reported_as_a_bad_option(compose, monkeypatch):
+    """A TypeError/ValueError raised by snnrun's own code while a part is built keeps its traceback;
+    the same exception raised by a library about a configured value is the user's error."""
+    from snnrun.core import neurons
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr(neurons, "_decay", broken)  # called by LIF.__init__ with the configured beta
+    with pytest.raises(ValueError, match="an internal inconsistency") as err:
+        assemble(compose(*SMALL))
+    assert not isinstance(err.value, ConfigError)
+    monkeypatch.undo()
+    with pytest.raises(ConfigError) as err:  # torch.optim.Adam refuses the betas: a user error, exit 2
+        assemble(compose(*SMALL, "optimizer.betas=[1.5,0.9]"))
+    assert err.value.key == "optimizer" and "Invalid beta parameter" in str(err.value)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import FAST, read_results, snnrun
-from snnrun import neurons, surrogates
-from snnrun.architectures import SpikingNetwork
-from snnrun.recurrent import ALIF, RLIF
+from snnrun.core import neurons, surrogates
+from snnrun.core.architectures import SpikingNetwork
+from snnrun.core.recurrent import ALIF, RLIF
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -71,8 +71,8 @@ def test_the_command_trains_on_cuda_and_its_checkpoint_exports_on_any_machine(tm
 
 def test_batch_norm_is_synced_across_torchrun_ranks_on_gpus(compose):
     """Under torchrun on GPUs, BN layers become SyncBatchNorm: statistics over the whole global batch."""
-    from snnrun.config import assemble
-    from snnrun.distributed import World
+    from snnrun.run.assembly import assemble
+    from snnrun.run.distributed import World
 
     cfg = compose("data=synthetic", "data.num_train=64", "data.num_test=16", "data.batch_size=16", "time_steps=2",
                   "model.arch=4C5-BN-MP2-FC10", "device=cuda")

@@ -5,7 +5,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import FAST, read_metrics, read_results, snnrun
-from snnrun.data import fixed_subset, synthetic
+from snnrun.data.datasets import fixed_subset, synthetic
 
 
 def scalars(run_dir) -> dict:

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import read_results, snnrun, write_idx_dataset
-from snnrun.config import assemble
-from snnrun.data import DataError, DataSpec, Split, batches, random_shift, synthetic, torchvision_dataset
+from snnrun.run.assembly import assemble
+from snnrun.data.datasets import DataError, DataSpec, Split, batches, random_shift, synthetic, torchvision_dataset
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_missing_files_offline_say_where_and_which(tmp_path):
 
 
 def test_channels_last_arrays_become_nchw():
-    from snnrun.data import _as_nchw
+    from snnrun.data.datasets import _as_nchw
 
     hwc = np.arange(2 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 4, 5, 3)
     assert torch.equal(_as_nchw(hwc), torch.from_numpy(hwc).permute(0, 3, 1, 2))
@@ -61,7 +61,7 @@ def test_channels_last_arrays_become_nchw():
 def test_temporal_spec_checks_the_per_step_shape():
     spec = DataSpec((700,), 20, temporal=True, time_steps=50)
     seq = Split(torch.zeros(3, 50, 700), torch.tensor([0, 19, 4]), unit=1.0)
-    from snnrun.data import Dataset
+    from snnrun.data.datasets import Dataset
 
     spec.check(Dataset(seq, seq), "shd")
     with pytest.raises(DataError):

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from conftest import FAST, read_results, snnrun
-from snnrun.config import ConfigError, assemble
-from snnrun.distributed import World
+from snnrun.run.assembly import assemble
+from snnrun.run.rules import ConfigError
+from snnrun.run.distributed import World
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
 ARGS = [*FAST, "trainer.max_steps=6", "trainer.eval_every=3", "encoder=poisson", "device=cpu"]
@@ -54,7 +55,7 @@ def test_batch_must_split_evenly_over_processes(tmp_path):
 
 
 def test_shards_cover_every_row_once():
-    from snnrun.distributed import World
+    from snnrun.run.distributed import World
 
     for batch in (6, 7, 1000, 2):
         rows = [i for r in range(3) for i in range(batch)[World(r, 3).shard(batch)]]
@@ -65,11 +66,12 @@ def test_sharded_evaluation_sums_to_the_single_process_figures():
     """Each rank's share of the sums (before the all-reduce) adds up to one process's figures."""
     import functools
 
-    from snnrun import encoders, losses, neurons
-    from snnrun.architectures import SpikingNetwork
-    from snnrun.data import synthetic
-    from snnrun.distributed import World
-    from snnrun.training import Parts, evaluate
+    from snnrun.core import encoders, losses, neurons
+    from snnrun.core.architectures import SpikingNetwork
+    from snnrun.data.datasets import synthetic
+    from snnrun.run.distributed import World
+    from snnrun.run.evaluation import evaluate
+    from snnrun.run.records import Parts
 
     torch.manual_seed(0)
     model = SpikingNetwork("FC32-FC10", (1, 12, 12), 10, functools.partial(neurons.LIF, beta=0.8))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from snnrun import encoders
+from snnrun.core import encoders
 
 
 def test_direct_repeats_input_without_copy():

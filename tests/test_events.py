@@ -9,9 +9,10 @@ import torch
 
 from conftest import read_results, snnrun
 from event_files import nmnist_bytes, write_gestures, write_nmnist, write_shd
-from snnrun import events
-from snnrun.config import ConfigError, assemble
-from snnrun.data import DataError
+from snnrun.data import events
+from snnrun.run.assembly import assemble
+from snnrun.run.rules import ConfigError
+from snnrun.data.datasets import DataError
 
 tonic = pytest.importorskip("tonic", reason="event datasets need tonic (pip install -e '.[events]')")
 h5py = pytest.importorskip("h5py")

@@ -6,8 +6,8 @@ import pytest
 from torch import nn
 
 from conftest import needs_mnist, read_results, snnrun
-from snnrun.cli import config_dir
-from snnrun.config import assemble
+from snnrun.run.cli import config_dir
+from snnrun.run.assembly import assemble
 
 PRESETS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
 SMALL = ["data=synthetic", "data.num_train=1000", "data.num_test=16"]
@@ -110,11 +110,11 @@ def test_tutorial6_csnn_reaches_reported_accuracy_after_150_iterations(tmp_path)
 
 def test_csnn_nir_exports_exactly(compose):
     pytest.importorskip("nir")
-    from snnrun import nirgraph
+    from snnrun.interop import nir_export, nir_import  # noqa: E402
 
     assert compose("experiment=csnn_nir").data.val_size == 5000  # validation-selected best.pt
     cfg = compose("experiment=csnn_nir", *SMALL, "data.val_size=100")
     model = assemble(cfg).parts.model
     assert model.arch == "12C5-AP2-64C5-AP2-FC10"
-    graph, approximations = nirgraph.export(model, precision=cfg.model.precision)
+    graph, approximations = nir_export.export(model, precision=cfg.model.precision)
     assert approximations == [] and len(graph.nodes) == 11  # input, 2 x (conv, pool, neuron), flatten, affine, neuron, output

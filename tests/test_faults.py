@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import FAST, SHARED_DATA, SNNRUN, read_metrics, read_results, snnrun
-from snnrun.checkpoints import CheckpointError, load as load_checkpoint, save as save_checkpoint
+from snnrun.run.checkpoints import CheckpointError, load as load_checkpoint, save as save_checkpoint
 
 BAD_DEVICE = "cuda:99" if torch.cuda.is_available() else "cuda"
 
@@ -118,12 +118,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     results = read_results(tmp_path / "run")
     assert results["status"] == "failed" and "step 2" in results["error"]
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert state["step"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert state["progress"]["step"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
 def test_atomic_checkpoint_write_survives_a_crash(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"format": "snnrun-checkpoint-1", "step": 1})
+    save_checkpoint(path, {"step": 1})
 
     def crash(obj, f):
         with open(f, "wb") as fh:
@@ -132,7 +132,7 @@ def test_atomic_checkpoint_write_survives_a_crash(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError):
-        save_checkpoint(path, {"format": "snnrun-checkpoint-1", "step": 2})
+        save_checkpoint(path, {"step": 2})
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
 
@@ -153,12 +153,12 @@ def test_signal_saves_checkpoint_and_resumes(tmp_path, sig, code):
     assert proc.returncode == code, err
     assert "Traceback" not in err and "Resume with" in err and "ckpt_path=" in err
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert 5 <= state["step"] < 100000
+    assert 5 <= state["progress"]["step"] < 100000
     results = read_results(tmp_path / "run")
-    assert results["status"] == "interrupted" and results["steps"] == state["step"]
+    assert results["status"] == "interrupted" and results["steps"] == state["progress"]["step"]
     snnrun(*FAST, f"trainer.max_steps={state['step'] + 3}", f"ckpt_path={tmp_path / 'run/checkpoints/last.pt'}",
            "hydra.run.dir=resumed", cwd=tmp_path)
-    assert read_results(tmp_path / "resumed")["steps"] == state["step"] + 3
+    assert read_results(tmp_path / "resumed")["steps"] == state["progress"]["step"] + 3
 
 
 @pytest.mark.e2e

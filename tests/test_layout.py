@@ -6,8 +6,8 @@ import sys
 
 from conftest import REPO
 
-CORE = ["snnrun.neurons", "snnrun.recurrent", "snnrun.surrogates", "snnrun.encoders", "snnrun.architectures",
-        "snnrun.losses", "snnrun.synops", "snnrun.nirgraph"]
+CORE = ["snnrun.core.neurons", "snnrun.core.recurrent", "snnrun.core.surrogates", "snnrun.core.encoders", "snnrun.core.architectures",
+        "snnrun.core.losses", "snnrun.core.synops", "snnrun.interop.nir_export", "snnrun.interop.nir_import"]
 
 
 def _python(code: str) -> str:
@@ -27,7 +27,7 @@ def test_core_modules_import_without_hydra():
 
 
 def test_the_cli_imports_no_plotting_library_until_it_draws():
-    assert _python("import sys, snnrun.cli; print('matplotlib' in sys.modules)").strip() == "False"
+    assert _python("import sys, snnrun.run.cli; print('matplotlib' in sys.modules)").strip() == "False"
 
 
 def test_the_product_never_points_outside_the_repository():

@@ -2,7 +2,7 @@
 
 import torch
 
-from snnrun.logger import membrane_figure, raster_figure
+from snnrun.run.logger import membrane_figure, raster_figure
 
 
 def test_membrane_figure_has_axes_threshold_and_a_labelled_line_per_class():

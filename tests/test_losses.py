@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from snnrun import losses
+from snnrun.core import losses
 
 
 def test_spike_count_ce_normalized_by_hand():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from snnrun import neurons, surrogates
+from snnrun.core import neurons, surrogates
 
 
 def run(neuron, inputs):

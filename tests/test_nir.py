@@ -10,10 +10,10 @@ import torch
 
 nir = pytest.importorskip("nir")
 
-from snnrun import nirgraph  # noqa: E402
-from snnrun.architectures import SpikingNetwork  # noqa: E402
-from snnrun.neurons import IF, LIF, Graded, Synaptic  # noqa: E402
-from snnrun.recurrent import ALIF, RLIF  # noqa: E402
+from snnrun.interop import nir_export, nir_import  # noqa: E402
+from snnrun.core.architectures import SpikingNetwork  # noqa: E402
+from snnrun.core.neurons import IF, LIF, Graded, Synaptic  # noqa: E402
+from snnrun.core.recurrent import ALIF, RLIF  # noqa: E402
 
 NETWORKS = {
     "dense_lif": ("FC64-FC10", (1, 28, 28), partial(LIF, beta=0.9, reset="zero"), "same"),
@@ -64,10 +64,10 @@ def drive(shape, seed=1):
 @pytest.mark.parametrize("name", NETWORKS)
 def test_snnrun_nir_snnrun_is_bit_identical(name, tmp_path):
     net = build(name)
-    graph, approximations = nirgraph.export(net)
+    graph, approximations = nir_export.export(net)
     assert approximations == []
-    nirgraph.write(graph, tmp_path / "model.nir")
-    imported = nirgraph.read(tmp_path / "model.nir")
+    nir_export.write(graph, tmp_path / "model.nir")
+    imported = nir_import.read(tmp_path / "model.nir")
     assert imported.arch == net.arch and imported.readout_neuron == net.readout_neuron
     again = rebuild(imported)
     x = drive(net.input_shape)
@@ -82,7 +82,7 @@ def test_snnrun_nir_snnrun_is_bit_identical(name, tmp_path):
 
 def test_the_file_follows_nirs_rules(tmp_path):
     net = build("csnn_ap_lif")
-    nirgraph.write(nirgraph.export(net, dt=1e-3)[0], tmp_path / "model.nir")
+    nir_export.write(nir_export.export(net, dt=1e-3)[0], tmp_path / "model.nir")
     graph = nir.read(tmp_path / "model.nir")  # nir's own reader and type check
     nodes = graph.nodes
     conv = nodes["L1_6C5_AP2.conv2d"]
@@ -103,7 +103,7 @@ def test_the_file_follows_nirs_rules(tmp_path):
 
 
 def test_padding_and_stride_are_written_as_nir_conv_fields():
-    conv = nirgraph.export(build("padded_strided"))[0].nodes["L1_6C3p1s2_AP2.conv2d"]
+    conv = nir_export.export(build("padded_strided"))[0].nodes["L1_6C3p1s2_AP2.conv2d"]
     assert list(conv.stride) == [2, 2] and list(conv.padding) == [1, 1]
 
 
@@ -120,10 +120,10 @@ def test_batch_norm_is_folded_into_the_weights_with_its_running_statistics(tmp_p
         for _ in range(5):  # running statistics that are not the initial 0 and 1
             net(torch.rand(16, 1, 12, 12) * 2, time_steps=4)
     net.eval()
-    graph, _ = nirgraph.export(net)
+    graph, _ = nir_export.export(net)
     assert json.loads(str(graph.metadata["snnrun"]))["batch_norm_folded"] == ["L1_6C3p1_BN_AP2", "L2_FC32_BN"]
-    nirgraph.write(graph, tmp_path / "bn.nir")
-    imported = nirgraph.read(tmp_path / "bn.nir")
+    nir_export.write(graph, tmp_path / "bn.nir")
+    imported = nir_import.read(tmp_path / "bn.nir")
     assert imported.arch == "6C3p1-AP2-FC32-FC10"
     folded = rebuild(imported).eval()
     x = torch.rand(8, 1, 12, 12) * 2
@@ -136,7 +136,7 @@ def test_batch_norm_is_folded_into_the_weights_with_its_running_statistics(tmp_p
 
 
 def test_a_recurrent_layer_is_a_subgraph_with_a_cycle():
-    graph, _ = nirgraph.export(build("rlif_all_to_all_li"))
+    graph, _ = nir_export.export(build("rlif_all_to_all_li"))
     rnn = graph.nodes["L2_RFC24.rnn"]
     assert isinstance(rnn, nir.NIRGraph) and ("w_rec", "lif") in rnn.edges and ("lif", "w_rec") in rnn.edges
     assert isinstance(rnn.nodes["w_rec"], nir.Affine) and rnn.nodes["w_rec"].weight.shape == (24, 24)
@@ -154,10 +154,10 @@ def test_a_recurrent_layer_is_a_subgraph_with_a_cycle():
 ])
 def test_inexact_networks_are_refused_unless_approximate(arch, neuron, option, message):
     net = SpikingNetwork(arch, (1, 28, 28), 10, neuron=neuron, **option)
-    with pytest.raises(nirgraph.NIRError, match="export.approximate=true") as err:
-        nirgraph.export(net, **option)
+    with pytest.raises(nir_import.NIRError, match="export.approximate=true") as err:
+        nir_export.export(net, **option)
     assert message in str(err.value)
-    graph, approximations = nirgraph.export(net, approximate=True, **option)
+    graph, approximations = nir_export.export(net, approximate=True, **option)
     assert approximations and any(message in a for a in approximations)
     assert json.loads(str(graph.metadata["snnrun"]))["approximations"] == approximations
 
@@ -165,16 +165,16 @@ def test_inexact_networks_are_refused_unless_approximate(arch, neuron, option, m
 def test_graded_neurons_are_refused_even_approximately():
     net = SpikingNetwork("FC32-FC10", (28,), 10, neuron=partial(Graded))
     for approximate in (False, True):
-        with pytest.raises(nirgraph.NIRError, match="graded neurons have no NIR node"):
-            nirgraph.export(net, approximate=approximate)
+        with pytest.raises(nir_import.NIRError, match="graded neurons have no NIR node"):
+            nir_export.export(net, approximate=approximate)
 
 
 def test_an_approximate_export_keeps_the_rest_exact(tmp_path):
     """Max pooling exported as average pooling: everything else maps as in an exact export."""
     net = SpikingNetwork("6C5-MP2-FC10", (1, 28, 28), 10, neuron=partial(LIF, reset="zero"))
-    graph, _ = nirgraph.export(net, approximate=True)
-    nirgraph.write(graph, tmp_path / "m.nir")
-    imported = nirgraph.read(tmp_path / "m.nir")
+    graph, _ = nir_export.export(net, approximate=True)
+    nir_export.write(graph, tmp_path / "m.nir")
+    imported = nir_import.read(tmp_path / "m.nir")
     assert imported.arch == "6C5-AP2-FC10"
     assert torch.equal(rebuild(imported).blocks[0].stateless[0].weight, net.blocks[0].stateless[0].weight)
 
@@ -198,16 +198,16 @@ def test_an_approximate_export_keeps_the_rest_exact(tmp_path):
 ])
 def test_graphs_snnrun_cannot_hold_are_refused(graph, message, tmp_path):
     nir.write(tmp_path / "g.nir", graph())
-    with pytest.raises(nirgraph.NIRError, match=message):
-        nirgraph.read(tmp_path / "g.nir")
+    with pytest.raises(nir_import.NIRError, match=message):
+        nir_import.read(tmp_path / "g.nir")
 
 
 def test_files_that_are_not_nir_are_refused(tmp_path):
     (tmp_path / "notes.nir").write_text("not a graph")
-    with pytest.raises(nirgraph.NIRError, match="not a readable NIR file"):
-        nirgraph.read(tmp_path / "notes.nir")
-    with pytest.raises(nirgraph.NIRError, match="no such file"):
-        nirgraph.read(tmp_path / "missing.nir")
+    with pytest.raises(nir_import.NIRError, match="not a readable NIR file"):
+        nir_import.read(tmp_path / "notes.nir")
+    with pytest.raises(nir_import.NIRError, match="no such file"):
+        nir_import.read(tmp_path / "missing.nir")
 
 
 def test_a_foreign_graph_with_a_gain_is_folded_into_the_weights(tmp_path):
@@ -218,7 +218,7 @@ def test_a_foreign_graph_with_a_gain_is_folded_into_the_weights(tmp_path):
     graph = nir.NIRGraph.from_list(nir.Affine(w, np.zeros(n, np.float32)),
                                    nir.LIF(tau=tau, r=np.ones(n), v_leak=np.zeros(n), v_threshold=np.full(n, 0.1)))
     nir.write(tmp_path / "g.nir", graph)
-    imported = nirgraph.read(tmp_path / "g.nir", dt=dt)
+    imported = nir_import.read(tmp_path / "g.nir", dt=dt)
     assert imported.layers[0].gain == pytest.approx(dt / 5e-3)
     net = rebuild(imported)
     np.testing.assert_allclose(net.blocks[0].stateless[-1].weight.detach().numpy(), w * 0.2, rtol=1e-6)
@@ -251,7 +251,7 @@ def test_snnrun_to_snntorch_gives_the_same_output_spikes(name):
     net = build(name)
     with torch.no_grad():
         net.blocks[-1].stateless[-1].weight.mul_(4)  # an output layer that fires, so the comparison says something
-    theirs = import_from_nir(nirgraph.export(net)[0])
+    theirs = import_from_nir(nir_export.export(net)[0])
     for module in theirs.modules():
         # snnTorch 1.0 builds torch.nn.Flatten(start_dim=0) from NIR's Flatten(start_dim=0). NIR's shapes have
         # no batch axis, so NIR's 0 is the first axis after the batch: torch's start_dim=1. snnTorch's importer
@@ -290,7 +290,7 @@ def test_snntorch_to_snnrun_gives_the_same_output_spikes(kind, tmp_path):
     with torch.no_grad():
         theirs[-2].weight.mul_(3)
     nir.write(tmp_path / "theirs.nir", export_to_nir(theirs, torch.rand(1, *shape), ignore_dims=[0]))
-    imported = nirgraph.read(tmp_path / "theirs.nir")  # no snnrun metadata: dt = 1e-4, snnTorch's
+    imported = nir_import.read(tmp_path / "theirs.nir")  # no snnrun metadata: dt = 1e-4, snnTorch's
     assert imported.arch == ("FC32-FC10" if kind == "dense" else "4C5-AP2-FC10")
     ours = rebuild(imported)
     x = drive(shape, seed=2) * (1 if kind == "dense" else 2)

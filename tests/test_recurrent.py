@@ -7,9 +7,9 @@ from functools import partial
 import pytest
 import torch
 
-from snnrun import neurons, surrogates
-from snnrun.architectures import ArchitectureError, SpikingNetwork, parse
-from snnrun.recurrent import ALIF, RLIF
+from snnrun.core import neurons, surrogates
+from snnrun.core.architectures import ArchitectureError, SpikingNetwork, parse
+from snnrun.core.recurrent import ALIF, RLIF
 
 
 def run(layer, current, weights):

@@ -5,8 +5,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import FAST, read_metrics, read_results, snnrun
-from snnrun.config import ConfigError, assemble
-from snnrun.data import hold_out, synthetic
+from snnrun.run.assembly import assemble
+from snnrun.run.rules import ConfigError
+from snnrun.data.datasets import hold_out, synthetic
 
 SMALL = ["data=synthetic", "data.num_train=200", "data.num_test=40", "data.batch_size=20", "time_steps=4",
          "model.arch=FC16-FC10"]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from snnrun import surrogates
+from snnrun.core import surrogates
 
 X = torch.cat([torch.linspace(-2, 2, 80, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
 

@@ -55,7 +55,7 @@ def test_a_failed_job_is_a_failed_row_and_the_others_are_kept(tmp_path):
 
 
 def test_summary_marks_a_job_without_results_as_failed(tmp_path):
-    from snnrun.sweep import write_summary
+    from snnrun.run.sweep import write_summary
 
     snnrun("-m", "seed=0,1", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path)
     (tmp_path / "sweep" / "1" / "results.json").unlink()  # as if the job had been killed

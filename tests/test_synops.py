@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from snnrun import neurons, synops
-from snnrun.architectures import SpikingNetwork
+from snnrun.core import neurons, synops
+from snnrun.core.architectures import SpikingNetwork
 
 
 def test_fc_fan_out_is_out_features():
@@ -103,7 +103,7 @@ def test_a_conv_network_counts_each_layer_on_its_input_after_pooling():
 
 
 def test_a_recurrent_layer_counts_its_own_spikes_into_v_and_the_ann_runs_every_step():
-    from snnrun.recurrent import RLIF
+    from snnrun.core.recurrent import RLIF
 
     torch.manual_seed(1)
     for recurrence, per_spike in (("all_to_all", 5), ("one_to_one", 1)):

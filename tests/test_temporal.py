@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from conftest import read_metrics, read_results, snnrun, write_idx_dataset
-from snnrun.config import ConfigError, assemble
-from snnrun.data import permutation, sequential_mnist, torchvision_dataset
+from snnrun.run.assembly import assemble
+from snnrun.run.rules import ConfigError
+from snnrun.data.datasets import permutation, sequential_mnist, torchvision_dataset
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 

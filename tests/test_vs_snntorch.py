@@ -8,7 +8,7 @@ snn = pytest.importorskip("snntorch")
 from snntorch import functional as SF  # noqa: E402
 from snntorch import surrogate as snn_surrogate  # noqa: E402
 
-from snnrun import losses, neurons, surrogates  # noqa: E402
+from snnrun.core import losses, neurons, surrogates  # noqa: E402
 
 SURROGATES = {
     "atan": (surrogates.ATan(alpha=2.0), lambda: snn_surrogate.atan(alpha=2.0)),
@@ -114,7 +114,7 @@ def test_membrane_ce_matches_seed_001_loop(outputs):
 def test_poisson_statistics_match_spikegen_rate():
     from snntorch import spikegen
 
-    from snnrun import encoders
+    from snnrun.core import encoders
 
     x = torch.linspace(0, 1, 11).repeat(64, 1)
     ours = encoders.Poisson(gain=0.8)(x, 400, torch.Generator().manual_seed(0)).mean(0)
@@ -125,7 +125,7 @@ def test_poisson_statistics_match_spikegen_rate():
 
 def rleaky_pair(n, all_to_all, reset):
     """Our rlif and snnTorch's RLeaky with the same recurrent weights."""
-    from snnrun.recurrent import RLIF
+    from snnrun.core.recurrent import RLIF
 
     ours = RLIF(beta=0.9, reset=reset, recurrence="all_to_all" if all_to_all else "one_to_one", recurrent=True,
                 shape=(n,), surrogate=surrogates.ATan())

@@ -106,12 +106,15 @@ class _Block(nn.Module):
         t, b = x.shape[:2]
         return self.apply_stateless(x.reshape(t * b, *x.shape[2:])).reshape(t, b, *self.out_shape)
 
-    def drop(self, spk: torch.Tensor) -> torch.Tensor:
+    def drop(self, spk: torch.Tensor, rows: tuple[int, slice] | None = None) -> torch.Tensor:
         """Inverted dropout on [T, B, ...] spikes: the same neurons of a sample are silenced at every
-        step (a mask drawn per step would only thin the spike trains), the rest scaled by 1/(1-p)."""
+        step (a mask drawn per step would only thin the spike trains), the rest scaled by 1/(1-p).
+        ``rows`` = (N, shard): these B rows are the ``shard`` of a batch of N (one torchrun rank's);
+        the masks are drawn for all N rows, so every sample gets the mask it gets in one process."""
         if not (self.training and self.dropout):
             return spk
-        keep = torch.empty_like(spk[0]).bernoulli_(1 - self.dropout)
+        total, shard = rows or (spk.shape[1], slice(None))
+        keep = spk.new_empty((total, *spk.shape[2:])).bernoulli_(1 - self.dropout)[shard]
         return spk * (keep / (1 - self.dropout))
 
 
@@ -143,7 +146,7 @@ class SpikingNetwork(nn.Module):
         self.record = False
         self.recorded: list[torch.Tensor] = []
         self.firing_rates: torch.Tensor | None = None
-        self.counter = None  # an OpCounter (snnrun.synops) while evaluation counts synaptic operations
+        self.counter = None  # an OpCounter (snnrun.core.synops) while evaluation counts synaptic operations
         shape = self.input_shape
         self.state_numel = 0  # elements every layer produces per sample and step (memory estimates)
         layers = parse(arch)
@@ -198,6 +201,10 @@ class SpikingNetwork(nn.Module):
                 i += 1
             layer = neuron(shape=shape, surrogate=surrogate, **({"recurrent": True} if kind == "rfc" else {}))
             if i == len(layers) and readout_neuron == "li":
+                if kind == "rfc":
+                    raise ArchitectureError(arch, token, "model.readout_neuron=li makes the last layer a leaky integrator "
+                                            "without recurrence; end with FC{n} (e.g. RFC128-FC10) or use "
+                                            "model.readout_neuron=same")
                 layer = LI.like(layer, shape)
             self.blocks.append(_Block(name, nn.Sequential(*modules), layer, shape, dropout))
             self.state_numel += 3 * math.prod(shape)  # spikes, membrane and its gradient
@@ -246,8 +253,9 @@ class SpikingNetwork(nn.Module):
         """The layers whose neurons spike: all but an ``li`` readout."""
         return [b.name for b in self.blocks if not isinstance(b.neuron, LI)]
 
-    def forward(self, x: torch.Tensor, time_steps: int | None = None):
-        """x: [T, B, *input_shape], or a static [B, *input_shape] repeated for ``time_steps``."""
+    def forward(self, x: torch.Tensor, time_steps: int | None = None, rows: tuple[int, slice] | None = None):
+        """x: [T, B, *input_shape], or a static [B, *input_shape] repeated for ``time_steps``; ``rows``:
+        these B samples are rows ``rows[1]`` of a batch of ``rows[0]`` (see ``_Block.drop``)."""
         rates, self.recorded = [], []
         bf16 = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         for i, block in enumerate(self.blocks):
@@ -265,6 +273,6 @@ class SpikingNetwork(nn.Module):
             rates.append((spk.detach() > 0).float().mean())
             if self.record:
                 self.recorded.append(spk.detach())
-            x = block.drop(spk)
+            x = block.drop(spk, rows)
         self.firing_rates = torch.stack(rates)
         return spk, mem

@@ -1,21 +1,30 @@
 """Checkpoints: the format, the atomic write, the safe read, and the check that one fits a model.
 
-A checkpoint is a plain dict of tensors and containers saved with ``torch.save``: the model,
-optimiser and scheduler states, the step, the RNG states, the architecture, the input shape
-and the run's config, marked with ``format``. It is read with ``weights_only=True``, so a
+A checkpoint is a plain dict of tensors and containers saved with ``torch.save``: the model and
+optimiser states, the run's progress (``snnrun.run.records.Progress``), the RNG states, the
+architecture, the input shape and the run's config, marked with ``format``. The learning-rate
+schedule is not saved: a resume rebuilds it for its own plan. Checkpoints of the first format
+are read too (``_upgrade``). It is read with ``weights_only=True``, so a
 file can never run code, and refused with a ``CheckpointError`` that names the file when it
 is not a readable snnrun checkpoint or does not fit the configured model.
 """
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-FORMAT = "snnrun-checkpoint-1"
+from ..atomic import write_atomic
+
+FORMAT = "snnrun-checkpoint-2"
+# where configs of the first format name snnrun's modules, and where those live now
+MOVED = {"snnrun.neurons.": "snnrun.core.neurons.", "snnrun.recurrent.": "snnrun.core.recurrent.",
+         "snnrun.surrogates.": "snnrun.core.surrogates.", "snnrun.encoders.": "snnrun.core.encoders.",
+         "snnrun.architectures.": "snnrun.core.architectures.", "snnrun.losses.": "snnrun.core.losses.",
+         "snnrun.data.": "snnrun.data.datasets.", "snnrun.events.": "snnrun.data.events.",
+         "snnrun.training.": "snnrun.run.schedules."}
 
 
 class CheckpointError(ValueError):
@@ -23,13 +32,33 @@ class CheckpointError(ValueError):
 
 
 def save(path: Path, state: dict) -> None:
-    """Write via a temporary file, fsync and rename: a crash mid-write leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **state}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write atomically (``snnrun.atomic``): a crash mid-write leaves the previous file intact."""
+    write_atomic(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
+
+
+def _moved(node):
+    """A first-format config with its ``_target_`` paths where the modules live now."""
+    if isinstance(node, dict):
+        return {k: _moved(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_moved(v) for v in node]
+    if isinstance(node, str):
+        for old, new in MOVED.items():
+            if node.startswith(old) and not node.startswith(new):
+                return new + node[len(old):]
+    return node
+
+
+def _upgrade(state: dict) -> dict:
+    """A first-format checkpoint as the current format: its bookkeeping gathered into ``progress``
+    (its time to accuracy was not saved, its clock starts at 0) and its config's module paths moved."""
+    progress = {"step": state.pop("step"), "best_test_acc": state.pop("best_test_acc", -1.0),
+                "best": dict(state.pop("best", {})), "reached": {}, "window": dict(state.pop("window")), "wall_s": 0.0}
+    state.pop("scheduler", None)
+    if progress["best"]:
+        split = "val" if "val_acc" in progress["best"] else "test"
+        progress["best"] = {"split": split, **progress["best"]}
+    return {**state, "format": FORMAT, "progress": progress, "config": _moved(state.get("config") or {})}
 
 
 def load(path: str | Path) -> dict:
@@ -42,6 +71,8 @@ def load(path: str | Path) -> dict:
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"ckpt_path={path}: not a readable snnrun checkpoint ({first})") from None
+    if isinstance(state, dict) and state.get("format") == "snnrun-checkpoint-1":
+        return _upgrade(state)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"ckpt_path={path}: not an snnrun checkpoint (no '{FORMAT}' marker)")
     return state
@@ -79,3 +110,12 @@ def restoring(path):
     except (RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(f"ckpt_path={path} does not fit this configuration: "
                               f"{str(err).splitlines()[0]}") from None
+
+
+def check_split(state: dict, val_size: int, path) -> None:
+    """Refuse a resume that holds out another number of training samples: its training set would change."""
+    saved = (state.get("config") or {}).get("data", {}).get("val_size", 0) or 0
+    if saved != val_size:
+        raise CheckpointError(f"ckpt_path={path} was trained with data.val_size={saved}, but this run holds out "
+                              f"data.val_size={val_size}: the training and validation sets would change under the "
+                              f"resumed run; use data.val_size={saved}")

@@ -15,7 +15,6 @@ conversion that is killed leaves no cache behind.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -25,8 +24,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import DataError, Dataset, Split, available_memory
-from .options import OptionError, one_of, positive
+from ..atomic import write_atomic
+from ..core.options import OptionError, one_of, positive
+from .datasets import DataError, Dataset, Split, available_memory
 
 log = logging.getLogger("snnrun")
 
@@ -175,18 +175,6 @@ def _too_empty(name: str, binning: dict, fraction: float, mean_us: float, count:
             f"(refused above {100 * EMPTY_LIMIT:.0f} %): {how}.")
 
 
-def _save_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def cache_path(root: Path, name: str, split: str, binning: dict) -> Path:
     window = "bins" if binning["time_window"] is None else f"window{binning['time_window']:g}us"
     folder = f"T{binning['time_steps']}-{window}-{binning['frames']}-ds{binning['downsample']}"
@@ -224,7 +212,8 @@ def _split(name: str, root: Path, split: str, download: bool, binning: dict, use
              path if use_cache else "memory")
     inputs, labels = _convert(ds, order, name, binning, progress=sys.stderr.isatty())
     if use_cache:
-        _save_atomic(path, {"format": CACHE_FORMAT, "binning": binning, "inputs": inputs, "labels": labels})
+        payload = {"format": CACHE_FORMAT, "binning": binning, "inputs": inputs, "labels": labels}
+        write_atomic(path, lambda tmp: torch.save(payload, tmp))
     return Split(inputs, labels, unit=1.0)
 
 

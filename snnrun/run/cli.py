@@ -20,17 +20,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoints, distributed, nirgraph
-from .config import USER_ERRORS, Preflight, assemble, checkpoint_network
-from .logger import RunLogger, flatten, write_json_atomic
-from .training import Interrupted, Trainer, TrainingError
+from ..atomic import write_json_atomic
+from ..interop import nir_export
+from . import checkpoints, distributed
+from .logger import RunLogger, flatten
+from .loop import Interrupted, Trainer, TrainingError
+from .preflight import Preflight, prepare
+from .rules import USER_ERRORS
 
 log = logging.getLogger("snnrun")
 
 
 def config_dir() -> str:
     """conf/ inside an installed wheel (snnrun/conf), else the source checkout's top-level conf/."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]
     for candidate in (here / "conf", here.parent / "conf"):
         if (candidate / "config.yaml").is_file():
             return str(candidate)
@@ -75,10 +78,12 @@ def run(cfg: DictConfig) -> float:
     """Train (or evaluate) one configuration; returns the best validation accuracy, or without a
     validation split the final test accuracy (the objective of optimising sweepers)."""
     world = distributed.world()
+    # a single run was prepared before its folder existed; a sweep's job prepares here
+    prepared = Preflight.take() or prepare(cfg, list(HydraConfig.get().overrides.task))
     if cfg.task == "export":
-        return export(cfg, Preflight.take() or checkpoint_network(cfg))
-    assembly = Preflight.take() or assemble(cfg, world)  # a single run was assembled before its folder existed
-    cfg = assembly.config if assembly.config is not None else cfg  # nir_path: the graph's model and neuron
+        return export(cfg, prepared)
+    assembly = prepared
+    cfg = assembly.config if assembly.config is not None else cfg  # the checkpoint's, or the NIR graph's network
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     logger = RunLogger(run_dir, hyperparameters(cfg)) if world.main else None  # only rank 0 writes
     trainer = Trainer(assembly.parts, assembly.data, assembly.options, run_dir=run_dir, logger=logger,
@@ -117,13 +122,13 @@ def export(cfg: DictConfig, network) -> float:
     """task=export: the checkpoint's network as a NIR graph, at export.path or next to the checkpoint."""
     model, saved = network
     path = Path(cfg.export.path or Path(cfg.ckpt_path).expanduser().with_name("model.nir")).expanduser()
-    graph, approximations = nirgraph.export(
+    graph, approximations = nir_export.export(
         model, dt=cfg.export.dt, approximate=cfg.export.approximate, precision=saved.model.get("precision", "fp32"),
         metadata={"checkpoint": str(cfg.ckpt_path), "time_steps": saved.get("time_steps"),
                   "input": "the first layer's input at each step: the "
                            + ("dataset's frame" if saved.data.get("temporal") else f"{saved.encoder._target_} encoding")
                            + f" of {saved.data.get('_target_')} samples", "config": OmegaConf.to_container(saved)})
-    nirgraph.write(graph, path)
+    nir_export.write(graph, path)
     for item in approximations:
         log.warning("approximation: %s", item)
     log.info("wrote %s (%d nodes%s)", path, len(graph.nodes),

@@ -18,7 +18,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .logger import write_text_atomic
+from ..atomic import write_atomic
 
 COLUMNS = ("job", "overrides", "status", "test_acc", "best_test_acc", "best_val_acc", "test_acc_at_best_val", "test_loss",
            "energy_pj", "train_samples_per_s", "wall_s",
@@ -36,7 +36,9 @@ def _first_line(text: str) -> str:
 
 
 def collect(sweep_dir: str | Path) -> list[dict]:
-    """One row per job folder, sorted: finished jobs by test accuracy (best first), then failures."""
+    """One row per job folder, sorted: finished jobs best first by the sweep's objective (the best
+    validation accuracy where a job holds out a validation split, else the final test accuracy,
+    as ``snnrun`` returns it to sweepers), then failures."""
     sweep_dir = Path(sweep_dir)
     rows, job_overrides = [], []
     for job in _job_folders(sweep_dir):
@@ -58,7 +60,13 @@ def collect(sweep_dir: str | Path) -> list[dict]:
     shared = set.intersection(*(set(o) for o in job_overrides)) if len(job_overrides) > 1 else set()
     for row, overrides in zip(rows, job_overrides):
         row["overrides"] = " ".join(o for o in overrides if o not in shared)
-    return sorted(rows, key=lambda r: (r["status"] != "ok", -(r["test_acc"] if r["test_acc"] is not None else -1)))
+    return sorted(rows, key=lambda r: (r["status"] != "ok", -objective(r)))
+
+
+def objective(row: dict) -> float:
+    """What the sweep optimises for this job: best_val_acc with a validation split, else test_acc."""
+    value = row["best_val_acc"] if row["best_val_acc"] is not None else row["test_acc"]
+    return value if value is not None else -1.0
 
 
 def _cell(value) -> str:
@@ -84,8 +92,8 @@ def write_summary(sweep_dir: str | Path) -> list[dict]:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(sweep_dir / "summary.csv", buf.getvalue())
-    write_text_atomic(sweep_dir / "summary.md", markdown(rows))
+    write_atomic(sweep_dir / "summary.csv", buf.getvalue())
+    write_atomic(sweep_dir / "summary.md", markdown(rows))
     return rows
 
 

@@ -2,7 +2,7 @@
 
 Each constructor checks its own options with these helpers and raises ``OptionError`` naming
 the option, the value, what is allowed and a valid example value. The core never sees a
-config: ``snnrun.config`` turns an ``OptionError`` raised while building group ``neuron``
+config: ``snnrun.run.assembly`` turns an ``OptionError`` raised while building group ``neuron``
 into a message about ``neuron.<option>``.
 """
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .options import OptionError, one_of
+from ..core.options import OptionError, one_of
 
 
 class DataError(RuntimeError):

@@ -11,6 +11,7 @@ run folder; only rank 0 writes into it.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import time
 from dataclasses import dataclass
 
@@ -64,3 +65,16 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     dist.all_reduce(t)
     return t.tolist()
 
+
+
+@contextmanager
+def main_rank_first(w: World):
+    """Rank 0 runs the block first (it downloads, bins and caches); the other ranks then run it
+    on what it left (they read the cache). One process: just the block."""
+    if w.size > 1 and dist.is_initialized() and not w.main:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if w.size > 1 and dist.is_initialized() and w.main:
+            dist.barrier()

@@ -1,21 +1,8 @@
-"""NIR, the Neuromorphic Intermediate Representation: export an snnrun network, import a graph.
+"""Read a NIR graph (snnrun's or another library's) as an snnrun network, or refuse it with the reason.
 
-NIR's neurons are continuous-time; snnrun's step t is one forward-Euler step of length dt
-(``export.dt``, default 1e-4 s, snnTorch's): v <- v + dt/tau*(v_leak - v + r*I) is
-U[t] = beta*U[t-1] + I[t] when tau = dt/(1 - beta) and r = tau/dt.
-
-    lif       LIF(tau=dt/(1-beta), r=tau/dt, v_leak=0, v_threshold=theta, v_reset=0)
-    synaptic  CubaLIF(tau_syn=dt/(1-alpha), tau_mem=dt/(1-beta), r=tau_mem/dt, w_in=tau_syn/dt, ...)
-    if        IF(r=1/dt, v_threshold=theta, v_reset=0)
-    li        LI(tau=dt/(1-beta), r=tau/dt, v_leak=0)
-    rlif      a subgraph input -> lif <-> w_rec (Affine W, c, or Linear diag(v)) -> output
-    FC / nCk  Affine(W, b) / Conv2d(stride s, padding p);  AP k  AvgPool2d(k, k, 0);  Flatten(start_dim=0)
-    BN        folded into the weight layer before it: s*W, s*(b - mean) + shift, s = gamma/sqrt(var + eps)
-
-NIR resets to v_reset, so only ``reset=zero`` exports exactly. Neuron parameters are written
-in float64 (beta survives the round trip bit for bit), weights in the model's float32. A network
-with batch norm exports its inference-time function (running statistics); the folded weights
-differ from the unfolded computation by float rounding, and a re-imported network has no BN.
+The inverse of ``snnrun.interop.nir_export``: a chain of weight layers, pooling and neurons
+becomes an architecture string, a neuron config and the values to load. A recurrent layer is
+a cycle through an Affine (all-to-all) or a diagonal Linear (one-to-one) node.
 """
 
 from __future__ import annotations
@@ -27,177 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from .neurons import IF, LI, Graded, Synaptic
-from .recurrent import ALIF, RLIF
-from .synops import weight_layer
-
-
-class NIRError(ValueError):
-    """A network NIR cannot hold, or a file snnrun cannot read as a network."""
-
-
-def _nir():
-    try:
-        import nir
-    except ImportError:
-        raise NIRError("NIR support needs the nir package: pip install 'snnrun[nir]'") from None
-    return nir
-
-
-def _array(value, shape) -> np.ndarray:
-    """A neuron parameter (scalar or per neuron) as a float64 array of the layer's shape."""
-    return np.broadcast_to(torch.as_tensor(value).detach().double().cpu().numpy(), shape).copy()
-
-
-def _f32(t: torch.Tensor) -> np.ndarray:
-    return t.detach().float().cpu().numpy()
-
-
-# ---------------------------------------------------------------------------------------- export
-
-
-def exactness(model, precision: str) -> list[str]:
-    """What NIR cannot hold exactly, layer by layer, with what to train instead."""
-    issues = []
-    if precision == "bf16":
-        issues.append("model.precision=bf16: the weight layers computed in bfloat16; NIR holds their float32 weights "
-                      "(train with model.precision=fp32)")
-    for block in model.blocks:
-        for module in block.stateless:
-            if isinstance(module, nn.MaxPool2d):
-                issues.append(f"{block.name}: max pooling has no NIR node; exported as average pooling (train with AP"
-                              f"{module.kernel_size} instead of MP{module.kernel_size})")
-        neuron = block.neuron
-        if isinstance(neuron, (Graded, LI)):
-            continue
-        if neuron.reset != "zero":
-            issues.append(f"{block.name}: reset={neuron.reset} has no NIR form (NIR neurons reset to v_reset); "
-                          "exported as reset to zero (train with neuron.reset=zero)")
-        if neuron.rectify:
-            issues.append(f"{block.name}: rectify (U clamped at 0) has no NIR form; exported without the clamp")
-        if isinstance(neuron, ALIF) and neuron.jump:
-            issues.append(f"{block.name}: alif's adaptive threshold has no NIR node; exported with the fixed threshold "
-                          "theta0 (train with neuron=rlif or lif)")
-    return issues
-
-
-def check_exact(model, precision: str, approximate: bool) -> list[str]:
-    """``exactness``, refused (``NIRError``) unless ``approximate``; graded neurons are refused always."""
-    for block in model.blocks:
-        if isinstance(block.neuron, Graded):
-            raise NIRError(f"{block.name}: graded neurons have no NIR node, not even an approximate one (train with "
-                           "neuron=lif neuron.reset=zero)")
-    approximations = exactness(model, precision)
-    if approximations and not approximate:
-        raise NIRError("NIR cannot represent this network exactly: " + "; ".join(approximations)
-                       + ". Retrain as suggested, or write the nearest graph with export.approximate=true")
-    return approximations
-
-
-def _neuron_node(neuron, shape, dt: float, name: str):
-    nir = _nir()
-    zeros = np.zeros(shape)
-    theta = _array(neuron.threshold, shape)
-    beta = _array(neuron.beta, shape)
-    if isinstance(neuron, LI):
-        tau = dt / (1 - beta)
-        return nir.LI(tau=tau, r=tau / dt, v_leak=zeros)
-    if isinstance(neuron, Synaptic) and neuron.alpha:
-        if isinstance(neuron, IF) or np.any(beta == 1):
-            raise NIRError(f"{name}: an integrate-and-fire neuron with a synaptic current (alpha > 0) has no NIR node "
-                           "(train with neuron=synaptic, beta < 1)")
-        tau_syn, tau_mem = dt / (1 - np.full(shape, neuron.alpha)), dt / (1 - beta)
-        return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=tau_mem / dt, v_leak=zeros, v_threshold=theta,
-                           v_reset=zeros, w_in=tau_syn / dt)
-    if np.all(beta == 1):
-        return nir.IF(r=np.full(shape, 1 / dt), v_threshold=theta, v_reset=zeros)
-    tau = dt / (1 - beta)
-    return nir.LIF(tau=tau, r=tau / dt, v_leak=zeros, v_threshold=theta, v_reset=zeros)
-
-
-def export(model, dt: float = 1e-4, approximate: bool = False, precision: str = "fp32", metadata: dict | None = None):
-    """The NIR graph of ``model`` -> (graph, approximations). Refuses (``NIRError``) what NIR cannot
-    hold exactly unless ``approximate``; the approximations made are listed in the graph's metadata."""
-    nir = _nir()
-    approximations = check_exact(model, precision, approximate)
-    nodes = {"input": nir.Input(input_type=np.array(model.input_shape))}
-    edges, previous, shape, folded = [], "input", tuple(model.input_shape), []
-    for block in model.blocks:
-        for module in block.stateless:
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                folded.append(block.name)
-                continue
-            if isinstance(module, nn.Conv2d):
-                node = nir.Conv2d(input_shape=shape[1:], **_folded(block), stride=module.stride, padding=module.padding,
-                                  dilation=1, groups=1)
-            elif isinstance(module, nn.Flatten):
-                node = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
-            elif isinstance(module, nn.Linear):
-                node = nir.Affine(**_folded(block))
-            else:  # average pooling, or max pooling approximated by it
-                k = module.kernel_size
-                node = nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([k, k]), padding=np.array([0, 0]))
-            name = f"{block.name}.{type(node).__name__.lower()}"
-            nodes[name] = node
-            edges.append((previous, name))
-            previous = name
-        shape = block.out_shape
-        neuron = _neuron_node(block.neuron, shape, dt, block.name)
-        name = f"{block.name}.neuron"
-        if isinstance(block.neuron, RLIF) and block.neuron.recurrence is not None:
-            neuron = _recurrent_subgraph(block.neuron, neuron, shape)
-            name = f"{block.name}.rnn"
-        nodes[name] = neuron
-        edges.append((previous, name))
-        previous = name
-    nodes["output"] = nir.Output(output_type=np.array(shape))
-    edges.append((previous, "output"))
-    info = {"producer": "snnrun", "dt": dt, "discretisation": "forward Euler, one step of dt per time step",
-            "approximations": approximations if approximate else [], "batch_norm_folded": folded, **(metadata or {})}
-    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata={"snnrun": json.dumps(info)})
-    return graph, (approximations if approximate else [])
-
-
-def _folded(block) -> dict:
-    """The block's weight and bias as float32 arrays, its batch norm (if any) folded in with the
-    running statistics: BN(Wx + b) = (s*W)x + s*(b - mean) + shift, s = gamma / sqrt(var + eps)."""
-    layer = weight_layer(block)
-    weight, bias = layer.weight.detach().double(), layer.bias.detach().double()
-    bn = next((m for m in block.stateless if isinstance(m, nn.modules.batchnorm._BatchNorm)), None)
-    if bn is not None:
-        scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-        weight = weight * scale.reshape(-1, *[1] * (weight.dim() - 1))
-        bias = (bias - bn.running_mean.double()) * scale + bn.bias.detach().double()
-    return {"weight": _f32(weight), "bias": _f32(bias)}
-
-
-def _recurrent_subgraph(neuron, node, shape):
-    nir = _nir()
-    if neuron.recurrence == "all_to_all":
-        w_rec = nir.Affine(weight=_f32(neuron.recurrent_weight), bias=_f32(neuron.recurrent_bias))
-    else:
-        w_rec = nir.Linear(weight=np.diag(_f32(neuron.recurrent_weight)))
-    return nir.NIRGraph(nodes={"input": nir.Input(input_type=np.array(shape)), "lif": node, "w_rec": w_rec,
-                               "output": nir.Output(output_type=np.array(shape))},
-                        edges=[("input", "lif"), ("lif", "w_rec"), ("w_rec", "lif"), ("lif", "output")])
-
-
-def write(graph, path: Path) -> None:
-    """Write via a temporary file and rename: a failed write never leaves a partial model.nir."""
-    nir = _nir()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        nir.write(tmp, graph)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------- import
-
+from ..core.neurons import Synaptic
+from ..core.synops import weight_layer
+from .nir_common import NIRError, _nir
 
 @dataclass
 class Layer:
@@ -241,6 +61,10 @@ def _load_neuron(neuron, layer: Layer, dt: float) -> None:
         beta = torch.from_numpy(np.asarray(1 - dt / np.asarray(tau, dtype=np.float64))).reshape(shape)
         target = neuron.beta_logit if hasattr(neuron, "beta_logit") else neuron.beta_value
         target.copy_(torch.logit(beta.double()) if hasattr(neuron, "beta_logit") else beta)
+    if isinstance(node, _nir().I):  # an integrator readout: beta = 1
+        if hasattr(neuron, "beta_logit"):
+            raise NIRError("an I (integrator) readout into a learned-decay LI, whose beta = sigmoid(w) never reaches 1")
+        neuron.beta_value.fill_(1.0)
     if hasattr(node, "v_threshold"):
         neuron.log_threshold.copy_(torch.from_numpy(np.log(np.asarray(node.v_threshold, dtype=np.float64))).reshape(shape))
     if isinstance(neuron, Synaptic) and hasattr(node, "tau_syn"):
@@ -336,7 +160,7 @@ def _interpret(graph, dt: float) -> Imported:
             if pending is None or not pending.token[0].isdigit():
                 raise NIRError("average pooling must follow a convolution (snnrun's conv -> pool -> neuron)")
             pending.pool = _pool_size(node)
-        elif isinstance(node, (nir.LIF, nir.CubaLIF, nir.IF, nir.LI)):
+        elif isinstance(node, (nir.LIF, nir.CubaLIF, nir.IF, nir.LI, nir.I)):
             if pending is None:
                 raise NIRError(f"a {kind} neuron without a weight layer before it")
             pending.neuron, pending.gain = node, _input_gain(node, dt)
@@ -348,20 +172,21 @@ def _interpret(graph, dt: float) -> Imported:
             pending = None
         else:
             raise NIRError(f"unsupported node {kind}; snnrun reads Affine, Linear, Conv2d, AvgPool2d, Flatten and "
-                           "LIF, CubaLIF, IF, LI neurons (recurrent ones as a cycle through Affine or Linear)")
+                           "LIF, CubaLIF, IF, LI and I (readout) neurons (recurrent ones as a cycle through Affine or "
+                           "Linear)")
     if pending is not None or not layers:
         raise NIRError("the graph ends without a neuron layer")
-    readout = "li" if isinstance(layers[-1].neuron, nir.LI) else "same"
+    readout = "li" if isinstance(layers[-1].neuron, (nir.LI, nir.I)) else "same"
     hidden = {type(layer.neuron).__name__ for layer in (layers[:-1] if readout == "li" else layers)} or {"LIF"}
-    if "LI" in hidden:
-        raise NIRError("an LI (non-spiking) node before the last layer; snnrun uses LI only as the readout")
+    if hidden & {"LI", "I"}:
+        raise NIRError("an LI or I (non-spiking) node before the last layer; snnrun uses them only as the readout")
     if len(hidden) > 1:
         raise NIRError(f"neurons of several kinds ({', '.join(sorted(hidden))}); an snnrun network has one kind")
     kind = hidden.pop()
     for layer in layers:
         _check_neuron(layer.neuron)
     recurrent = [layer.recurrent for layer in layers if layer.recurrent is not None]
-    target = {"LIF": "snnrun.neurons.LIF", "CubaLIF": "snnrun.neurons.Synaptic", "IF": "snnrun.neurons.IF"}[kind]
+    target = {"LIF": "snnrun.core.neurons.LIF", "CubaLIF": "snnrun.core.neurons.Synaptic", "IF": "snnrun.core.neurons.IF"}[kind]
     neuron = {"_target_": target, "_partial_": True, "reset": "zero", "per_neuron": True}
     if recurrent:
         if kind != "LIF":
@@ -369,7 +194,7 @@ def _interpret(graph, dt: float) -> Imported:
         one_to_one = [_is_diagonal(w) for w in recurrent]
         if len(set(one_to_one)) > 1:
             raise NIRError("recurrent layers of both kinds (all-to-all and one-to-one); snnrun uses one per network")
-        neuron.update({"_target_": "snnrun.recurrent.RLIF", "recurrence": "one_to_one" if one_to_one[0] else "all_to_all"})
+        neuron.update({"_target_": "snnrun.core.recurrent.RLIF", "recurrence": "one_to_one" if one_to_one[0] else "all_to_all"})
     arch = "-".join(layer.token + (f"-AP{layer.pool}" if layer.pool else "") for layer in layers)
     return Imported(arch, input_shape, neuron, readout, layers, dt)
 
@@ -407,7 +232,7 @@ def _input_gain(node, dt: float) -> float:
     """How much one step scales the input current: r*dt/tau (1 for snnTorch-style graphs); folded
     into the weights before the neuron. Must be one number for the layer."""
     nir = _nir()
-    if isinstance(node, nir.IF):
+    if isinstance(node, (nir.IF, nir.I)):
         gain = np.asarray(node.r, dtype=np.float64) * dt
     elif isinstance(node, nir.CubaLIF):
         gain = (np.asarray(node.r, np.float64) * dt / np.asarray(node.tau_mem, np.float64)
@@ -425,9 +250,9 @@ def _input_gain(node, dt: float) -> float:
 def _check_neuron(node) -> None:
     nir = _nir()
     name = type(node).__name__
-    if not isinstance(node, nir.IF) and np.any(np.asarray(node.v_leak) != 0):
+    if np.any(np.asarray(getattr(node, "v_leak", 0)) != 0):
         raise NIRError(f"a {name} with v_leak != 0; snnrun's neurons leak towards 0")
-    if not isinstance(node, nir.LI) and np.any(np.asarray(node.v_reset) != 0):
+    if np.any(np.asarray(getattr(node, "v_reset", 0)) != 0):
         raise NIRError(f"a {name} with v_reset != 0; snnrun's neurons reset to 0")
     tau = getattr(node, "tau_mem", getattr(node, "tau", None))
     if tau is not None and np.any(np.asarray(tau) <= 0):
@@ -439,4 +264,3 @@ def _check_neuron(node) -> None:
 def _is_diagonal(node) -> bool:
     w = np.asarray(node.weight)
     return getattr(node, "bias", None) is None and w.ndim == 2 and np.count_nonzero(w - np.diag(np.diag(w))) == 0
-

@@ -1,0 +1,265 @@
+"""From a composed config to the parts of a run, built once, refusing impossible values before any work.
+
+Every constructor checks its own options and raises an ``OptionError`` (or an
+``ArchitectureError``) naming the option; ``assemble`` builds each part once and turns those
+errors, and the errors a library's constructor raises about a configured value, into a
+one-paragraph ``ConfigError`` about ``group.option``. An error raised inside snnrun's own code
+that is not one of those is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sysconfig
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ..core.architectures import ArchitectureError
+from ..core.losses import READOUTS
+from ..core.options import OptionError
+from ..data import datasets
+from ..data.datasets import DataSpec
+from ..interop import nir_import
+from . import checkpoints
+from .checkpoints import CheckpointError
+from .devices import check_memory, resolve_device
+from .distributed import World, main_rank_first, world
+from .records import Parts, TrainerOptions
+from .rules import ConfigError, _is_int, _require, check, check_li_readout
+
+# ``${snnrun.div:128,${data.downsample}}``: sizes that configs derive from other keys (integer division)
+OmegaConf.register_new_resolver("snnrun.div", lambda a, b: int(a) // int(b), replace=True)
+PACKAGE = Path(__file__).resolve().parents[1]
+LIBRARIES = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib", "stdlib")}
+
+
+def _raised_by_library(err: BaseException) -> bool:
+    """Whether the innermost frame of ``err``'s traceback is an installed library's (torch, Hydra,
+    Python's own), not snnrun's code or any other code."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = Path(tb.tb_frame.f_code.co_filename).resolve() if tb is not None else PACKAGE
+    return not where.is_relative_to(PACKAGE) and any(where.is_relative_to(lib) for lib in LIBRARIES)
+
+
+@contextmanager
+def options_of(group: str, node):
+    """Turn an error about the options of the part built from config group ``group`` into a
+    ConfigError on ``group.option``: snnrun's option errors, a target that does not exist, and a
+    ``TypeError``/``ValueError`` raised inside a library (a value torch refuses). The same errors
+    raised by snnrun's code (or any code not installed as a library) are bugs and propagate unchanged."""
+    try:
+        yield
+    except (ValueError, TypeError, InstantiationException) as err:
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ is not None else err
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(cause, OptionError):
+            raise ConfigError(f"{group}.{cause.option}", cause.value, cause.allowed,
+                              f"{group}.{cause.option}={cause.example}") from None
+        if isinstance(cause, ArchitectureError):
+            raise ConfigError(f"{group}.arch", node.get("arch"), f"a valid architecture ({cause})",
+                              "model.arch=12C5-MP2-64C5-MP2-FC10") from None
+        user = (cause is err and isinstance(err, InstantiationException)) or isinstance(cause, ImportError) or (
+            isinstance(cause, (TypeError, ValueError)) and _raised_by_library(cause))
+        if user:
+            target = node.get("_target_") if isinstance(node, DictConfig) else group
+            raise ConfigError(group, dict(node), f"valid options for {target} ({cause})",
+                              f"{group}=<option> or {group}.<key>=<value>") from None
+        raise cause  # a bug: the original exception, not Hydra's wrapper
+
+
+def accepted_keys(target) -> set[str] | None:
+    """The keyword arguments ``target`` (a function or class) takes; ``None`` if it takes any. A
+    class's ``**kwargs`` passed on to its base's ``__init__`` are followed through its MRO."""
+    names: set[str] = set()
+    for owner in (target.__mro__ if inspect.isclass(target) else (target,)):
+        init = vars(owner).get("__init__") if inspect.isclass(target) else owner
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names
+    return None
+
+
+def _part(cfg: DictConfig, group: str, **kwargs):
+    """Build the part config group ``group`` describes; a key its target does not take is refused."""
+    node = cfg[group]
+    with options_of(group, node):
+        target = get_object(node._target_)
+    allowed = accepted_keys(target)
+    unknown = sorted(k for k in node if not str(k).startswith("_") and allowed is not None and k not in allowed)
+    if unknown:
+        raise ConfigError(f"{group}.{unknown[0]}", node[unknown[0]], f"an option of {node._target_} (its options: "
+                          + ", ".join(sorted(allowed - set(kwargs))) + ")", f"{group}=<option> or {group}.<key>=<value>")
+    with options_of(group, node):
+        return instantiate(node, **kwargs)
+
+
+def _guarded(group: str, node, factory):
+    """A partial whose calls (made later, e.g. by the model for each layer) report errors on ``group``."""
+
+    def call(*args, **kwargs):
+        with options_of(group, node):
+            return factory(*args, **kwargs)
+
+    call.func = getattr(factory, "func", factory)  # the class it builds, for the model's checks
+    return call
+
+
+def check_data(cfg: DictConfig, spec: DataSpec, options: TrainerOptions) -> None:
+    """The rules that tie the run to its dataset: T of a temporal dataset, augmentation of images."""
+    if spec.temporal and options.time_steps != spec.time_steps:
+        raise ConfigError("time_steps", options.time_steps, f"the {spec.time_steps} steps of every sample of this "
+                          "temporal dataset (data.time_steps); leave time_steps out to follow the data",
+                          f"data.time_steps={options.time_steps}" if "time_steps" in _loader(cfg.data)[1]
+                          else f"time_steps={spec.time_steps}")
+    if options.augment_shift and len(spec.input_shape) != 3:
+        raise ConfigError("trainer.augment_shift", options.augment_shift, "0 for samples that are not images "
+                          f"(this dataset's samples are {list(spec.input_shape)}, not [C, H, W])", "trainer.augment_shift=0")
+
+
+def _loader(data_cfg: DictConfig):
+    """The data config's loader and the keys it takes (the others declare the data or batch it)."""
+    with options_of("data", data_cfg):
+        loader = instantiate({"_target_": data_cfg._target_, "_partial_": True})
+    return loader, inspect.signature(loader.func).parameters
+
+
+def load_data(data_cfg: DictConfig, spec: DataSpec) -> datasets.Dataset:
+    """Call the data config's loader with the keys it takes, and check the result against ``spec``."""
+    loader, accepted = _loader(data_cfg)
+    with options_of("data", data_cfg):
+        dataset = loader(**{k: v for k, v in data_cfg.items() if k in accepted})
+    spec.check(dataset, str(data_cfg.get("name", data_cfg._target_)))
+    return dataset
+
+
+def network_of(cfg: DictConfig, imported: nir_import.Imported, spec: DataSpec) -> DictConfig:
+    """The run's config with the model and neuron that a NIR graph describes (the other groups stay)."""
+    if tuple(imported.input_shape) != tuple(spec.input_shape):
+        raise ConfigError("nir_path", cfg.nir_path, f"a graph for this dataset's {list(spec.input_shape)} inputs (the "
+                          f"graph's input is {list(imported.input_shape)})", "data=<the dataset the graph was trained on>")
+    classes = int(imported.layers[-1].weight.shape[0])
+    if classes != spec.num_classes:
+        raise ConfigError("nir_path", cfg.nir_path, f"a graph with one output per class of this dataset ({spec.num_classes};"
+                          f" the graph has {classes})", "data=<the dataset the graph was trained on>")
+    cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # the task's view: no hydra node
+    with open_dict(cfg):
+        cfg.model.arch, cfg.model.readout_neuron = imported.arch, imported.readout_neuron
+        cfg.neuron = OmegaConf.create(imported.neuron)
+    return cfg
+
+
+def checkpoint_network(cfg: DictConfig):
+    """The network a checkpoint holds, built from the config saved in it -> (model, saved config)."""
+    state = checkpoints.load(cfg.ckpt_path)
+    saved = OmegaConf.create(state.get("config") or {})
+    if not {"model", "neuron", "surrogate", "data"} <= set(saved):
+        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} holds no run config to rebuild its network from")
+    with options_of("data", saved.data):
+        spec = DataSpec.from_config(saved.data)
+    neuron = _guarded("neuron", saved.neuron, _part(saved, "neuron"))
+    model = _part(saved, "model", input_shape=spec.input_shape, num_classes=spec.num_classes, neuron=neuron,
+                  surrogate=_part(saved, "surrogate"))
+    checkpoints.check_fits(state, model, cfg.ckpt_path)
+    with checkpoints.restoring(cfg.ckpt_path):
+        model.load_state_dict(state["model"])
+    return model, saved
+
+
+@dataclass
+class Assembly:
+    """A run, ready to train or evaluate: built once, by ``assemble``."""
+
+    device: torch.device
+    spec: DataSpec
+    data: datasets.Dataset
+    parts: Parts
+    options: TrainerOptions
+    checkpoint: dict | None  # the state to resume or evaluate, already checked against the model
+    config: DictConfig | None = None  # the config the run follows, where it is not the composed one (nir_path)
+
+
+def synced_batch_norm(model, cfg: DictConfig, device: torch.device):
+    """Under torchrun, BN layers normalise over the whole global batch (SyncBatchNorm), so N ranks
+    compute what one process does. torch syncs them on GPUs only: on CPU processes each rank would
+    normalise its own shard, a different network, so that is refused."""
+    if device.type != "cuda":
+        raise ConfigError("model.arch", cfg.model.arch, "a network without BN layers when torchrun runs CPU processes "
+                          "(each would normalise only its own shard of the batch, unlike one process; torch syncs "
+                          "batch norm across ranks on GPUs only). Drop the BN tokens or run on one process",
+                          "model.arch=16C5-MP2-32C5-MP2-FC10")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def assemble(cfg: DictConfig, rank: World | None = None) -> Assembly:
+    """Check the config, then build every part, read the checkpoint and load the data, once."""
+    rank = rank or world()
+    check(cfg, rank.size)
+    device = resolve_device(cfg.device, rank)
+    with options_of("trainer", cfg.trainer):
+        options = TrainerOptions.from_config(cfg)
+    if options.num_threads:
+        torch.set_num_threads(options.num_threads)
+    with options_of("data", cfg.data):
+        spec = DataSpec.from_config(cfg.data)
+    check_data(cfg, spec, options)
+    imported = None
+    if cfg.get("nir_path"):
+        imported = nir_import.read(cfg.nir_path, cfg.export.dt)
+        cfg = network_of(cfg, imported, spec)
+    torch.manual_seed(cfg.seed)
+    surrogate = _part(cfg, "surrogate")
+    neuron = _guarded("neuron", cfg.neuron, _part(cfg, "neuron"))
+    model = _part(cfg, "model", input_shape=spec.input_shape, num_classes=spec.num_classes, neuron=neuron,
+                  surrogate=surrogate)
+    if imported is not None:
+        imported.load_into(model)
+    encoder = None if spec.temporal else _part(cfg, "encoder")  # temporal samples are their own T steps
+    loss = _part(cfg, "loss")
+    if getattr(model, "readout_neuron", "same") == "li":
+        check_li_readout(cfg, loss)
+    check_memory(model, options, device)
+    if rank.size > 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        model = synced_batch_norm(model, cfg, device)
+    state = None
+    val_size = cfg.data.get("val_size", 0)
+    if cfg.get("ckpt_path"):
+        state = checkpoints.load(cfg.ckpt_path)
+        checkpoints.check_fits(state, model, cfg.ckpt_path)
+        if cfg.task == "train":
+            checkpoints.check_split(state, val_size, cfg.ckpt_path)
+    with main_rank_first(rank):  # rank 0 downloads and bins the data; the others then read its cache
+        dataset = load_data(cfg.data, spec)
+    if state is not None:
+        checkpoints.check_data(state, dataset, cfg.ckpt_path)
+    if val_size:
+        _require(cfg, "data.val_size", lambda v: _is_int(v) and 0 <= v < len(dataset.train),
+                 f"an integer from 0 to {len(dataset.train) - 1} (training samples held out for validation)",
+                 "data.val_size=5000")
+        dataset = datasets.hold_out(dataset, val_size)
+    if len(dataset.train) < options.batch_size:
+        raise ConfigError("data.batch_size", options.batch_size, f"at most the {len(dataset.train)} training samples",
+                          f"data.batch_size={len(dataset.train)}")
+    model = model.to(device)
+    dataset = dataset.to(device)
+    optimizer = _guarded("optimizer", cfg.optimizer, _part(cfg, "optimizer"))(model.parameters())
+    scheduler = None  # a factory: the trainer builds the schedule for its plan (snnrun.run.schedules)
+    if cfg.scheduler and "_target_" in cfg.scheduler:
+        scheduler = _guarded("scheduler", cfg.scheduler, _part(cfg, "scheduler"))
+        probe = _guarded("optimizer", cfg.optimizer, _part(cfg, "optimizer"))([torch.zeros(1, requires_grad=True)])
+        scheduler(probe, total_steps=max(options.total_steps(len(dataset.train)), 1))  # refuse bad options now
+    parts = Parts(model, encoder, loss, READOUTS[cfg.readout], optimizer, scheduler)
+    return Assembly(device, spec, dataset, parts, options, state, cfg if imported is not None else None)
+
+

@@ -1,0 +1,319 @@
+"""The training loop: surrogate-gradient BPTT through T steps, periodic evaluation, checkpoints, resume.
+
+Read ``Trainer.fit`` top to bottom. A run is reproducible from (seed, step): the data order of
+each epoch is a function of (seed, epoch), random encoders draw from a generator whose state
+is checkpointed, evaluation (``snnrun.run.evaluation``) draws from its own and changes nothing,
+and the learning-rate schedule is rebuilt for the plan and placed at the step reached
+(``snnrun.run.schedules``), so a resumed run continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..core.synops import ENERGY_KEYS
+from ..data.datasets import Dataset, Split, batches, epoch_order, fixed_subset, random_shift
+from . import checkpoints, schedules
+from .distributed import World, all_sum
+from .evaluation import evaluate, simulate, traces
+from .records import ACCURACY_TARGETS, Parts, Progress, TrainerOptions
+
+log = logging.getLogger("snnrun")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (a NaN or inf loss)."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved after ``step``."""
+
+    def __init__(self, signame: str, checkpoint: Path, step: int):
+        super().__init__(f"{signame} received: stopped after step {step} and saved {checkpoint}")
+        self.signame, self.checkpoint, self.step = signame, checkpoint, step
+
+
+@contextmanager
+def stop_on_signals(trainer: "Trainer"):
+    """SIGINT/SIGTERM ask the trainer to stop after the current step; a second SIGINT aborts."""
+
+    def request(signum, frame):
+        if trainer.stop_signal == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.stop_signal = signal.Signals(signum).name
+        log.warning("%s received: finishing this step, then saving a checkpoint", trainer.stop_signal)
+
+    try:
+        previous = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread (e.g. a thread-based launcher): no handlers
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class Trainer:
+    def __init__(self, parts: Parts, data: Dataset, options: TrainerOptions, *, run_dir: Path, logger, config: dict,
+                 world: World = World()):
+        self.parts, self.model, self.optimizer = parts, parts.model, parts.optimizer
+        self.data, self.options = data, options
+        self.run_dir, self.logger, self.config = Path(run_dir), logger, config
+        self.steps_per_epoch = len(data.train) // options.batch_size
+        self.total_steps = options.total_steps(len(data.train))
+        self.eval_every = options.eval_every or self.steps_per_epoch
+        # Curves, not dots: if the full evaluations give fewer than curve_points points, quick ones
+        # on a fixed subset of the selection split fill in, about curve_points over the whole run.
+        sparse = self.total_steps // self.eval_every < options.curve_points
+        self.curve_every = -(-self.total_steps // options.curve_points) if sparse else 0
+        self.curve_split = (fixed_subset(data.val if data.val is not None else data.test, options.curve_samples)
+                            if self.curve_every else None)
+        self.device = data.train.labels.device
+        self.generator = torch.Generator(device=self.device).manual_seed(options.seed)
+        self.progress = Progress()
+        self.initial = schedules.hyperparameters(self.optimizer) if self.optimizer else []
+        self.scheduler = self.place_schedule()
+        self.started = time.perf_counter()  # the training clock runs from here plus progress.wall_s
+        self.last_eval: dict | None = None
+        self.stop_signal: str | None = None  # set by a signal handler at any time
+        self.stopping = False  # whether any rank had a stop signal at the last step (agreed by all ranks)
+        self.out_of_time = False  # whether trainer.max_time was reached (agreed by all ranks)
+        self.world = world  # under torchrun: this rank; its replica syncs gradients through DDP
+        self.replica = self.model
+        if world.size > 1:
+            self.replica = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.show_progress = sys.stderr.isatty()
+
+    @property
+    def step(self) -> int:
+        return self.progress.step
+
+    @property
+    def selected_on(self) -> str:
+        return "val" if self.data.val is not None else "test"
+
+    def clock(self) -> float:
+        """Seconds of training: this process's and those of the runs it resumes."""
+        return self.progress.wall_s + time.perf_counter() - self.started
+
+    def place_schedule(self):
+        return schedules.place(self.parts.scheduler, self.optimizer, self.total_steps, self.step, self.initial)
+
+    # -- state ---------------------------------------------------------------------------------
+    def state(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "encoder": self.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "progress": self.progress.state(self.clock()),
+            "rng": rng,
+            "arch": self.model.arch,
+            "input_shape": list(self.model.input_shape),
+            "data": dict(self.data.meta),
+            "config": self.config,
+        }
+
+    def restore(self, state: dict) -> None:
+        """Load a checkpoint's weights, optimiser, progress and random streams; the schedule is
+        rebuilt for this run's plan at the step reached."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.progress = Progress.from_state(state["progress"])
+        self.started = time.perf_counter()
+        self.scheduler = self.place_schedule()
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["encoder"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def checkpoint(self, name: str) -> Path:
+        return self.run_dir / "checkpoints" / f"{name}.pt"
+
+    def save(self, name: str) -> Path:
+        checkpoints.save(self.checkpoint(name), self.state())
+        return self.checkpoint(name)
+
+    # -- one step, one evaluation ----------------------------------------------------------------
+    def train_step(self, x, y) -> None:
+        shard = self.world.shard(len(y))
+        spk, mem = simulate(self.replica, self.parts.encoder, x, self.options.time_steps, self.generator, shard)
+        y = y[shard]
+        loss = self.parts.loss(spk, mem, y)
+        correct = (self.parts.readout(spk, mem) == y).sum().item()
+        budget = self.options.max_time
+        # one all-reduce: every rank agrees on the batch's figures, a NaN anywhere, a stop signal or the budget
+        loss_sum, correct, n, stop, late = all_sum(
+            [loss.item() * len(y), correct, len(y), float(bool(self.stop_signal)),
+             float(budget is not None and self.clock() >= budget)], self.device)
+        self.stopping, self.out_of_time = stop > 0, late > 0
+        if not math.isfinite(loss_sum):
+            self.fail(f"the loss is {loss_sum / n} at step {self.step + 1}; training stopped before that update.")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.options.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
+        self.optimizer.step()
+        if self.scheduler:
+            self.scheduler.step()
+        w = self.progress.window
+        w["loss"] += loss_sum
+        w["correct"] += correct
+        w["samples"] += int(n)
+        if self.step % self.options.log_every == 0 and self.world.main:
+            self.logger.log_train(self.step + 1, loss_sum / n, correct / n, self.lr)
+
+    def fail(self, what: str):
+        last = self.checkpoint("last")
+        kept = f"The last good checkpoint, {last}, is intact. " if last.exists() else "No checkpoint was saved. "
+        raise TrainingError(f"{what} {kept}Try a lower optimizer.lr or trainer.grad_clip=1.0.")
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def evaluate_split(self, split: Split, name: str, progress: bool = False) -> dict:
+        o = self.options
+        return evaluate(self.parts, split, batch_size=o.eval_batch_size, time_steps=o.time_steps, seed=o.seed,
+                        progress=progress, world=self.world, name=name, costs=(o.energy_ac_pj, o.energy_mac_pj))
+
+    def test(self) -> dict:
+        """The test figures and, with a validation split, the validation figures."""
+        metrics = self.evaluate_split(self.data.test, "test", self.show_progress)
+        if self.data.val is not None:
+            val = self.evaluate_split(self.data.val, "val", self.show_progress)
+            metrics.update(val_loss=val["val_loss"], val_acc=val["val_acc"])
+        return metrics
+
+    def check_weights(self) -> None:
+        """Never checkpoint NaN or inf weights over good ones."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            self.fail(f"the weights became NaN or inf in the update of step {self.step}; nothing after it was saved.")
+
+    def curve_point(self) -> None:
+        """A quick evaluation on ``curve_split`` for TensorBoard's curve/ tags; it selects nothing."""
+        split = self.selected_on
+        metrics = self.evaluate_split(self.curve_split, split)
+        if self.world.main:
+            self.logger.log_curve(self.step, split, metrics[f"{split}_loss"], metrics[f"{split}_acc"])
+        log.info("step %d  %s_acc %.2f%% on %d samples (curve point)", self.step, split, 100 * metrics[f"{split}_acc"],
+                 len(self.curve_split))
+
+    def figures(self, final: bool) -> dict | None:
+        if self.options.figures == "last" and not final:
+            return None
+        o = self.options
+        return traces(self.parts, self.data.test, samples=o.raster_samples, time_steps=o.time_steps, seed=o.seed)
+
+    def evaluate_and_save(self, final: bool = False) -> dict:
+        self.check_weights()
+        metrics = self.test()
+        p, w = self.progress, self.progress.take_window()
+        record = {
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "train_loss": w["loss"] / w["samples"] if w["samples"] else None,
+            "train_acc": w["correct"] / w["samples"] if w["samples"] else None,
+            **metrics,
+            "best_test_acc": max(p.best_test_acc, metrics["test_acc"]),
+            "train_samples_per_s": w["samples"] / w["seconds"] if w["seconds"] else 0.0,
+            "lr": self.lr,
+            "wall_s": self.clock(),  # training seconds so far, this evaluation included
+        }
+        p.best_test_acc = record["best_test_acc"]
+        for target in ACCURACY_TARGETS:
+            if f"{target:g}" not in p.reached and metrics["test_acc"] >= target:
+                p.reached[f"{target:g}"] = {"step": self.step, "wall_s": record["wall_s"]}
+        record["time_to_acc"] = dict(p.reached)
+        key = f"{self.selected_on}_acc"
+        improved = metrics[key] > p.best.get(key, -1.0)
+        if improved:
+            p.best = {"split": self.selected_on, "step": self.step,
+                      **{k: metrics[k] for k in ("test_acc", "val_acc") if k in metrics}}
+        if self.data.val is not None:
+            record.update(best_val_acc=p.best["val_acc"], test_acc_at_best_val=p.best["test_acc"])
+        if self.world.main:
+            self.logger.log_eval(record, self.model, self.figures(final or self.step >= self.total_steps))
+            self.save("last")
+            if improved:
+                self.save("best")
+        log.info("step %d  epoch %.2f  train_loss %s  test_loss %.4f  test_acc %.2f%%%s  (%.0f samples/s)",
+                 self.step, record["epoch"], f"{record['train_loss']:.4f}" if record["train_loss"] is not None else "-",
+                 record["test_loss"], 100 * record["test_acc"],
+                 f"  val_acc {100 * record['val_acc']:.2f}%" if "val_acc" in record else "", record["train_samples_per_s"])
+        self.last_eval = record
+        return record
+
+    def best_figures(self) -> dict:
+        """What best.pt holds and how it was chosen: on validation (with the test accuracy there) or on test."""
+        best = self.progress.best
+        figures = {"best_selected_on": self.selected_on, "best_step": best.get("step")}
+        if self.data.val is not None:
+            figures.update(best_val_acc=best.get("val_acc"), test_acc_at_best_val=best.get("test_acc"))
+        return figures
+
+    # -- the loop --------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        self.started = time.perf_counter()
+        samples, seconds = 0, 0.0
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.show_progress)
+        with stop_on_signals(self):
+            while self.step < self.total_steps and not self.out_of_time:
+                epoch, first_batch = divmod(self.step, self.steps_per_epoch)
+                order = epoch_order(len(self.data.train), self.options.seed, epoch, self.device)
+                for x, y in batches(self.data.train, self.options.batch_size, order, drop_last=True, start=first_batch):
+                    tic = time.perf_counter()
+                    self.train_step(random_shift(x, self.options.augment_shift, self.generator), y)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    elapsed = time.perf_counter() - tic
+                    self.progress.window["seconds"] += elapsed
+                    seconds += elapsed
+                    samples += len(y)
+                    self.progress.step += 1
+                    bar.update(1)
+                    if self.out_of_time:
+                        log.info("trainer.max_time=%gs reached after step %d of %d", self.options.max_time, self.step,
+                                 self.total_steps)
+                        break
+                    if self.step % self.eval_every == 0 or self.step == self.total_steps:
+                        bar.set_postfix(test_acc=f"{self.evaluate_and_save()['test_acc']:.4f}")
+                    elif self.curve_every and self.step % self.curve_every == 0:
+                        self.curve_point()
+                    if self.stopping:
+                        self.check_weights()
+                        path = self.save("last") if self.world.main else self.checkpoint("last")
+                        raise Interrupted(self.stop_signal or "SIGTERM", path, self.step)
+                    if self.step >= self.total_steps:
+                        break
+        bar.close()
+        final = (self.last_eval if self.last_eval and self.last_eval["step"] == self.step
+                 else self.evaluate_and_save(final=True))
+        return {
+            "status": "ok",
+            "stopped_by": "max_time" if self.out_of_time else "plan",
+            "test_acc": final["test_acc"],
+            "test_loss": final["test_loss"],
+            "best_test_acc": self.progress.best_test_acc,
+            **self.best_figures(),
+            "steps": self.step,
+            "epochs": self.step / self.steps_per_epoch,
+            "train_samples_per_s": samples / seconds if seconds else 0.0,
+            "wall_s": self.clock(),
+            "firing_rates": final["firing_rates"],
+            "time_to_acc": dict(self.progress.reached),
+            **{k: final[k] for k in ENERGY_KEYS},
+        }

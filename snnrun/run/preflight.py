@@ -1,0 +1,107 @@
+"""Before a run starts: the config it follows, checked and built before Hydra creates its folder.
+
+``task=eval`` and ``task=export`` follow the checkpoint's config (``checkpoint_config``): the
+network, its input and its data come from the checkpoint; an override that contradicts them is
+refused with both values named, a compatible one (a batch size, the device) wins. For a single
+run the Hydra callback ``Preflight`` assembles before Hydra creates the run folder, so a refused
+run writes nothing, and hands what it built to the task; a sweep job assembles inside its own job.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from hydra import compose
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ..interop import nir_export
+from . import checkpoints
+from .assembly import Assembly, assemble, checkpoint_network
+from .checkpoints import CheckpointError
+from .rules import USER_ERRORS, ConfigError, check
+
+IDENTITY = ("model", "neuron", "surrogate", "encoder", "time_steps", "data")  # what the checkpoint's network is
+# keys of the running machine and the run's own choices: never taken from the checkpoint
+LOCAL = ("task", "ckpt_path", "nir_path", "device", "export", "data.root", "data.download", "data.cache",
+         "trainer.num_threads")
+BATCHING = ("data.batch_size", "data.eval_batch_size", "data.val_size")  # compatible with any checkpoint
+
+
+def _leaves(node, prefix: str = "") -> dict:
+    """{"a.b": value} for every leaf of a resolved container."""
+    if isinstance(node, dict):
+        return {k: v for key, child in node.items() for k, v in _leaves(child, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def _under(key: str, names) -> bool:
+    return any(key == n or key.startswith(n + ".") for n in names)
+
+
+def _plain(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
+def checkpoint_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The checkpoint's config, with this command's machine keys and its compatible overrides.
+
+    An override is whatever this command's ``overrides`` change against the defaults (an
+    ``experiment=`` preset included); one that gives the network, its input or its data a value
+    other than the checkpoint's is refused, naming both."""
+    state = checkpoints.load(cfg.ckpt_path)
+    saved = state.get("config") or {}
+    if not {"model", "neuron", "surrogate", "data"} <= set(saved):
+        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} holds no run config to rebuild its network from")
+    mine = _leaves(_plain(cfg))
+    base = _leaves(_plain(compose(config_name="config", overrides=[o for o in overrides if _under(
+        o.lstrip("+~").split("=", 1)[0], ("task", "ckpt_path"))])))
+    touched = {k for k, v in mine.items() if base.get(k, object()) != v}
+    theirs = _leaves(saved)
+    for key in sorted(touched):
+        if _under(key, IDENTITY) and not _under(key, LOCAL + BATCHING) and key in theirs and theirs[key] != mine[key]:
+            raise ConfigError(key, mine[key], f"the checkpoint's value, {theirs[key]!r}: ckpt_path={cfg.ckpt_path} holds "
+                              f"a network trained with {key}={theirs[key]!r} (task={cfg.task} takes the network, its "
+                              "input and its data from the checkpoint; leave the override out)",
+                              f"task={cfg.task} ckpt_path={cfg.ckpt_path}")
+    merged = OmegaConf.merge(OmegaConf.create(_plain(cfg)), OmegaConf.create(saved))
+    with open_dict(merged):
+        for key, value in mine.items():
+            if key in touched or _under(key, LOCAL):
+                OmegaConf.update(merged, key, value, force_add=True)
+    return merged
+
+
+class Preflight(Callback):
+    """Hydra callback: assemble a single run before Hydra creates its folder or log; refuse it
+    there when anything is wrong, else keep the assembly for the task (``take``)."""
+
+    _assembly: Assembly | tuple | None = None  # an Assembly, or for task=export the checkpoint's (model, config)
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            Preflight._assembly = prepare(config, list(config.hydra.overrides.task))
+        except USER_ERRORS as err:
+            print(f"snnrun: error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    @staticmethod
+    def take() -> Assembly | tuple | None:
+        assembly, Preflight._assembly = Preflight._assembly, None
+        return assembly
+
+
+def prepare(cfg: DictConfig, overrides: list[str]) -> Assembly | tuple:
+    """What the task needs: for task=export the checkpoint's (model, config), else the assembled run."""
+    if cfg.task in ("eval", "export"):
+        check(cfg)
+        if cfg.get("ckpt_path"):
+            cfg = checkpoint_config(cfg, overrides)
+    if cfg.task == "export":
+        model, saved = network = checkpoint_network(cfg)
+        nir_export.check_exact(model, saved.model.get("precision", "fp32"), cfg.export.approximate)
+        return network
+    assembly = assemble(cfg)
+    if cfg.task == "eval" and cfg.get("ckpt_path"):
+        assembly.config = cfg
+    return assembly
