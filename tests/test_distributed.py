@@ -23,9 +23,11 @@ def weights(run_dir):
 
 
 @pytest.mark.e2e
-def test_two_processes_equal_one_process_and_write_one_folder(tmp_path):
+@pytest.mark.parametrize("arch", ["model.arch=FC64-FC10", "model.arch=FC64-DO0.3-FC10"])
+def test_two_processes_equal_one_process_and_write_one_folder(tmp_path, arch):
+    """Dropout too: each sample gets the mask it gets in one process (drawn for the whole batch)."""
     env = {k: v for k, v in os.environ.items() if k != "SNNRUN_DEBUG"}
-    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "snnrun", *ARGS],
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "snnrun", *ARGS, arch],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (day,) = (tmp_path / "outputs").iterdir()
@@ -35,7 +37,7 @@ def test_two_processes_equal_one_process_and_write_one_folder(tmp_path):
         "metrics.jsonl", "results.json", "snnrun.log"]
     assert len(list(ddp.glob("events.out.tfevents.*"))) == 1
 
-    snnrun(*ARGS, "hydra.run.dir=single", cwd=tmp_path)
+    snnrun(*ARGS, arch, "hydra.run.dir=single", cwd=tmp_path)
     single = tmp_path / "single"
     r1, r2 = read_results(single), read_results(ddp)
     assert r2["processes"] == 2 and r1["processes"] == 1

@@ -156,7 +156,7 @@ def test_signal_saves_checkpoint_and_resumes(tmp_path, sig, code):
     assert 5 <= state["progress"]["step"] < 100000
     results = read_results(tmp_path / "run")
     assert results["status"] == "interrupted" and results["steps"] == state["progress"]["step"]
-    snnrun(*FAST, f"trainer.max_steps={state['step'] + 3}", f"ckpt_path={tmp_path / 'run/checkpoints/last.pt'}",
+    snnrun(*FAST, f"trainer.max_steps={state['progress']['step'] + 3}", f"ckpt_path={tmp_path / 'run/checkpoints/last.pt'}",
            "hydra.run.dir=resumed", cwd=tmp_path)
     assert read_results(tmp_path / "resumed")["steps"] == state["progress"]["step"] + 3
 

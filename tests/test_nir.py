@@ -22,6 +22,7 @@ NETWORKS = {
     "rlif_one_to_one": ("FC32-RFC24-FC10", (28,), partial(RLIF, beta=0.8, reset="zero", recurrence="one_to_one"), "same"),
     "synaptic": ("FC64-FC10", (28,), partial(Synaptic, alpha=0.7, beta=0.8, reset="zero"), "same"),
     "if": ("FC64-FC10", (28,), partial(IF), "same"),
+    "if_li": ("FC64-FC10", (28,), partial(IF), "li"),  # an li readout of if neurons: beta = 1, NIR's integrator I
     "padded_strided": ("6C3p1s2-AP2-8C3p1-FC10", (1, 28, 28), partial(LIF, beta=0.8, reset="zero"), "same"),
 }
 
@@ -298,3 +299,12 @@ def test_snntorch_to_snnrun_gives_the_same_output_spikes(kind, tmp_path):
     assert expected.sum() > 0
     with torch.no_grad():
         assert torch.equal(ours(x)[0], expected)
+
+
+def test_an_li_readout_without_leak_is_exported_as_an_integrator_not_an_infinite_tau():
+    import nir
+
+    graph, _ = nir_export.export(build("if_li"), dt=1e-3)
+    readout = graph.nodes["L2_FC10.neuron"]
+    assert isinstance(readout, nir.I) and np.allclose(readout.r, 1e3)  # v += dt * r * I = I per step
+    assert all(np.isfinite(np.asarray(getattr(n, "tau", 1.0))).all() for n in graph.nodes.values())

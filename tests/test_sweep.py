@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import FAST, read_results, snnrun
 
-pytestmark = pytest.mark.e2e  # every test here runs the snnrun command in a subprocess
+e2e = pytest.mark.e2e  # the tests that run the snnrun command in a subprocess
 
 SWEEP = [*FAST, "trainer.max_steps=4", "trainer.log_every=1"]
 
@@ -24,6 +24,7 @@ def summary(sweep_dir):
         return list(csv.DictReader(f))
 
 
+@e2e
 def test_two_surrogates_give_two_jobs_and_a_summary(tmp_path):
     proc = snnrun("-m", "surrogate=atan,fast_sigmoid", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path)
     sweep = tmp_path / "sweep"
@@ -45,6 +46,7 @@ def test_two_surrogates_give_two_jobs_and_a_summary(tmp_path):
     assert "sweep summary (2 of 2 jobs ok)" in proc.stdout and "surrogate=fast_sigmoid" in proc.stdout
 
 
+@e2e
 def test_a_failed_job_is_a_failed_row_and_the_others_are_kept(tmp_path):
     snnrun("-m", "neuron.beta=0.9,1.5,0.8", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path)
     rows = summary(tmp_path / "sweep")
@@ -54,6 +56,7 @@ def test_a_failed_job_is_a_failed_row_and_the_others_are_kept(tmp_path):
     assert "neuron.beta=1.5 is not allowed" in failed["error"] and "\n" not in failed["error"]
 
 
+@e2e
 def test_summary_marks_a_job_without_results_as_failed(tmp_path):
     from snnrun.run.sweep import write_summary
 
@@ -64,6 +67,7 @@ def test_summary_marks_a_job_without_results_as_failed(tmp_path):
     assert "no readable results.json" in rows[1]["error"]
 
 
+@e2e
 @needs("hydra_plugins.hydra_joblib_launcher")
 def test_joblib_launcher_runs_jobs_in_parallel_without_oversubscribing(tmp_path):
     snnrun("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "surrogate=atan,fast_sigmoid", *SWEEP,
@@ -76,6 +80,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_without_oversubscribing(tmp_path)
     assert sum(threads) <= max(cores, 2), f"{threads} torch threads per job on {cores} cores"
 
 
+@e2e
 @needs("hydra_plugins.hydra_submitit_launcher")
 def test_submitit_local_launcher(tmp_path):
     snnrun("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "surrogate=atan,fast_sigmoid",
@@ -84,6 +89,7 @@ def test_submitit_local_launcher(tmp_path):
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
 
 
+@e2e
 @needs("hydra_plugins.hydra_optuna_sweeper")
 def test_optuna_search_returns_a_best_value(tmp_path):
     searched = [o for o in SWEEP if not o.startswith("time_steps=")]  # a fixed value would pin the searched T
@@ -95,3 +101,22 @@ def test_optuna_search_returns_a_best_value(tmp_path):
     rows = summary(tmp_path / "sweep")
     assert len(rows) == 3 and float(rows[0]["test_acc"]) == pytest.approx(best["best_value"])
     assert "Best value" in proc.stdout + proc.stderr
+
+
+def test_the_summary_ranks_by_the_sweeps_objective_validation_when_held_out(tmp_path):
+    """With a validation split the objective is best_val_acc, and the rows follow it, not test_acc."""
+    import json
+
+    from snnrun.run.sweep import collect
+
+    jobs = {"0": {"best_val_acc": 0.90, "test_acc": 0.95}, "1": {"best_val_acc": 0.97, "test_acc": 0.91},
+            "2": {"best_val_acc": 0.93, "test_acc": 0.99}}
+    for job, results in jobs.items():
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+        (tmp_path / job / "results.json").write_text(json.dumps({"status": "ok", **results}))
+    assert [r["job"] for r in collect(tmp_path)] == ["1", "2", "0"]
+    for job in jobs:  # without validation figures: by test accuracy
+        path = tmp_path / job / "results.json"
+        path.write_text(json.dumps({"status": "ok", "test_acc": jobs[job]["test_acc"]}))
+    assert [r["job"] for r in collect(tmp_path)] == ["2", "0", "1"]

@@ -106,7 +106,8 @@ def test_a_recurrent_layer_counts_its_own_spikes_into_v_and_the_ann_runs_every_s
     from snnrun.core.recurrent import RLIF
 
     torch.manual_seed(1)
-    for recurrence, per_spike in (("all_to_all", 5), ("one_to_one", 1)):
+    # the ANN's recurrent weights per step: 5 x 5 = 25 all-to-all, 5 one-to-one (a diagonal of 5 weights)
+    for recurrence, per_spike, ann_recurrent in (("all_to_all", 5, 25), ("one_to_one", 1, 5)):
         net = SpikingNetwork("RFC5-FC3", (4,), 3, neuron=partial(RLIF, beta=0.9, threshold=0.5, recurrence=recurrence))
         x = (torch.rand(6, 2, 4) > 0.4).float()
         net.counter = counter = synops.OpCounter(net, ann_steps=6)
@@ -117,4 +118,4 @@ def test_a_recurrent_layer_counts_its_own_spikes_into_v_and_the_ann_runs_every_s
         assert own > 0
         assert counter.acs[0] == x.sum().item() * 5 + own * per_spike
         report = counter.report(counter.totals(), samples=2)
-        assert report["ann_macs"] == 6 * (4 * 5 + 5 * 5 + 5 * 3)
+        assert report["ann_macs"] == 6 * (4 * 5 + ann_recurrent + 5 * 3)  # 360 all-to-all, 240 one-to-one

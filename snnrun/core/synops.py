@@ -10,7 +10,8 @@ current is computed once, T times otherwise. A recurrent layer's own spikes S[t-
 weights too: n ACs each (all_to_all) or 1 (one_to_one). Energy = MACs * E_MAC + ACs * E_AC with Horowitz's
 45 nm, 32-bit figures by default (4.6 pJ and 0.9 pJ): an estimate for neuromorphic hardware,
 not the energy of the machine that ran the model. ``ann_macs`` is the same network as a
-non-spiking ANN: once per image, or T steps of a sequence (recurrent layers: n x n per step).
+non-spiking ANN: once per image, or T steps of a sequence (a recurrent layer adds its recurrent
+weights per step: n x n all-to-all, n one-to-one).
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def dense_macs(layer: nn.Module, in_shape: tuple) -> int:
         return layer.in_features * layer.out_features
     (c, h, w), (k, _), (s, _), (p, _) = in_shape, layer.kernel_size, layer.stride, layer.padding
     return layer.out_channels * ((h + 2 * p - k) // s + 1) * ((w + 2 * p - k) // s + 1) * c * k * k
+
+
+def recurrent_macs(n: int, recurrence: str) -> int:
+    """Multiply-accumulates of a recurrent layer's own weights per step: n x n all-to-all, n one-to-one."""
+    return {"all_to_all": n * n, "one_to_one": n}[recurrence]
 
 
 class OpCounter:
@@ -88,7 +94,7 @@ class OpCounter:
         """Per-sample figures from summed ``totals`` (see ``totals``; summed over ranks)."""
         n = len(self.names)
         acs, macs = [a / samples for a in totals[:n]], [m / samples for m in totals[n:]]
-        ann = self.ann_steps * sum(dense_macs(layer, shape) + (layer.out_features ** 2 if rec else 0)
+        ann = self.ann_steps * sum(dense_macs(layer, shape) + (recurrent_macs(layer.out_features, rec) if rec else 0)
                                    for layer, shape, rec in zip(self.layers, self.shapes, self.recurrent))
         return {
             "synops": {name: {"ac": a, "mac": m} for name, a, m in zip(self.names, acs, macs)},

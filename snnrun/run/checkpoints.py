@@ -36,6 +36,21 @@ def save(path: Path, state: dict) -> None:
     write_atomic(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
 
 
+def random_state(generator: torch.Generator) -> dict:
+    """The random streams a run draws from: torch's, CUDA's (where there is CUDA) and the encoder's."""
+    rng = {"torch": torch.get_rng_state(), "encoder": generator.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def set_random_state(rng: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["encoder"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
 def _moved(node):
     """A first-format config with its ``_target_`` paths where the modules live now."""
     if isinstance(node, dict):

@@ -91,7 +91,7 @@ def run(cfg: DictConfig) -> float:
     if assembly.checkpoint is not None:
         with checkpoints.restoring(cfg.ckpt_path):
             trainer.restore(assembly.checkpoint)
-        log.info("resumed from %s at step %d", cfg.ckpt_path, trainer.step)
+        log.info("%s %s at step %d", "resumed from" if cfg.task == "train" else "loaded", cfg.ckpt_path, trainer.step)
     log.info("run folder %s  device %s  model %s  T=%d", run_dir, assembly.device, assembly.parts.model.arch,
              cfg.time_steps)
     if assembly.parts.model.precision == "bf16" and assembly.device.type == "cpu" and not cpu_has_bf16():

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import logging
+
 import torch
 from tqdm import tqdm
 
 from ..core.synops import E_AC_PJ, E_MAC_PJ, OpCounter
-from ..data.datasets import Split, batches
+from ..data.datasets import Dataset, Split, batches, fixed_subset
 from .distributed import World, all_sum
-from .records import Parts
+from .records import Parts, TrainerOptions
+
+log = logging.getLogger("snnrun")
 
 
 def simulate(model, encoder, x, time_steps: int, generator, shard: slice = slice(None)):
@@ -114,3 +118,46 @@ def traces(parts: Parts, split: Split, *, samples: int, time_steps: int, seed: i
         "labels": y.tolist(),
         "threshold": float(torch.as_tensor(threshold).float().mean()) if threshold is not None else None,
     }
+
+
+class Evaluator:
+    """A run's evaluations: the test (and validation) figures, quick curve points, figure traces.
+
+    Curves, not dots: if the full evaluations (every ``eval_every`` of ``total_steps``) give fewer
+    than ``curve_points`` points, quick ones on a fixed subset of the selection split fill in,
+    about ``curve_points`` over the whole run (every ``curve_every`` steps; 0: none)."""
+
+    def __init__(self, parts: Parts, data: Dataset, options: TrainerOptions, *, total_steps: int, eval_every: int,
+                 world: World = World(), progress: bool = False):
+        self.parts, self.data, self.options, self.world, self.progress = parts, data, options, world, progress
+        self.selected_on = "val" if data.val is not None else "test"  # the split best.pt is chosen on
+        sparse = total_steps // eval_every < options.curve_points
+        self.curve_every = -(-total_steps // options.curve_points) if sparse else 0
+        self.curve_split = (fixed_subset(data.val if data.val is not None else data.test, options.curve_samples)
+                            if self.curve_every else None)
+
+    def split(self, split: Split, name: str, progress: bool = False) -> dict:
+        o = self.options
+        return evaluate(self.parts, split, batch_size=o.eval_batch_size, time_steps=o.time_steps, seed=o.seed,
+                        progress=progress, world=self.world, name=name, costs=(o.energy_ac_pj, o.energy_mac_pj))
+
+    def test(self) -> dict:
+        """The test figures and, with a validation split, the validation figures."""
+        metrics = self.split(self.data.test, "test", self.progress)
+        if self.data.val is not None:
+            val = self.split(self.data.val, "val", self.progress)
+            metrics.update(val_loss=val["val_loss"], val_acc=val["val_acc"])
+        return metrics
+
+    def traces(self) -> dict | None:
+        o = self.options
+        return traces(self.parts, self.data.test, samples=o.raster_samples, time_steps=o.time_steps, seed=o.seed)
+
+    def curve_point(self, step: int, logger) -> None:
+        """A quick evaluation on ``curve_split`` for TensorBoard's curve/ tags; it selects nothing."""
+        split = self.selected_on
+        metrics = self.split(self.curve_split, split)
+        if logger is not None:
+            logger.log_curve(step, split, metrics[f"{split}_loss"], metrics[f"{split}_acc"])
+        log.info("step %d  %s_acc %.2f%% on %d samples (curve point)", step, split, 100 * metrics[f"{split}_acc"],
+                 len(self.curve_split))

@@ -21,11 +21,11 @@ import torch
 from tqdm import tqdm
 
 from ..core.synops import ENERGY_KEYS
-from ..data.datasets import Dataset, Split, batches, epoch_order, fixed_subset, random_shift
+from ..data.datasets import Dataset, batches, epoch_order, random_shift
 from . import checkpoints, schedules
 from .distributed import World, all_sum
-from .evaluation import evaluate, simulate, traces
-from .records import ACCURACY_TARGETS, Parts, Progress, TrainerOptions
+from .evaluation import Evaluator, simulate
+from .records import Parts, Progress, TrainerOptions
 
 log = logging.getLogger("snnrun")
 
@@ -72,12 +72,6 @@ class Trainer:
         self.steps_per_epoch = len(data.train) // options.batch_size
         self.total_steps = options.total_steps(len(data.train))
         self.eval_every = options.eval_every or self.steps_per_epoch
-        # Curves, not dots: if the full evaluations give fewer than curve_points points, quick ones
-        # on a fixed subset of the selection split fill in, about curve_points over the whole run.
-        sparse = self.total_steps // self.eval_every < options.curve_points
-        self.curve_every = -(-self.total_steps // options.curve_points) if sparse else 0
-        self.curve_split = (fixed_subset(data.val if data.val is not None else data.test, options.curve_samples)
-                            if self.curve_every else None)
         self.device = data.train.labels.device
         self.generator = torch.Generator(device=self.device).manual_seed(options.seed)
         self.progress = Progress()
@@ -94,14 +88,14 @@ class Trainer:
             self.replica = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.show_progress = sys.stderr.isatty()
+        self.evaluator = Evaluator(parts, data, options, total_steps=self.total_steps, eval_every=self.eval_every,
+                                   world=world, progress=self.show_progress)
+        self.selected_on = self.evaluator.selected_on
+        self.test = self.evaluator.test
 
     @property
     def step(self) -> int:
         return self.progress.step
-
-    @property
-    def selected_on(self) -> str:
-        return "val" if self.data.val is not None else "test"
 
     def clock(self) -> float:
         """Seconds of training: this process's and those of the runs it resumes."""
@@ -112,14 +106,11 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------------
     def state(self) -> dict:
-        rng = {"torch": torch.get_rng_state(), "encoder": self.generator.get_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "progress": self.progress.state(self.clock()),
-            "rng": rng,
+            "rng": checkpoints.random_state(self.generator),
             "arch": self.model.arch,
             "input_shape": list(self.model.input_shape),
             "data": dict(self.data.meta),
@@ -134,10 +125,7 @@ class Trainer:
         self.progress = Progress.from_state(state["progress"])
         self.started = time.perf_counter()
         self.scheduler = self.place_schedule()
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["encoder"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        checkpoints.set_random_state(state["rng"], self.generator)
 
     def checkpoint(self, name: str) -> Path:
         return self.run_dir / "checkpoints" / f"{name}.pt"
@@ -184,38 +172,10 @@ class Trainer:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def evaluate_split(self, split: Split, name: str, progress: bool = False) -> dict:
-        o = self.options
-        return evaluate(self.parts, split, batch_size=o.eval_batch_size, time_steps=o.time_steps, seed=o.seed,
-                        progress=progress, world=self.world, name=name, costs=(o.energy_ac_pj, o.energy_mac_pj))
-
-    def test(self) -> dict:
-        """The test figures and, with a validation split, the validation figures."""
-        metrics = self.evaluate_split(self.data.test, "test", self.show_progress)
-        if self.data.val is not None:
-            val = self.evaluate_split(self.data.val, "val", self.show_progress)
-            metrics.update(val_loss=val["val_loss"], val_acc=val["val_acc"])
-        return metrics
-
     def check_weights(self) -> None:
         """Never checkpoint NaN or inf weights over good ones."""
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             self.fail(f"the weights became NaN or inf in the update of step {self.step}; nothing after it was saved.")
-
-    def curve_point(self) -> None:
-        """A quick evaluation on ``curve_split`` for TensorBoard's curve/ tags; it selects nothing."""
-        split = self.selected_on
-        metrics = self.evaluate_split(self.curve_split, split)
-        if self.world.main:
-            self.logger.log_curve(self.step, split, metrics[f"{split}_loss"], metrics[f"{split}_acc"])
-        log.info("step %d  %s_acc %.2f%% on %d samples (curve point)", self.step, split, 100 * metrics[f"{split}_acc"],
-                 len(self.curve_split))
-
-    def figures(self, final: bool) -> dict | None:
-        if self.options.figures == "last" and not final:
-            return None
-        o = self.options
-        return traces(self.parts, self.data.test, samples=o.raster_samples, time_steps=o.time_steps, seed=o.seed)
 
     def evaluate_and_save(self, final: bool = False) -> dict:
         self.check_weights()
@@ -227,25 +187,17 @@ class Trainer:
             "train_loss": w["loss"] / w["samples"] if w["samples"] else None,
             "train_acc": w["correct"] / w["samples"] if w["samples"] else None,
             **metrics,
-            "best_test_acc": max(p.best_test_acc, metrics["test_acc"]),
             "train_samples_per_s": w["samples"] / w["seconds"] if w["seconds"] else 0.0,
             "lr": self.lr,
             "wall_s": self.clock(),  # training seconds so far, this evaluation included
         }
-        p.best_test_acc = record["best_test_acc"]
-        for target in ACCURACY_TARGETS:
-            if f"{target:g}" not in p.reached and metrics["test_acc"] >= target:
-                p.reached[f"{target:g}"] = {"step": self.step, "wall_s": record["wall_s"]}
-        record["time_to_acc"] = dict(p.reached)
-        key = f"{self.selected_on}_acc"
-        improved = metrics[key] > p.best.get(key, -1.0)
-        if improved:
-            p.best = {"split": self.selected_on, "step": self.step,
-                      **{k: metrics[k] for k in ("test_acc", "val_acc") if k in metrics}}
+        improved = p.observe(metrics, self.selected_on, self.step, record["wall_s"])
+        record.update(best_test_acc=p.best_test_acc, time_to_acc=dict(p.reached))
         if self.data.val is not None:
             record.update(best_val_acc=p.best["val_acc"], test_acc_at_best_val=p.best["test_acc"])
         if self.world.main:
-            self.logger.log_eval(record, self.model, self.figures(final or self.step >= self.total_steps))
+            draw = self.options.figures == "every" or final or self.step >= self.total_steps
+            self.logger.log_eval(record, self.model, self.evaluator.traces() if draw else None)
             self.save("last")
             if improved:
                 self.save("best")
@@ -255,14 +207,6 @@ class Trainer:
                  f"  val_acc {100 * record['val_acc']:.2f}%" if "val_acc" in record else "", record["train_samples_per_s"])
         self.last_eval = record
         return record
-
-    def best_figures(self) -> dict:
-        """What best.pt holds and how it was chosen: on validation (with the test accuracy there) or on test."""
-        best = self.progress.best
-        figures = {"best_selected_on": self.selected_on, "best_step": best.get("step")}
-        if self.data.val is not None:
-            figures.update(best_val_acc=best.get("val_acc"), test_acc_at_best_val=best.get("test_acc"))
-        return figures
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -291,8 +235,8 @@ class Trainer:
                         break
                     if self.step % self.eval_every == 0 or self.step == self.total_steps:
                         bar.set_postfix(test_acc=f"{self.evaluate_and_save()['test_acc']:.4f}")
-                    elif self.curve_every and self.step % self.curve_every == 0:
-                        self.curve_point()
+                    elif self.evaluator.curve_every and self.step % self.evaluator.curve_every == 0:
+                        self.evaluator.curve_point(self.step, self.logger if self.world.main else None)
                     if self.stopping:
                         self.check_weights()
                         path = self.save("last") if self.world.main else self.checkpoint("last")
@@ -308,7 +252,7 @@ class Trainer:
             "test_acc": final["test_acc"],
             "test_loss": final["test_loss"],
             "best_test_acc": self.progress.best_test_acc,
-            **self.best_figures(),
+            **self.progress.best_figures(self.selected_on),
             "steps": self.step,
             "epochs": self.step / self.steps_per_epoch,
             "train_samples_per_s": samples / seconds if seconds else 0.0,

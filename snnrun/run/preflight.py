@@ -46,7 +46,7 @@ def _plain(cfg: DictConfig) -> dict:
 def checkpoint_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """The checkpoint's config, with this command's machine keys and its compatible overrides.
 
-    An override is whatever this command's ``overrides`` change against the defaults (an
+    An override is whatever this command's ``overrides`` name or change against the defaults (an
     ``experiment=`` preset included); one that gives the network, its input or its data a value
     other than the checkpoint's is refused, naming both."""
     state = checkpoints.load(cfg.ckpt_path)
@@ -56,7 +56,10 @@ def checkpoint_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     mine = _leaves(_plain(cfg))
     base = _leaves(_plain(compose(config_name="config", overrides=[o for o in overrides if _under(
         o.lstrip("+~").split("=", 1)[0], ("task", "ckpt_path"))])))
-    touched = {k for k, v in mine.items() if base.get(k, object()) != v}
+    touched = {k for k, v in mine.items() if base.get(k, object()) != v}  # what the overrides changed, presets too
+    for override in overrides:  # and what they name, though it equals the default (data=mnist)
+        named = override.lstrip("+~").split("=", 1)[0]
+        touched |= {k for k in mine if _under(k, (named,)) and not named.startswith("hydra")}
     theirs = _leaves(saved)
     for key in sorted(touched):
         if _under(key, IDENTITY) and not _under(key, LOCAL + BATCHING) and key in theirs and theirs[key] != mine[key]:

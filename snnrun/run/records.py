@@ -94,6 +94,25 @@ class Progress:
     def from_state(cls, state: dict) -> "Progress":
         return cls(**state)
 
+    def observe(self, metrics: dict, split: str, step: int, wall_s: float) -> bool:
+        """Take in an evaluation at ``step``: the best test accuracy, the targets first reached, and
+        the best figures on ``split`` (val or test); returns whether they improved."""
+        self.best_test_acc = max(self.best_test_acc, metrics["test_acc"])
+        for target in ACCURACY_TARGETS:
+            if f"{target:g}" not in self.reached and metrics["test_acc"] >= target:
+                self.reached[f"{target:g}"] = {"step": step, "wall_s": wall_s}
+        improved = metrics[f"{split}_acc"] > self.best.get(f"{split}_acc", -1.0)
+        if improved:
+            self.best = {"split": split, "step": step, **{k: metrics[k] for k in ("test_acc", "val_acc") if k in metrics}}
+        return improved
+
+    def best_figures(self, split: str) -> dict:
+        """What best.pt holds and how it was chosen: on validation (with the test accuracy there) or on test."""
+        figures = {"best_selected_on": split, "best_step": self.best.get("step")}
+        if split == "val":
+            figures.update(best_val_acc=self.best.get("val_acc"), test_acc_at_best_val=self.best.get("test_acc"))
+        return figures
+
     def take_window(self) -> dict:
         """The figures since the last evaluation; the window starts again."""
         window, self.window = self.window, _window()

@@ -1,0 +1,237 @@
+"""Run state that cannot drift: evaluation touches nothing, checkpoints reproduce their figures,
+resumes follow the new plan bit for bit, the bookkeeping survives as one unit.
+
+Most tests drive the real ``Trainer`` in this process (real checkpoints, real TensorBoard files);
+the ones about the command line run the ``snnrun`` console script."""
+
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import FAST, read_metrics, read_results, snnrun
+from snnrun.run import checkpoints
+from snnrun.run.assembly import assemble
+from snnrun.run.logger import RunLogger
+from snnrun.run.loop import Trainer
+from snnrun.run.records import Progress
+
+SMALL = [*FAST, "device=cpu", "trainer.curve_points=0"]
+BN_DROPOUT = "model.arch=FC32-BN-DO0.3-FC10"
+
+
+def trainer_for(compose, run_dir, *overrides) -> Trainer:
+    cfg = compose(*SMALL, *overrides)
+    a = assemble(cfg)
+    return Trainer(a.parts, a.data, a.options, run_dir=run_dir, logger=RunLogger(run_dir, {}),
+                   config=OmegaConf.to_container(cfg, resolve=True))
+
+
+def keep_state_at(trainer: Trainer, step: int) -> dict:
+    """Read back last.pt as it was written at ``step`` (the run overwrites it later)."""
+    kept, save = {}, trainer.save
+
+    def saving(name):
+        path = save(name)
+        if name == "last" and trainer.step == step:
+            kept["state"] = checkpoints.load(path)
+        return path
+
+    trainer.save = saving
+    return kept
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_evaluating_and_drawing_change_nothing_training_depends_on(compose, tmp_path):
+    t = trainer_for(compose, tmp_path, BN_DROPOUT, "trainer.max_steps=3", "trainer.raster_samples=4")
+    t.fit()
+    t.model.train()
+    before = (copy.deepcopy(t.model.state_dict()), torch.get_rng_state(), t.generator.get_state())
+    t.test()
+    assert t.evaluator.traces()["spikes"]  # drawn: the figures ran the network
+    after = (t.model.state_dict(), torch.get_rng_state(), t.generator.get_state())
+    assert same_weights(before[0], after[0])  # BN running statistics and counters included
+    assert torch.equal(before[1], after[1]) and torch.equal(before[2], after[2])
+    assert t.model.training
+
+
+def test_figures_at_every_evaluation_or_only_the_last_train_the_same_network(compose, tmp_path):
+    runs = {}
+    for figures in ("every", "last"):
+        t = trainer_for(compose, tmp_path / figures, BN_DROPOUT, "trainer.max_steps=6", "trainer.eval_every=2",
+                        "trainer.raster_samples=4", f"trainer.figures={figures}")
+        t.fit()
+        runs[figures] = t.model.state_dict()
+    assert same_weights(runs["every"], runs["last"])
+
+
+def test_an_exception_during_evaluation_restores_training_mode(compose, tmp_path):
+    t = trainer_for(compose, tmp_path, "trainer.max_steps=1")
+    t.model.train()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    t.parts.loss = broken
+    with pytest.raises(RuntimeError, match="out of memory"):
+        t.test()
+    assert t.model.training and t.model.counter is None and not t.model.record
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
+def test_a_resume_with_the_same_plan_is_bit_identical(compose, tmp_path, scheduler):
+    plan = [BN_DROPOUT, "encoder=poisson", f"scheduler={scheduler}", "trainer.max_steps=12", "trainer.eval_every=6"]
+    straight = trainer_for(compose, tmp_path / "straight", *plan)
+    kept = keep_state_at(straight, 6)
+    straight.fit()
+    resumed = trainer_for(compose, tmp_path / "resumed", *plan)
+    resumed.restore(kept["state"])
+    resumed.fit()
+    assert same_weights(straight.model.state_dict(), resumed.model.state_dict())
+    a, b = read_metrics(tmp_path / "straight")[-1], read_metrics(tmp_path / "resumed")[-1]
+    for key in ("step", "test_loss", "test_acc", "train_loss", "lr"):
+        assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
+def test_a_longer_resume_follows_the_schedule_of_the_longer_plan(compose, tmp_path, scheduler):
+    """Resuming a 6-step plan with 12 steps: no error (torch's OneCycleLR raised at step 7), and from
+    step 6 on the learning rate is the 12-step plan's (the cosine used to keep its old horizon)."""
+    short = trainer_for(compose, tmp_path / "short", f"scheduler={scheduler}", "trainer.max_steps=6")
+    short.fit()
+    longer = trainer_for(compose, tmp_path / "longer", f"scheduler={scheduler}", "trainer.max_steps=12",
+                         "trainer.eval_every=3")
+    longer.restore(checkpoints.load(tmp_path / "short" / "checkpoints" / "last.pt"))
+    longer.fit()
+    planned = trainer_for(compose, tmp_path / "planned", f"scheduler={scheduler}", "trainer.max_steps=12",
+                          "trainer.eval_every=3")
+    planned.fit()
+    lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "longer")}
+    assert lrs == {r["step"]: r["lr"] for r in read_metrics(tmp_path / "planned") if r["step"] > 6}
+    assert lrs[12] < lrs[9] and read_results  # both schedules anneal to the new end
+
+
+def test_the_bookkeeping_survives_a_resume_as_one_unit(compose, tmp_path):
+    """Best figures, the split they were chosen on, time to accuracy and the training clock."""
+    common = ["optimizer.lr=3e-3", "trainer.eval_every=4", "data.val_size=32"]
+    first = trainer_for(compose, tmp_path / "first", *common, "trainer.max_steps=24")
+    done = first.fit()
+    assert "0.98" in done["time_to_acc"]  # synthetic data is easy: reached before the resume
+    resumed = trainer_for(compose, tmp_path / "resumed", *common, "trainer.max_steps=28")
+    saved = checkpoints.load(tmp_path / "first" / "checkpoints" / "last.pt")
+    resumed.restore(saved)
+    assert resumed.progress == Progress.from_state(saved["progress"]) and resumed.step == 24
+    assert resumed.progress.best == {**first.progress.best, "split": "val"}  # restored as one unit
+    results = resumed.fit()
+    for target, when in done["time_to_acc"].items():  # first reached before the resume: step and clock kept
+        assert results["time_to_acc"][target] == when
+    assert results["wall_s"] > done["wall_s"]  # the clock continued from the checkpoint's
+    assert results["best_selected_on"] == "val" and results["best_step"] <= 28
+    record = read_metrics(tmp_path / "resumed")[-1]
+    assert record["wall_s"] > done["wall_s"] and record["time_to_acc"] == results["time_to_acc"]
+
+
+def test_a_resume_that_holds_out_another_validation_split_is_refused(compose, tmp_path):
+    from snnrun.run.checkpoints import CheckpointError
+
+    t = trainer_for(compose, tmp_path, "trainer.max_steps=1", "data.val_size=32")
+    t.fit()
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    with pytest.raises(CheckpointError, match=r"data.val_size=32.*data.val_size=0.*use data.val_size=32"):
+        assemble(compose(*SMALL, f"ckpt_path={ckpt}"))
+    assert assemble(compose(*SMALL, f"ckpt_path={ckpt}", "data.val_size=32")).checkpoint is not None
+
+
+def test_max_time_ends_the_run_cleanly_with_the_plan_unchanged(compose, tmp_path):
+    t = trainer_for(compose, tmp_path, "scheduler=onecycle", "trainer.max_steps=12", "trainer.max_time=1e-9")
+    results = t.fit()
+    assert results["status"] == "ok" and results["stopped_by"] == "max_time" and results["steps"] == 1
+    assert checkpoints.load(tmp_path / "checkpoints" / "last.pt")["progress"]["step"] == 1
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1]
+    planned = trainer_for(compose, tmp_path / "planned", "scheduler=onecycle", "trainer.max_steps=12",
+                          "trainer.eval_every=1")
+    kept = keep_state_at(planned, 1)
+    planned.fit()
+    assert read_metrics(tmp_path)[0]["lr"] == read_metrics(tmp_path / "planned")[0]["lr"]  # the 12-step schedule
+    assert kept["state"]["progress"]["step"] == 1
+
+
+def test_dropout_gives_each_sample_the_mask_it_gets_in_one_process():
+    from snnrun.core.architectures import _Block
+
+    block = _Block("L1", torch.nn.Sequential(torch.nn.Linear(3, 5)), torch.nn.Identity(), (5,), dropout=0.5)
+    spikes = torch.ones(4, 6, 5)  # [T, B, n]
+    torch.manual_seed(3)
+    whole = block.drop(spikes)
+    shards = []
+    for rank in range(2):
+        torch.manual_seed(3)  # every rank draws from the same stream
+        rows = slice(3 * rank, 3 * rank + 3)
+        shards.append(block.drop(spikes[:, rows], rows=(6, rows)))
+    assert torch.equal(torch.cat(shards, dim=1), whole)
+
+
+def test_eval_takes_the_network_input_and_data_from_the_checkpoint(compose, tmp_path):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from snnrun.run.cli import config_dir
+    from snnrun.run.preflight import checkpoint_config
+    from snnrun.run.rules import ConfigError
+
+    t = trainer_for(compose, tmp_path, "model.arch=FC32-FC10", "time_steps=6", "encoder=poisson", "trainer.max_steps=1")
+    t.fit()
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+
+    def merged(*extra):
+        overrides = ["task=eval", f"ckpt_path={ckpt}", *extra]
+        with initialize_config_dir(config_dir=config_dir(), version_base=None):
+            return checkpoint_config(hydra_compose(config_name="config", overrides=overrides), overrides)
+
+    cfg = merged("data.eval_batch_size=7")
+    assert (cfg.model.arch, cfg.time_steps, cfg.encoder._target_) == ("FC32-FC10", 6, "snnrun.core.encoders.Poisson")
+    assert cfg.data._target_ == "snnrun.data.datasets.synthetic" and cfg.data.num_train == 256
+    assert cfg.data.eval_batch_size == 7 and cfg.task == "eval"  # the compatible override wins
+    assert merged("model.arch=FC32-FC10").model.arch == "FC32-FC10"  # repeating the checkpoint's value is fine
+    for override, key, theirs in (("time_steps=5", "time_steps", "6"), ("model=csnn", "model.arch", "'FC32-FC10'"),
+                                  ("data=mnist", "data._target_", "'snnrun.data.datasets.synthetic'"),
+                                  ("encoder=direct", "encoder._target_", "'snnrun.core.encoders.Poisson'")):
+        with pytest.raises(ConfigError) as err:
+            merged(override)
+        assert err.value.key == key and f"the checkpoint's value, {theirs}" in str(err.value)
+
+
+@pytest.mark.e2e
+def test_a_checkpoint_evaluated_with_only_its_path_reproduces_its_reported_figures(tmp_path):
+    """A BN + dropout network with figures drawn at every evaluation; ``task=eval ckpt_path=``
+    alone rebuilds the network, its input and its data from the checkpoint."""
+    snnrun(*FAST, "model.arch=4C5-BN-MP2-FC32-DO0.3-FC10", "encoder=poisson", "time_steps=6",
+           "trainer.max_steps=6", "trainer.eval_every=3", "trainer.raster_samples=2", "hydra.run.dir=run", cwd=tmp_path)
+    reported = read_metrics(tmp_path / "run")[-1]
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    snnrun("task=eval", f"ckpt_path={ckpt}", "hydra.run.dir=ev", cwd=tmp_path)
+    evaluated = read_results(tmp_path / "ev")
+    assert evaluated["test_loss"] == reported["test_loss"] and evaluated["test_acc"] == reported["test_acc"]
+    snnrun("task=eval", f"ckpt_path={ckpt}", "data.eval_batch_size=128", "device=cpu", "hydra.run.dir=ev2", cwd=tmp_path)
+    assert read_results(tmp_path / "ev2")["test_loss"] == reported["test_loss"]  # compatible overrides are fine
+    refused = snnrun("task=eval", f"ckpt_path={ckpt}", "time_steps=5", "hydra.run.dir=bad", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and not (tmp_path / "bad").exists()
+    assert "time_steps=5 is not allowed" in refused.stderr and "time_steps=6" in refused.stderr
+    snnrun("task=export", f"ckpt_path={ckpt}", "export.approximate=true", "hydra.run.dir=ex", cwd=tmp_path)
+    assert read_results(tmp_path / "ex")["status"] == "ok" and (tmp_path / "run" / "checkpoints" / "model.nir").is_file()
+
+
+@pytest.mark.e2e
+def test_the_command_line_resume_with_a_longer_onecycle_plan_and_a_time_budget(tmp_path):
+    snnrun(*FAST, "scheduler=onecycle", "trainer.max_steps=4", "hydra.run.dir=short", cwd=tmp_path)
+    ckpt = tmp_path / "short" / "checkpoints" / "last.pt"
+    snnrun(*FAST, "scheduler=onecycle", "trainer.max_steps=8", f"ckpt_path={ckpt}", "hydra.run.dir=longer", cwd=tmp_path)
+    assert read_results(tmp_path / "longer")["steps"] == 8
+    proc = snnrun(*FAST, "trainer.epochs=50", "trainer.max_time=2", "hydra.run.dir=budget", cwd=tmp_path)
+    results = read_results(tmp_path / "budget")
+    assert proc.returncode == 0 and results["status"] == "ok" and results["stopped_by"] == "max_time"
+    assert 0 < results["steps"] < 50 * 8 and 2 <= results["wall_s"]
+    assert (tmp_path / "budget" / "checkpoints" / "last.pt").is_file()
