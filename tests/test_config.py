@@ -37,8 +37,9 @@ def test_defaults_are_the_tutorial5_dense_network(compose):
 
 def test_every_group_has_the_documented_options():
     names = {g: {o for gg, o in OPTIONS if gg == g} for g in GROUPS}
-    assert names["neuron"] == {"lif", "if", "synaptic", "graded", "rlif", "alif"}
-    assert names["surrogate"] == {"atan", "fast_sigmoid", "sigmoid", "triangular", "straight_through", "heaviside"}
+    assert names["neuron"] == {"lif", "if", "synaptic", "graded", "rlif", "alif", "filter_lif", "psn", "sliding_psn"}
+    assert names["surrogate"] == {"atan", "fast_sigmoid", "sigmoid", "triangular", "multi_gaussian", "straight_through",
+                                  "heaviside"}
     assert names["encoder"] == {"direct", "rate", "poisson", "noise", "latency"}
     assert names["model"] == {"dense", "csnn"}
     assert names["loss"] == {"membrane_ce", "spike_count_ce", "spike_rate_ce", "mse_count", "membrane_sum_ce",
@@ -145,7 +146,10 @@ def test_arch_override(compose):
     ("trainer.figures=never", "trainer.figures"), ("model.arch=8C3p1-BN-MP2-BN-FC10", "model.arch"),
     ("model.arch=FC16-DO2-FC10", "model.arch"), ("trainer.curve_points=-1", "trainer.curve_points"),
     ("trainer.curve_samples=0", "trainer.curve_samples"), ("trainer.grad_clip=true", "trainer.grad_clip"),
-    ("surrogate.scale=0", "surrogate.scale"),
+    ("surrogate.scale=0", "surrogate.scale"), ("surrogate=multi_gaussian surrogate.sigma=0", "surrogate.sigma"),
+    ("model.recurrent_init=identity", "model.recurrent_init"), ("model.recurrent_gain=0", "model.recurrent_gain"),
+    ("neuron.tau=20 neuron.tau_std=5", "neuron.tau_std"), ("neuron.tau_std=-1", "neuron.tau_std"),
+    ("trainer.skip_nonfinite=-1", "trainer.skip_nonfinite"),
 ])
 def test_bad_values_refused_before_work(compose, override, key):
     with pytest.raises(ConfigError) as err:

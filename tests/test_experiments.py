@@ -110,7 +110,7 @@ def test_tutorial6_csnn_reaches_reported_accuracy_after_150_iterations(tmp_path)
 
 def test_csnn_nir_exports_exactly(compose):
     pytest.importorskip("nir")
-    from snnrun.interop import nir_export, nir_import  # noqa: E402
+    from snnrun.interop import nir_export
 
     assert compose("experiment=csnn_nir").data.val_size == 5000  # validation-selected best.pt
     cfg = compose("experiment=csnn_nir", *SMALL, "data.val_size=100")

@@ -308,3 +308,18 @@ def test_an_li_readout_without_leak_is_exported_as_an_integrator_not_an_infinite
     readout = graph.nodes["L2_FC10.neuron"]
     assert isinstance(readout, nir.I) and np.allclose(readout.r, 1e3)  # v += dt * r * I = I per step
     assert all(np.isfinite(np.asarray(getattr(n, "tau", 1.0))).all() for n in graph.nodes.values())
+
+
+def test_parallel_neurons_export_or_are_refused_with_what_nir_lacks():
+    from snnrun.core.parallel import PSN, FilterLIF, SlidingPSN
+
+    for neuron in (partial(PSN, time_steps=5), partial(SlidingPSN, taps=3)):
+        net = SpikingNetwork("FC16-FC10", (8,), 10, neuron=neuron)
+        for approximate in (False, True):
+            with pytest.raises(nir_import.NIRError, match="NIR has no node for such a filter"):
+                nir_export.export(net, approximate=approximate)
+    net = SpikingNetwork("FC16-FC10", (8,), 10, neuron=partial(FilterLIF, tau=10.0))
+    with pytest.raises(nir_import.NIRError, match="reset=none has no NIR form"):
+        nir_export.export(net)
+    graph, approximations = nir_export.export(net, approximate=True)  # the nearest graph: LIF nodes resetting to 0
+    assert len(approximations) == 2 and type(graph.nodes["L1_FC16.neuron"]).__name__ == "LIF"

@@ -9,6 +9,7 @@ import torch
 
 from snnrun.core import neurons, surrogates
 from snnrun.core.architectures import ArchitectureError, SpikingNetwork, parse
+from snnrun.core.options import OptionError
 from snnrun.core.recurrent import ALIF, RLIF
 
 
@@ -148,3 +149,35 @@ def test_surrogate_gradient_reaches_the_recurrent_weights_through_time():
     spk, mem = layer(torch.rand(6, 4, 8) * 2)
     mem[-1].sum().backward()
     assert layer.recurrent_weight.grad.abs().sum() > 0 and layer.recurrent_bias.grad.abs().sum() > 0
+
+
+def test_recurrent_weights_start_as_configured():
+    """model.recurrent_init: zeros (SRNN), orthogonal with a gain; default keeps Linear's (and one-to-one 0)."""
+    from snnrun.core.recurrent import RLIF
+
+    def net(init, recurrence="all_to_all", gain=1.0):
+        torch.manual_seed(0)
+        return SpikingNetwork("RFC16-FC4", (8,), 4, neuron=partial(RLIF, recurrence=recurrence),
+                              recurrent_init=init, recurrent_gain=gain).blocks[0].neuron
+
+    assert net("zeros").recurrent_weight.abs().sum() == 0 and net("zeros").recurrent_bias.abs().sum() == 0
+    w = net("orthogonal", gain=2.0).recurrent_weight.detach()
+    torch.testing.assert_close(w @ w.T, 4 * torch.eye(16), atol=1e-5, rtol=0)
+    v = net("orthogonal", "one_to_one", gain=0.5).recurrent_weight.detach()
+    assert set(v.tolist()) <= {0.5, -0.5} and len(set(v.tolist())) == 2
+    assert net("default", "one_to_one").recurrent_weight.abs().sum() == 0  # default one-to-one: V = 0
+    with pytest.raises(OptionError):
+        SpikingNetwork("RFC16-FC4", (8,), 4, neuron=RLIF, recurrent_init="identity")
+
+
+def test_time_constants_spread_per_neuron_as_configured():
+    """tau_std: each neuron's tau ~ N(tau, tau_std) (at least 1 step), beta = exp(-1/tau); learned too."""
+    from snnrun.core.neurons import LIF
+
+    torch.manual_seed(0)
+    lif = LIF(tau=20.0, tau_std=5.0, per_neuron=True, shape=(4000,), learn_beta=True)
+    taus = -1 / torch.log(lif.beta.detach().double())
+    assert abs(taus.mean().item() - 20.0) < 0.3 and abs(taus.std().item() - 5.0) < 0.3 and taus.min() >= 1 - 1e-9
+    for bad in (dict(beta=0.9, tau_std=5.0, per_neuron=True, shape=(4,)), dict(tau=20.0, tau_std=5.0)):
+        with pytest.raises(OptionError, match="tau_std"):
+            LIF(**bad)

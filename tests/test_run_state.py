@@ -14,7 +14,7 @@ from conftest import FAST, read_metrics, read_results, snnrun
 from snnrun.run import checkpoints
 from snnrun.run.assembly import assemble
 from snnrun.run.logger import RunLogger
-from snnrun.run.loop import Trainer
+from snnrun.run.loop import Trainer, TrainingError
 from snnrun.run.records import Progress
 
 SMALL = [*FAST, "device=cpu", "trainer.curve_points=0"]
@@ -235,3 +235,46 @@ def test_the_command_line_resume_with_a_longer_onecycle_plan_and_a_time_budget(t
     assert proc.returncode == 0 and results["status"] == "ok" and results["stopped_by"] == "max_time"
     assert 0 < results["steps"] < 50 * 8 and 2 <= results["wall_s"]
     assert (tmp_path / "budget" / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_non_finite_gradient_is_skipped_counted_and_never_applied(compose, tmp_path, caplog):
+    """trainer.skip_nonfinite=2: the update whose gradient was made NaN (step 3) is not applied, the
+    step is listed, the run goes on; three in a row end it."""
+    t = trainer_for(compose, tmp_path, "trainer.max_steps=5", "trainer.skip_nonfinite=2")
+    weight = t.model.blocks[0].stateless[-1].weight
+    seen, snapshots = {"calls": 0}, {}
+
+    def poison(grad):
+        seen["calls"] += 1
+        return torch.full_like(grad, float("nan")) if seen["calls"] == 3 else grad
+
+    weight.register_hook(poison)
+    save = t.optimizer.step
+
+    def step(*args, **kwargs):
+        snapshots[t.step + 1] = weight.detach().clone()
+        return save(*args, **kwargs)
+
+    t.optimizer.step = step
+    before = {}
+    original = t.update.__call__
+
+    def update(loss, mean_loss, step_number, progress, scheduler):
+        before[step_number] = weight.detach().clone()
+        return original(loss, mean_loss, step_number, progress, scheduler)
+
+    t.update = update
+    with caplog.at_level("WARNING", logger="snnrun"):
+        results = t.fit()
+    assert results["status"] == "ok" and results["steps"] == 5
+    assert results["skipped_updates"] == 1 and results["skipped_steps"] == [3]
+    assert 3 not in snapshots and set(snapshots) == {1, 2, 4, 5}  # the optimiser never stepped at step 3
+    assert torch.equal(before[3], before[4])  # step 3 left the weights as they were
+    assert "step 3: non-finite gradient, update skipped" in caplog.text
+    assert read_metrics(tmp_path)[-1]["skipped_updates"] == 1
+    assert checkpoints.load(tmp_path / "checkpoints" / "last.pt")["progress"]["skipped"] == [3]
+
+    t = trainer_for(compose, tmp_path / "ends", "trainer.max_steps=5", "trainer.skip_nonfinite=2")
+    t.model.blocks[0].stateless[-1].weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    with pytest.raises(TrainingError, match=r"3 updates in a row had a non-finite gradient"):
+        t.fit()

@@ -24,7 +24,8 @@ def primitive_grad(f, x=X):
     return x.grad
 
 
-@pytest.mark.parametrize("name", ["ATan", "FastSigmoid", "Sigmoid", "Triangular", "StraightThrough", "Heaviside"])
+@pytest.mark.parametrize("name", ["ATan", "FastSigmoid", "Sigmoid", "Triangular", "MultiGaussian", "StraightThrough",
+                                  "Heaviside"])
 def test_forward_is_strict_heaviside(name):
     spk, _ = backward_of(getattr(surrogates, name)())
     assert torch.equal(spk, (X > 0).double())
@@ -93,3 +94,18 @@ def test_gradcheck_against_own_derivative():
 def test_non_positive_slope_is_refused(cls, arg):
     with pytest.raises(ValueError, match=arg):
         cls(**{arg: 0})
+
+
+def test_multi_gaussian_against_hand_values():
+    """gamma [(1+h) N(x;0,sigma) - h N(x;sigma,s sigma) - h N(x;-sigma,s sigma)] with SRNN's sigma 0.5,
+    s 6, h 0.15, gamma 0.5, worked out by hand: N(0;0,0.5) = 0.797885, N(0;±0.5,3) = 0.131148, so at
+    x = 0: 0.5 (1.15 * 0.797885 - 2 * 0.15 * 0.131148) = 0.439112. Beyond 2 sigma the side lobes
+    win and the derivative turns negative."""
+    x = torch.tensor([0.0, 0.5, -1.0, 2.0], dtype=torch.float64)
+    _, grad = backward_of(surrogates.MultiGaussian(), x)
+    torch.testing.assert_close(grad, torch.tensor([0.439112, 0.258858, 0.043452, -0.015696], dtype=torch.float64),
+                               atol=1e-6, rtol=0)
+    _, wide = backward_of(surrogates.MultiGaussian(h=0.0, scale=1.0), torch.zeros(1, dtype=torch.float64))
+    assert wide.item() == pytest.approx(1 / (0.5 * math.sqrt(2 * math.pi)))  # h = 0: one Gaussian of sigma 0.5
+    with pytest.raises(ValueError, match="sigma"):
+        surrogates.MultiGaussian(sigma=0)

@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from .neurons import LI
-from .options import one_of
+from .options import one_of, positive
 
 PRECISIONS = ("fp32", "bf16")
 INITS = ("default", "xavier_uniform")
+RECURRENT_INITS = ("default", "zeros", "orthogonal")
 READOUT_NEURONS = ("same", "li")
 _TOKEN = re.compile(r"(?P<conv>(?P<filters>\d+)C(?P<kernel>\d+)(?:p(?P<padding>\d+))?(?:s(?P<stride>\d+))?)"
                     r"|(?P<pool>(?P<kind>MP|AP)(?P<size>\d+))|(?P<fc>(?P<recurrent>R?)FC(?P<units>\d+))"
@@ -129,16 +130,21 @@ class SpikingNetwork(nn.Module):
     ``precision="bf16"`` runs the weight layers (conv, linear) in bfloat16 autocast. Spikes
     are exactly 0 or 1 in bf16; the neurons still integrate their current in fp32.
     ``init="xavier_uniform"`` re-initialises every weight matrix and kernel (the graded_fc100 preset);
-    ``"default"`` keeps PyTorch's. ``readout_neuron="li"`` makes the last layer a non-spiking
+    ``"default"`` keeps PyTorch's. ``recurrent_init`` re-initialises the recurrent weights V of the
+    ``RFC{n}`` layers: ``zeros`` (SRNN's start: no neuron hears another until training says so) or
+    ``orthogonal`` with ``recurrent_gain`` (``default``: all-to-all as ``nn.Linear``, one-to-one 0).
+    ``readout_neuron="li"`` makes the last layer a non-spiking
     leaky integrator with the neuron's decay (its spikes are all zero; train it on the membrane).
     """
 
     def __init__(self, arch: str, input_shape: Sequence[int], num_classes: int,
                  neuron: Callable[..., nn.Module], surrogate=None, precision: str = "fp32", init: str = "default",
-                 readout_neuron: str = "same"):
+                 readout_neuron: str = "same", recurrent_init: str = "default", recurrent_gain: float = 1.0):
         super().__init__()
         one_of("precision", precision, PRECISIONS)
         one_of("init", init, INITS)
+        one_of("recurrent_init", recurrent_init, RECURRENT_INITS)
+        recurrent_gain = positive("recurrent_gain", recurrent_gain, example=1.0)
         self.readout_neuron = one_of("readout_neuron", readout_neuron, READOUT_NEURONS)
         self.neuron_class = getattr(neuron, "func", neuron)  # the class behind the (partial) factory
         self.arch, self.input_shape, self.precision = arch, tuple(input_shape), precision
@@ -212,6 +218,10 @@ class SpikingNetwork(nn.Module):
             for p in self.parameters():
                 if p.dim() >= 2:
                     nn.init.xavier_uniform_(p)
+        if recurrent_init != "default":
+            for block in self.blocks:
+                if getattr(block.neuron, "recurrence", None):
+                    block.neuron.initialise_recurrence(recurrent_init, recurrent_gain)
         last = layers[-1][0]
         if shape != (num_classes,):
             raise ArchitectureError(arch, last, f"the last layer must be FC{num_classes}, one unit per class")

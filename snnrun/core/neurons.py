@@ -227,9 +227,11 @@ class LIF(SpikingNeuron):
     """Leaky integrate-and-fire: U[t] = beta*U[t-1] + I[t] - R[t]*theta (``reset`` selects).
 
     ``beta``, or ``tau`` (beta = exp(-1/tau), overrides beta); ``learn_beta`` trains beta = sigmoid(w).
+    ``tau_std`` > 0 (with ``tau`` and ``per_neuron``) draws each neuron's tau from N(tau, tau_std) (SRNN).
     """
 
-    def __init__(self, beta: float | None = None, tau: float | None = None, learn_beta: bool = False, **kwargs):
+    def __init__(self, beta: float | None = None, tau: float | None = None, learn_beta: bool = False,
+                 tau_std: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         beta = _decay("beta", beta, tau, default=0.9)
         if learn_beta:
@@ -238,6 +240,21 @@ class LIF(SpikingNeuron):
             self._register("beta_logit", math.log(beta / (1 - beta)), True)
         else:
             self._register("beta_value", beta, False)
+        if non_negative("tau_std", tau_std, example=5.0):
+            self._spread_tau(tau, tau_std)
+
+    @torch.no_grad()
+    def _spread_tau(self, tau: float | None, tau_std: float) -> None:
+        """Per-neuron time constants tau_i ~ N(tau, tau_std), at least one step: beta_i = exp(-1/tau_i)."""
+        if tau is None or self.param_shape == ():
+            raise OptionError("tau_std", tau_std, "0 unless tau is set and per_neuron=true (each neuron draws its own "
+                              "tau from N(tau, tau_std))", 0.0)
+        taus = (tau + tau_std * torch.randn(self.param_shape, dtype=torch.float64)).clamp(min=1.0)
+        beta = torch.exp(-1.0 / taus)
+        if hasattr(self, "beta_logit"):
+            self.beta_logit.copy_(torch.logit(beta))
+        else:
+            self.beta_value.copy_(beta)
 
     @property
     def beta(self) -> torch.Tensor:

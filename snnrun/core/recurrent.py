@@ -162,6 +162,20 @@ class RLIF(LIF):
             else:
                 self.recurrent_weight = nn.Parameter(torch.zeros(n))
 
+    @torch.no_grad()
+    def initialise_recurrence(self, how: str, gain: float = 1.0) -> None:
+        """``zeros``: V = 0; ``orthogonal``: all-to-all V a random orthogonal matrix times ``gain`` (bias 0),
+        one-to-one v a random sign times ``gain`` per neuron (the diagonal orthogonal matrices)."""
+        weight, bias = self.recurrent_weight, getattr(self, "recurrent_bias", None)
+        if how == "zeros":
+            weight.zero_()
+        elif weight.dim() == 2:
+            nn.init.orthogonal_(weight, gain=gain)
+        else:
+            weight.copy_(gain * (torch.randint(0, 2, weight.shape) * 2 - 1).to(weight))
+        if bias is not None:
+            bias.zero_()
+
     def recurrent_input(self, spk: torch.Tensor) -> torch.Tensor:
         """V(S[t-1])."""
         if self.recurrence == "all_to_all":

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .options import positive
+from .options import non_negative, positive
 
 
 class _SpikeFunction(torch.autograd.Function):
@@ -98,6 +98,26 @@ class Triangular(Surrogate):
 
     def shape(self, x):
         return (1 - x.abs() / self.width).clamp(min=0) / self.width
+
+
+class MultiGaussian(Surrogate):
+    """Multi-Gaussian (SRNN, Yin et al. 2021): a Gaussian with negative side lobes,
+    dS/dx = (1+h)*N(x; 0, sigma) - h*N(x; sigma, s*sigma) - h*N(x; -sigma, s*sigma), N the normal density.
+
+    SRNN's values are the defaults: sigma = 0.5, s = 6, h = 0.15, and scale gamma = 0.5."""
+
+    def __init__(self, sigma: float = 0.5, s: float = 6.0, h: float = 0.15, scale: float = 0.5):
+        super().__init__(scale)
+        self.sigma = positive("sigma", sigma, example=0.5)
+        self.s = positive("s", s, example=6.0)
+        self.h = non_negative("h", h, example=0.15)
+
+    def shape(self, x):
+        def normal(mean, std):
+            return torch.exp(-((x - mean) ** 2) / (2 * std**2)) / (std * math.sqrt(2 * math.pi))
+
+        wide = self.s * self.sigma
+        return (1 + self.h) * normal(0.0, self.sigma) - self.h * (normal(self.sigma, wide) + normal(-self.sigma, wide))
 
 
 class StraightThrough(Surrogate):

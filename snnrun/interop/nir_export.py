@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..core.neurons import IF, LI, Graded, Synaptic
+from ..core.parallel import PSN, SlidingPSN
 from ..core.recurrent import ALIF, RLIF
 from ..core.synops import weight_layer
 from ..atomic import write_atomic
@@ -60,11 +61,16 @@ def exactness(model, precision: str) -> list[str]:
 
 
 def check_exact(model, precision: str, approximate: bool) -> list[str]:
-    """``exactness``, refused (``NIRError``) unless ``approximate``; graded neurons are refused always."""
+    """``exactness``, refused (``NIRError``) unless ``approximate``; graded and PSN neurons are refused always."""
     for block in model.blocks:
         if isinstance(block.neuron, Graded):
             raise NIRError(f"{block.name}: graded neurons have no NIR node, not even an approximate one (train with "
                            "neuron=lif neuron.reset=zero)")
+        if isinstance(block.neuron, (PSN, SlidingPSN)):
+            raise NIRError(f"{block.name}: {type(block.neuron).__name__} mixes its input over many steps with learned "
+                           "weights per step (a T x T matrix or k taps); NIR's neurons are dynamical systems with "
+                           "their own state, and NIR has no node for such a filter (train with neuron=filter_lif, "
+                           "or neuron=lif neuron.reset=zero for an exact export)")
     approximations = exactness(model, precision)
     if approximations and not approximate:
         raise NIRError("NIR cannot represent this network exactly: " + "; ".join(approximations)

@@ -10,7 +10,6 @@ and the learning-rate schedule is rebuilt for the plan and placed at the step re
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import sys
 import time
@@ -26,6 +25,7 @@ from . import checkpoints, schedules
 from .distributed import World, all_sum
 from .evaluation import Evaluator, simulate
 from .records import Parts, Progress, TrainerOptions
+from .update import GuardedUpdate
 
 log = logging.getLogger("snnrun")
 
@@ -77,6 +77,7 @@ class Trainer:
         self.progress = Progress()
         self.initial = schedules.hyperparameters(self.optimizer) if self.optimizer else []
         self.scheduler = self.place_schedule()
+        self.update = GuardedUpdate(self.model, self.optimizer, options, self.fail)
         self.started = time.perf_counter()  # the training clock runs from here plus progress.wall_s
         self.last_eval: dict | None = None
         self.stop_signal: str | None = None  # set by a signal handler at any time
@@ -147,15 +148,7 @@ class Trainer:
             [loss.item() * len(y), correct, len(y), float(bool(self.stop_signal)),
              float(budget is not None and self.clock() >= budget)], self.device)
         self.stopping, self.out_of_time = stop > 0, late > 0
-        if not math.isfinite(loss_sum):
-            self.fail(f"the loss is {loss_sum / n} at step {self.step + 1}; training stopped before that update.")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.options.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
-        self.optimizer.step()
-        if self.scheduler:
-            self.scheduler.step()
+        self.update(loss, loss_sum / n, self.step + 1, self.progress, self.scheduler)
         w = self.progress.window
         w["loss"] += loss_sum
         w["correct"] += correct
@@ -192,7 +185,7 @@ class Trainer:
             "wall_s": self.clock(),  # training seconds so far, this evaluation included
         }
         improved = p.observe(metrics, self.selected_on, self.step, record["wall_s"])
-        record.update(best_test_acc=p.best_test_acc, time_to_acc=dict(p.reached))
+        record.update(best_test_acc=p.best_test_acc, time_to_acc=dict(p.reached), skipped_updates=len(p.skipped))
         if self.data.val is not None:
             record.update(best_val_acc=p.best["val_acc"], test_acc_at_best_val=p.best["test_acc"])
         if self.world.main:
@@ -259,5 +252,7 @@ class Trainer:
             "wall_s": self.clock(),
             "firing_rates": final["firing_rates"],
             "time_to_acc": dict(self.progress.reached),
+            "skipped_updates": len(self.progress.skipped),
+            "skipped_steps": list(self.progress.skipped),
             **{k: final[k] for k in ENERGY_KEYS},
         }

@@ -48,6 +48,7 @@ class TrainerOptions:
     curve_samples: int = 1000
     log_every: int = 50
     grad_clip: float | None = None
+    skip_nonfinite: int = 0  # updates with a non-finite loss or gradient skipped in a row before the run fails
     num_threads: int | None = None
     raster_samples: int = 4
     figures: str = "every"  # draw the rasters at every evaluation or only at the last one
@@ -78,7 +79,8 @@ class Progress:
     """How far a run has come. ``best`` is the evaluation best.pt holds, with ``split`` the one it was
     chosen on (val with a validation split, else test); ``reached`` maps each accuracy target to
     the first evaluation at or above it; ``window`` sums training figures since the last evaluation;
-    ``wall_s`` is the training clock at the last save (a resumed run's clock continues from it)."""
+    ``wall_s`` is the training clock at the last save (a resumed run's clock continues from it);
+    ``skipped`` lists the steps whose non-finite update was skipped."""
 
     step: int = 0
     best_test_acc: float = -1.0
@@ -86,13 +88,14 @@ class Progress:
     reached: dict = field(default_factory=dict)
     window: dict = field(default_factory=_window)
     wall_s: float = 0.0
+    skipped: list = field(default_factory=list)  # the steps whose update was skipped (non-finite loss or gradient)
 
     def state(self, wall_s: float) -> dict:
         return {**asdict(self), "wall_s": wall_s}
 
     @classmethod
     def from_state(cls, state: dict) -> "Progress":
-        return cls(**state)
+        return cls(**{"skipped": [], **state})
 
     def observe(self, metrics: dict, split: str, step: int, wall_s: float) -> bool:
         """Take in an evaluation at ``step``: the best test accuracy, the targets first reached, and
