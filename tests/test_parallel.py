@@ -42,7 +42,7 @@ def current(t=37, shape=(3, 5), seed=0):
 @pytest.mark.parametrize("block, t", [(8, 37), (32, 37), (64, 20), (1, 9)])
 def test_filter_lif_scan_equals_the_step_by_step_lif_without_reset(block, t):
     torch.manual_seed(0)
-    neuron = FilterLIF(tau=5.0, tau_std=2.0, block=block, shape=(5,), surrogate=surrogates.ATan()).double()
+    neuron = FilterLIF(tau=5.0, tau_std=2.0, block=block, scan="parallel", shape=(5,), surrogate=surrogates.ATan()).double()
     assert neuron.beta.shape == (5,) and neuron.beta_logit.requires_grad  # learned per neuron by default
     assert_parallel_equals_steps(neuron, current(t))
 
@@ -51,9 +51,21 @@ def test_filter_lif_by_hand():
     """beta = 0.5, I = [1, 2, 0, 4]: U = [1, 2.5, 1.25, 4.625]; threshold 1 (strict): S = [0, 1, 1, 1]."""
     mem = filter_scan(torch.tensor([1.0, 2, 0, 4]).reshape(4, 1, 1), torch.tensor(0.5), block=3)
     assert mem.flatten().tolist() == [1.0, 2.5, 1.25, 4.625]
-    neuron = FilterLIF(beta=0.5, learn_beta=False, per_neuron=False, block=3)
-    spk, _ = neuron(torch.tensor([1.0, 2, 0, 4]).reshape(4, 1, 1))
-    assert spk.flatten().tolist() == [0.0, 1.0, 1.0, 1.0]
+    for scan in ("parallel", "loop"):
+        neuron = FilterLIF(beta=0.5, learn_beta=False, per_neuron=False, block=3, scan=scan)
+        spk, mem = neuron(torch.tensor([1.0, 2, 0, 4]).reshape(4, 1, 1))
+        assert spk.flatten().tolist() == [0.0, 1.0, 1.0, 1.0] and mem.flatten().tolist() == [1.0, 2.5, 1.25, 4.625]
+
+
+def test_filter_lif_loop_equals_the_parallel_scan():
+    torch.manual_seed(0)
+    loop = FilterLIF(tau=5.0, tau_std=2.0, scan="loop", shape=(5,)).double()
+    parallel = FilterLIF(tau=5.0, scan="parallel", block=8, shape=(5,)).double()
+    parallel.load_state_dict(loop.state_dict())
+    a, b = run(loop, current(37)), run(parallel, current(37))
+    assert torch.equal(a[0], b[0])
+    for x, y in zip([a[1], *a[2]], [b[1], *b[2]]):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("window", [0, 1, 6])
@@ -107,6 +119,8 @@ def test_parallel_neurons_build_networks_and_refuse_what_they_cannot_be():
     assert li.blocks[-1].neuron.beta.shape == (10,)  # the readout takes the layer's decay
     with pytest.raises(OptionError, match="reset"):
         FilterLIF(reset="subtract")
+    with pytest.raises(OptionError, match="scan"):
+        FilterLIF(scan="cumsum")
     with pytest.raises(OptionError, match="window"):
         PSN(time_steps=4, window=5)
     with pytest.raises(OptionError, match="taps"):

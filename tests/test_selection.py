@@ -44,7 +44,7 @@ def test_best_is_chosen_on_validation_and_resume_chooses_the_same(tmp_path):
     best = max(records, key=lambda r: (r["val_acc"], -r["step"]))  # the first evaluation with the best val_acc
     assert results["best_selected_on"] == "val" and results["best_step"] == best["step"]
     assert results["best_val_acc"] == best["val_acc"] and results["test_acc_at_best_val"] == best["test_acc"]
-    assert torch.load(tmp_path / "straight/checkpoints/best.pt", weights_only=True)["step"] == best["step"]
+    assert torch.load(tmp_path / "straight/checkpoints/best.pt", weights_only=True)["progress"]["step"] == best["step"]
     assert records[-1]["best_val_acc"] == best["val_acc"] and records[-1]["test_acc_at_best_val"] == best["test_acc"]
     acc = EventAccumulator(str(tmp_path / "straight"))
     acc.Reload()

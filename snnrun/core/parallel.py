@@ -22,8 +22,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from .neurons import LIF
-from .options import OptionError, positive
+from .options import OptionError, one_of, positive
 from .surrogates import ATan, Surrogate
+
+
+SCANS = ("auto", "parallel", "loop")
 
 
 def _is_count(value) -> bool:
@@ -34,51 +37,56 @@ class FilterLIF(LIF):
     """LIF without reset, the neuron as a causal filter: U[t] = beta*U[t-1] + I[t], S[t] = H(U[t] - theta).
 
     Per neuron with a learned decay by default (``per_neuron``, ``learn_beta``; ``tau_std`` spreads the
-    time constants). ``block`` steps per block of the scan (the work grows with T*block, the loop
-    with T/block); ``fused=False`` runs the step-by-step reference.
+    time constants). ``scan``: ``parallel`` computes all steps at once, by blocks of ``block`` steps
+    (``filter_scan``); ``loop`` runs lif's fused op, one pass over time with a hand-written backward;
+    ``auto`` takes ``parallel`` on GPUs, where launching a kernel per step costs most, and ``loop`` on
+    CPUs, where a step's state stays in cache (measured: 0.4 s against 0.06 s forward and backward of
+    [784, 64, 128] on two cores). ``fused=False`` runs the step-by-step reference.
     """
 
-    def __init__(self, block: int = 32, learn_beta: bool = True, per_neuron: bool = True, **kwargs):
+    def __init__(self, block: int = 32, scan: str = "auto", learn_beta: bool = True, per_neuron: bool = True,
+                 **kwargs):
         if kwargs.get("reset", "none") != "none" or kwargs.get("rectify"):
             raise OptionError("reset", kwargs.get("reset"), "none for filter_lif (it never resets nor rectifies)", "none")
         kwargs.update(reset="none", rectify=False)
         super().__init__(learn_beta=learn_beta, per_neuron=per_neuron, **kwargs)
         if not _is_count(block):
             raise OptionError("block", block, "a positive integer (steps per block of the scan)", 32)
-        self.block = block
+        self.block, self.scan = block, one_of("scan", scan, SCANS)
 
     def forward(self, current):
-        if not self.fused:
-            return super().forward(current)  # lif_step with reset none, step by step
+        parallel = self.scan == "parallel" or (self.scan == "auto" and current.is_cuda)
+        if not (self.fused and parallel):
+            return super().forward(current)  # lif's fused op, or with fused=False lif_step step by step
         mem = filter_scan(current, self.beta.to(current), self.block)
         return self.surrogate(mem - self.threshold.to(current)), mem
 
     def extra_repr(self) -> str:
-        return f"block={self.block}, " + super().extra_repr()
+        return f"scan={self.scan}, block={self.block}, " + super().extra_repr()
 
 
 def filter_scan(current: torch.Tensor, beta: torch.Tensor, block: int) -> torch.Tensor:
-    """U[t] = beta*U[t-1] + I[t] from U[-1] = 0 over current [T, B, *shape]; beta () or broadcastable to shape."""
-    t_total, batch = current.shape[:2]
-    features = current[0, 0].numel()
-    x = current.reshape(t_total, batch, features)
-    b = beta.expand(current.shape[2:]).reshape(features)
+    """U[t] = beta*U[t-1] + I[t] from U[-1] = 0 over current [T, B, *shape]; beta () or broadcastable to shape.
+
+    Within a block of L steps starting at s: U[s+j] = beta^j * cumsum_i(beta^-i I[s+i]) + beta^(j+1) U[s-1],
+    elementwise and a cumulative sum, in float64 (beta^-L must not overflow: beta >= 1e-9 for L = 32).
+    Every term of the sum is at most beta^-j |I|, so rounding stays relative to U itself."""
+    t_total = len(current)
     length = min(block, t_total)
-    steps = torch.arange(length, device=current.device)
-    lag = steps[:, None] - steps[None, :]  # t - i within a block
-    powers = b[None, :] ** torch.arange(length + 1, device=current.device, dtype=b.dtype)[:, None]  # [L+1, F]
-    toeplitz = powers[lag.clamp(min=0)] * (lag >= 0)[..., None]  # [L, L, F]: beta^(t-i) for i <= t
-    carry_gain = powers[1:]  # beta^(j+1): what the state before the block is worth at its step j
+    b = beta.to(torch.float64).clamp(min=1e-300 ** (1 / length))
+    shape = (length + 1,) + (1,) * (current.dim() - 1)
+    exponent = torch.arange(length + 1, device=current.device, dtype=torch.float64).reshape(shape)
+    up, down = b ** exponent, b ** -exponent  # beta^j, beta^-j: [L+1, 1, *shape]
+    x = current.to(torch.float64)
     out, carry = [], None
-    for start in range(0, t_total, length):
-        chunk = x[start:start + length]
+    for chunk in x.split(length):  # split, not slices: one gradient buffer for all blocks in backward
         n = len(chunk)
-        u = torch.einsum("tif,ibf->tbf", toeplitz[:n, :n], chunk)
+        u = up[:n] * torch.cumsum(down[:n] * chunk, dim=0)
         if carry is not None:
-            u = u + carry_gain[:n, None, :] * carry
+            u = u + up[1:n + 1] * carry
         out.append(u)
         carry = u[-1]
-    return torch.cat(out).reshape(current.shape)
+    return torch.cat(out).to(current.dtype)
 
 
 class PSN(nn.Module):
