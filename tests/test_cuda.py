@@ -9,6 +9,7 @@ import torch
 from conftest import FAST, read_results, snnrun
 from snnrun.core import neurons, surrogates
 from snnrun.core.architectures import SpikingNetwork
+from snnrun.core.parallel import PSN, FilterLIF, SlidingPSN
 from snnrun.core.recurrent import ALIF, RLIF
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -20,6 +21,11 @@ LAYERS = {
     "alif_one_to_one": lambda: ALIF(tau_adapt=10.0, adaptation=0.5, recurrence="one_to_one", recurrent=True,
                                     learn_threshold=True, shape=(16,)),
     "li": lambda: neurons.LI(beta=0.8, learn_beta=True, per_neuron=True, shape=(16,)),
+    "filter_lif_parallel": lambda: FilterLIF(tau=5.0, tau_std=2.0, scan="parallel", block=8, shape=(16,)),
+    "filter_lif_auto": lambda: FilterLIF(tau=5.0, tau_std=2.0, shape=(16,)),  # the scan on the GPU, the loop on CPU
+    "psn_masked": lambda: PSN(time_steps=30, window=6, shape=(16,)),
+    "psn": lambda: PSN(time_steps=30, shape=(16,)),
+    "sliding_psn": lambda: SlidingPSN(taps=5, shape=(16,)),
 }
 
 

@@ -154,6 +154,30 @@ def _decay(name: str, value: float | None, tau: float | None, default: float, ta
     return in_range(name, default if value is None else value, 0, 1, example=0.9)
 
 
+def filter_scan(current: torch.Tensor, beta: torch.Tensor, block: int) -> torch.Tensor:
+    """U[t] = beta*U[t-1] + I[t] from U[-1] = 0 over current [T, B, *shape]; beta () or broadcastable to shape.
+
+    Within a block of L steps starting at s: U[s+j] = beta^j * cumsum_i(beta^-i I[s+i]) + beta^(j+1) U[s-1],
+    elementwise and a cumulative sum, in float64 (beta^-L must not overflow: beta >= 1e-9 for L = 32).
+    Every term of the sum is at most beta^-j |I|, so rounding stays relative to U itself."""
+    t_total = len(current)
+    length = min(block, t_total)
+    b = beta.to(torch.float64).clamp(min=1e-300 ** (1 / length))
+    shape = (length + 1,) + (1,) * (current.dim() - 1)
+    exponent = torch.arange(length + 1, device=current.device, dtype=torch.float64).reshape(shape)
+    up, down = b ** exponent, b ** -exponent  # beta^j, beta^-j: [L+1, 1, *shape]
+    x = current.to(torch.float64)
+    out, carry = [], None
+    for chunk in x.split(length):  # split, not slices: one gradient buffer for all blocks in backward
+        n = len(chunk)
+        u = up[:n] * torch.cumsum(down[:n] * chunk, dim=0)
+        if carry is not None:
+            u = u + up[1:n + 1] * carry
+        out.append(u)
+        carry = u[-1]
+    return torch.cat(out).to(current.dtype)
+
+
 class SpikingNeuron(nn.Module):
     """Shared options: threshold, reset, detach_reset, rectify, learn_threshold, surrogate.
 
@@ -267,7 +291,8 @@ class LI(LIF):
     """Leaky integrator, the non-spiking readout: U[t] = beta*U[t-1] + I[t] (no threshold, no reset).
 
     Returns (S, U) like every layer, with S all zero. ``LI.like(neuron)`` copies a layer's decay
-    (beta, learned or not, per neuron or shared): ``model.readout_neuron=li``.
+    (beta, learned or not, per neuron or shared): ``model.readout_neuron=li``. On a GPU the fused
+    path is ``filter_scan``, all steps at once; on a CPU lif's fused op, one pass over time.
     """
 
     def __init__(self, beta: float | None = None, tau: float | None = None, learn_beta: bool = False,
@@ -282,6 +307,12 @@ class LI(LIF):
                               "if, rlif or alif)", "same")
         return cls(beta=float(neuron.beta.detach().flatten()[0]), learn_beta=hasattr(neuron, "beta_logit"),
                    per_neuron=neuron.param_shape != (), shape=shape, fused=neuron.fused)
+
+    def forward(self, current):
+        if not (self.fused and current.is_cuda):
+            return super().forward(current)
+        mem = filter_scan(current, self.beta.to(current), block=32)
+        return torch.zeros_like(mem), mem
 
     def extra_repr(self) -> str:
         return "no spikes"

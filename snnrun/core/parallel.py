@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .neurons import LIF
+from .neurons import LIF, filter_scan
 from .options import OptionError, one_of, positive
 from .surrogates import ATan, Surrogate
 
@@ -63,30 +63,6 @@ class FilterLIF(LIF):
 
     def extra_repr(self) -> str:
         return f"scan={self.scan}, block={self.block}, " + super().extra_repr()
-
-
-def filter_scan(current: torch.Tensor, beta: torch.Tensor, block: int) -> torch.Tensor:
-    """U[t] = beta*U[t-1] + I[t] from U[-1] = 0 over current [T, B, *shape]; beta () or broadcastable to shape.
-
-    Within a block of L steps starting at s: U[s+j] = beta^j * cumsum_i(beta^-i I[s+i]) + beta^(j+1) U[s-1],
-    elementwise and a cumulative sum, in float64 (beta^-L must not overflow: beta >= 1e-9 for L = 32).
-    Every term of the sum is at most beta^-j |I|, so rounding stays relative to U itself."""
-    t_total = len(current)
-    length = min(block, t_total)
-    b = beta.to(torch.float64).clamp(min=1e-300 ** (1 / length))
-    shape = (length + 1,) + (1,) * (current.dim() - 1)
-    exponent = torch.arange(length + 1, device=current.device, dtype=torch.float64).reshape(shape)
-    up, down = b ** exponent, b ** -exponent  # beta^j, beta^-j: [L+1, 1, *shape]
-    x = current.to(torch.float64)
-    out, carry = [], None
-    for chunk in x.split(length):  # split, not slices: one gradient buffer for all blocks in backward
-        n = len(chunk)
-        u = up[:n] * torch.cumsum(down[:n] * chunk, dim=0)
-        if carry is not None:
-            u = u + up[1:n + 1] * carry
-        out.append(u)
-        carry = u[-1]
-    return torch.cat(out).to(current.dtype)
 
 
 class PSN(nn.Module):
