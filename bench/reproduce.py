@@ -3,13 +3,15 @@ of the headline accuracy beside the reported figure and each seed's, and the mea
 (training and evaluations, from results.json: not the command's start-up).
 
     python bench/reproduce.py --data /path/to/datasets [--only tutorial5_dense ...] [--seeds 0 1 2]
-                              [--reuse] [--set model.precision=fp32 ...]
+                              [--reuse] [--set model.precision=fp32 ...] [--jobs 2]
 
 Each (preset, seed) runs as a real ``snnrun`` subprocess in bench/results/reproduce/<preset>-seed<s>/;
 the table is also written to bench/results/reproduce.md. ``--reuse`` reads a finished run from its
 folder instead of training it again. The headline is the test accuracy at the best validation
 evaluation for presets that hold out a validation set, else the final test accuracy: never the
 best test evaluation. ``--set`` adds overrides to every run (say them when quoting the table).
+``--jobs N`` runs N seeds of a preset side by side (give each ``--set trainer.num_threads=...``
+so that together they use the machine's cores once, and say so when quoting times).
 """
 
 from __future__ import annotations
@@ -41,14 +43,23 @@ PRESETS = [
 ]
 
 
-def run(snnrun: str, preset: str, extra: list[str], seed: int, data: Path, out: Path, reuse: bool) -> dict:
-    run_dir = out / "-".join([preset, *extra, f"seed{seed}"]).replace("=", "_")
-    if not (reuse and (run_dir / "results.json").is_file()):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        cmd = [snnrun, f"experiment={preset}", f"seed={seed}", f"data.root={data}", *extra, f"hydra.run.dir={run_dir}"]
-        print("$", " ".join(cmd[1:]), file=sys.stderr, flush=True)
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return json.loads((run_dir / "results.json").read_text())
+def run_all(snnrun: str, preset: str, extra: list[str], seeds: list[int], data: Path, out: Path, reuse: bool,
+            jobs: int) -> list[dict]:
+    """Each seed's results.json, training the runs that are not reused, ``jobs`` at a time."""
+    dirs = {seed: out / "-".join([preset, *extra, f"seed{seed}"]).replace("=", "_") for seed in seeds}
+    todo = [seed for seed in seeds if not (reuse and (dirs[seed] / "results.json").is_file())]
+    for start in range(0, len(todo), jobs):
+        procs = []
+        for seed in todo[start:start + jobs]:
+            shutil.rmtree(dirs[seed], ignore_errors=True)
+            cmd = [snnrun, f"experiment={preset}", f"seed={seed}", f"data.root={data}", *extra,
+                   f"hydra.run.dir={dirs[seed]}"]
+            print("$", " ".join(cmd[1:]), file=sys.stderr, flush=True)
+            procs.append((cmd, subprocess.Popen(cmd, stdout=subprocess.DEVNULL)))
+        for cmd, proc in procs:
+            if proc.wait() != 0:
+                raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return [json.loads((dirs[seed] / "results.json").read_text()) for seed in seeds]
 
 
 def headline(results: dict) -> tuple[float, str]:
@@ -76,6 +87,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="overrides added to every run")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--reuse", action="store_true", help="read finished runs instead of training them again")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds of a preset trained side by side")
     args = parser.parse_args()
     snnrun = shutil.which("snnrun", path=str(Path(sys.executable).parent)) or "snnrun"
     data, out = Path(args.data).resolve(), Path(args.out)
@@ -86,8 +98,7 @@ def main() -> None:
     for preset, extra, reported in PRESETS:
         if args.only and preset not in args.only:
             continue
-        runs = [run(snnrun, preset, [*extra, *args.set], seed, data, out / "reproduce", args.reuse)
-                for seed in args.seeds]
+        runs = run_all(snnrun, preset, [*extra, *args.set], args.seeds, data, out / "reproduce", args.reuse, args.jobs)
         rows.append(row(preset, [*extra, *args.set], reported, runs))
         print(rows[-1], flush=True)
     table = "\n".join(rows)

@@ -13,14 +13,15 @@ PRESETS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yam
 SMALL = ["data=synthetic", "data.num_train=1000", "data.num_test=16"]
 
 
-TEMPORAL = ["nmnist_csnn", "psmnist_alif", "shd_alif", "shd_lif", "smnist_pixels_alif", "smnist_rows_lif",
-            "smnist_rows_rlif"]  # trained on their own data in test_events / test_temporal
+TEMPORAL = ["nmnist_csnn", "psmnist_alif", "psmnist_best", "psmnist_fast", "shd_alif", "shd_lif", "smnist_pixels_alif",
+            "smnist_pixels_best", "smnist_pixels_fast", "smnist_rows_lif", "smnist_rows_rlif"]  # trained on their own data in test_events / test_temporal
 
 
 def test_presets_are_named_by_what_they_are():
     assert PRESETS == ["csnn_nir", "graded_fc100", "if_rate_fc500", "mnist_best", "mnist_fast", "nmnist_csnn",
-                       "psmnist_alif", "shd_alif", "shd_lif", "smnist_pixels_alif", "smnist_rows_lif",
-                       "smnist_rows_rlif", "tutorial5_dense", "tutorial6_csnn"]
+                       "psmnist_alif", "psmnist_best", "psmnist_fast", "shd_alif", "shd_lif", "smnist_pixels_alif",
+                       "smnist_pixels_best", "smnist_pixels_fast", "smnist_rows_lif", "smnist_rows_rlif",
+                       "tutorial5_dense", "tutorial6_csnn"]
 
 
 @pytest.mark.parametrize("preset, steps, neuron, readout", [
@@ -42,6 +43,19 @@ def test_the_permuted_preset_is_the_pixel_preset_on_permuted_pixels(compose):
     assert pixels.data.mode == permuted.data.mode == "pixels"
     assert pixels.data.permutation_seed is None and permuted.data.permutation_seed == 0
     assert (permuted.neuron.adaptation, permuted.neuron.tau_adapt, permuted.surrogate.scale) == (180.0, 700.0, 0.3)
+
+
+def test_the_long_sequence_presets_are_causal_psn_networks_within_their_budget(compose):
+    for fast, best in (("smnist_pixels_fast", "smnist_pixels_best"), ("psmnist_fast", "psmnist_best")):
+        f, b = compose(f"experiment={fast}"), compose(f"experiment={best}")
+        for cfg, budget in ((f, 900), (b, 7200)):
+            assert cfg.time_steps == 784 and cfg.data.mode == "pixels" and cfg.data.val_size == 5000
+            assert cfg.neuron._target_.endswith("PSN") and cfg.neuron.window == 784  # causal: no step hears the future
+            assert cfg.trainer.max_time == budget and cfg.readout == "membrane"
+        assert (f.data.permutation_seed, b.data.permutation_seed) == ((0, 0) if fast.startswith("p") else (None, None))
+    pixels, permuted = compose("experiment=smnist_pixels_fast"), compose("experiment=psmnist_fast")
+    for group in ("model", "neuron", "surrogate", "loss", "optimizer", "scheduler", "trainer"):
+        assert pixels[group] == permuted[group], group
 
 
 @pytest.mark.parametrize("preset, data, steps", [("smnist_rows_lif", "smnist", 28), ("nmnist_csnn", "nmnist", 20),
@@ -106,6 +120,20 @@ def test_tutorial6_csnn_reaches_reported_accuracy_after_150_iterations(tmp_path)
     the same code), so the check allows half a point below the tutorial's figure."""
     snnrun("experiment=tutorial6_csnn", "trainer.max_steps=150", "hydra.run.dir=run", cwd=tmp_path, timeout=3600)
     assert read_results(tmp_path / "run")["test_acc"] >= 0.957 - 0.005
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@needs_mnist
+@pytest.mark.parametrize("preset", ["smnist_pixels_fast", "psmnist_fast", "smnist_pixels_best", "psmnist_best"])
+def test_the_long_sequence_presets_train_two_steps_on_real_mnist(tmp_path, preset):
+    """784 steps of real MNIST pixels through the preset's network, two updates, then a full evaluation."""
+    snnrun(f"experiment={preset}", "data.download=false", "data.eval_batch_size=2500", "trainer.max_steps=2",
+           "hydra.run.dir=run", cwd=tmp_path, timeout=1200)
+    results = read_results(tmp_path / "run")
+    assert results["status"] == "ok" and results["steps"] == 2 and results["best_selected_on"] == "val"
+    width = 64 if "fast" in preset else 128
+    assert set(results["firing_rates"]) == {f"L1_FC{width}", f"L2_FC{width}", "L3_FC10"}
 
 
 def test_csnn_nir_exports_exactly(compose):

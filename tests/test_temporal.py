@@ -105,7 +105,8 @@ def test_temporal_torchrun_equals_one_process(mnist_root, tmp_path):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("preset", ["smnist_rows_lif", "smnist_rows_rlif", "smnist_pixels_alif", "psmnist_alif"])
+@pytest.mark.parametrize("preset", ["smnist_rows_lif", "smnist_rows_rlif", "smnist_pixels_alif", "psmnist_alif",
+                                    "smnist_pixels_fast", "psmnist_fast", "smnist_pixels_best", "psmnist_best"])
 def test_the_smnist_presets_train(preset, mnist_root, tmp_path):
     snnrun(f"experiment={preset}", f"data.root={mnist_root}", "data.download=false", "data.batch_size=16",
            "data.val_size=8", "trainer.max_steps=2", "hydra.run.dir=run", cwd=tmp_path)
