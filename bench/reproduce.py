@@ -40,6 +40,10 @@ PRESETS = [
     ("smnist_rows_rlif", [], "none"),
     ("smnist_pixels_alif", [], "96.4 % (LSNN), 98.7 % (SRNN)"),
     ("psmnist_alif", [], "94.3 % (SRNN)"),
+    ("smnist_pixels_fast", [], "target ≥ 90 % in ≤ 15 min; 96.4 % (LSNN), 98.7 % (SRNN), 99.2 % (TC-LIF)"),
+    ("psmnist_fast", [], "target ≥ 80 % in ≤ 15 min; 94.3 % (SRNN), 95.36 % (TC-LIF)"),
+    ("smnist_pixels_best", [], "target ≥ 98 % in ≤ 2 h; 98.7 % (SRNN), 99.2 % (TC-LIF)"),
+    ("psmnist_best", [], "target ≥ 94 % in ≤ 2 h; 94.3 % (SRNN), 95.36 % (TC-LIF)"),
 ]
 
 

@@ -96,3 +96,31 @@ def test_batch_norm_under_torchrun_on_cpu_is_refused_before_work(compose):
         assemble(cfg, World(rank=0, size=2))
     assert err.value.key == "model.arch" and "GPUs only" in str(err.value)
     assert assemble(cfg, World()).parts.model.arch == "4C5-BN-MP2-FC10"  # one process: fine
+
+
+def _rank_enters(rank: int, size: int, init: str, log_dir: str) -> None:
+    import time
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from snnrun.run.distributed import World, main_rank_first
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=size)
+    try:
+        with main_rank_first(World(rank, size)):
+            Path(log_dir, f"{rank}.enter").write_text(repr(time.time()))
+            time.sleep(0.5 if rank == 0 else 0.0)  # rank 0 bins and caches the data meanwhile
+            Path(log_dir, f"{rank}.leave").write_text(repr(time.time()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_zero_loads_the_data_first_and_the_others_read_what_it_cached(tmp_path):
+    """Under torchrun every rank used to bin the whole event dataset at once; now rank 0 loads (and
+    caches) it alone, and the other ranks start only when it is done."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_enters, args=(3, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=3)
+    times = {name: float((tmp_path / name).read_text()) for name in ("0.enter", "0.leave", "1.enter", "2.enter")}
+    assert times["0.leave"] <= times["1.enter"] and times["0.leave"] <= times["2.enter"]

@@ -90,7 +90,7 @@ def run(cfg: DictConfig) -> float:
                       config=OmegaConf.to_container(cfg, resolve=True), world=world)
     if assembly.checkpoint is not None:
         with checkpoints.restoring(cfg.ckpt_path):
-            trainer.restore(assembly.checkpoint)
+            trainer.restore(assembly.checkpoint, training=cfg.task == "train")
         log.info("%s %s at step %d", "resumed from" if cfg.task == "train" else "loaded", cfg.ckpt_path, trainer.step)
     log.info("run folder %s  device %s  model %s  T=%d", run_dir, assembly.device, assembly.parts.model.arch,
              cfg.time_steps)

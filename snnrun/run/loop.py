@@ -118,11 +118,12 @@ class Trainer:
             "config": self.config,
         }
 
-    def restore(self, state: dict) -> None:
-        """Load a checkpoint's weights, optimiser, progress and random streams; the schedule is
-        rebuilt for this run's plan at the step reached."""
+    def restore(self, state: dict, training: bool = True) -> None:
+        """Load a checkpoint's weights, progress and random streams and, to train on (``training``), its
+        optimiser; the schedule is rebuilt for this run's plan at the step reached."""
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if training:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress.from_state(state["progress"])
         self.started = time.perf_counter()
         self.scheduler = self.place_schedule()

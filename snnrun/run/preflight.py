@@ -67,7 +67,7 @@ def checkpoint_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                               f"a network trained with {key}={theirs[key]!r} (task={cfg.task} takes the network, its "
                               "input and its data from the checkpoint; leave the override out)",
                               f"task={cfg.task} ckpt_path={cfg.ckpt_path}")
-    merged = OmegaConf.merge(OmegaConf.create(_plain(cfg)), OmegaConf.create(saved))
+    merged = OmegaConf.create({**_plain(cfg), **saved})  # the checkpoint's groups whole, not merged key by key
     with open_dict(merged):
         for key, value in mine.items():
             if key in touched or _under(key, LOCAL):

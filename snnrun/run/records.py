@@ -42,7 +42,7 @@ class TrainerOptions:
     eval_batch_size: int
     epochs: int = 1
     max_steps: int | None = None
-    max_time: float | None = None  # seconds of training (this run and the runs it resumes): stop cleanly after
+    max_time: float | None = None  # seconds on the training clock (evaluations, resumed runs included): then stop
     eval_every: int | None = None
     curve_points: int = 10  # quick evaluations on a fixed subset when the full ones draw fewer points
     curve_samples: int = 1000
