@@ -3,9 +3,9 @@
 torchrun starts one process per rank and sets RANK, LOCAL_RANK and WORLD_SIZE; snnrun then
 joins the process group (nccl on GPUs, gloo on CPU), wraps the model in
 DistributedDataParallel and gives each rank its contiguous shard of every global batch.
-Every rank draws the same data order and encoder noise, so N ranks compute exactly what one
-process computes on the whole batch. All ranks share rank 0's launch time and so the same
-run folder; only rank 0 writes into it.
+Every rank draws the same data order, encoder noise and dropout masks (for the whole batch), so
+N ranks compute exactly what one process computes on the whole batch. All ranks share rank 0's
+launch time and so the same run folder; only rank 0 writes into it.
 """
 
 from __future__ import annotations
