@@ -119,3 +119,19 @@ def test_a_recurrent_layer_counts_its_own_spikes_into_v_and_the_ann_runs_every_s
         assert counter.acs[0] == x.sum().item() * 5 + own * per_spike
         report = counter.report(counter.totals(), samples=2)
         assert report["ann_macs"] == 6 * (4 * 5 + ann_recurrent + 5 * 3)  # 360 all-to-all, 240 one-to-one
+
+
+def test_psn_weights_over_time_are_counted_as_macs_per_sample():
+    """psn window 3 over T = 5: each neuron takes 1 + 2 + 3 + 3 + 3 = 12 MACs of W per sequence, so the
+    4 hidden neurons 48 and the 3 outputs 36; sliding taps 2: 1 + 2 + 2 + 2 + 2 = 9 per neuron."""
+    from snnrun.core.parallel import PSN, SlidingPSN
+
+    torch.manual_seed(0)
+    x = (torch.rand(5, 2, 6) > 0.5).float()  # binary input: its weights are ACs, not MACs
+    for neuron, per_neuron in ((partial(PSN, time_steps=5, window=3), 12), (partial(SlidingPSN, taps=2), 9)):
+        net = SpikingNetwork("FC4-FC3", (6,), 3, neuron=neuron)
+        counter = count(net, x)
+        assert counter.macs == [2 * 4 * per_neuron, 2 * 3 * per_neuron]  # two samples
+        report = counter.report(counter.totals(), samples=2)
+        assert report["macs"] == 7 * per_neuron
+        assert report["ann_macs"] == (6 * 4 + 4 * 3) + 7 * per_neuron  # one step of input (ann_steps=1) + mixing

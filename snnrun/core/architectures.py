@@ -277,6 +277,8 @@ class SpikingNetwork(nn.Module):
                     current = current.unsqueeze(0).expand(time_steps, *current.shape)
                 else:
                     current = block.current(x)
+            if self.counter is not None:
+                self.counter.add_mixing(i, current)
             spk, mem = block.neuron(current)
             if self.counter is not None and getattr(block.neuron, "recurrence", None):
                 self.counter.add_recurrent(i, spk)

@@ -94,6 +94,10 @@ class PSN(nn.Module):
     def kernel(self) -> torch.Tensor:
         return self.weight * self.mask if self.window else self.weight
 
+    def mixing_macs(self, steps: int) -> int:
+        """Multiply-accumulates of W over a sequence, per neuron: T^2, or sum_t min(k, t+1) on the band."""
+        return steps * steps if not self.window else sum(min(self.window, t + 1) for t in range(steps))
+
     def forward(self, current):
         if len(current) != self.time_steps:
             raise ValueError(f"a psn layer built for T = {self.time_steps} steps got {len(current)}")
@@ -130,6 +134,10 @@ class SlidingPSN(nn.Module):
         self.surrogate = surrogate if surrogate is not None else ATan()
         self.weight = nn.Parameter(torch.exp(-torch.arange(taps, dtype=torch.float32) / tau))
         self.bias = nn.Parameter(torch.tensor(-positive("threshold", threshold)))
+
+    def mixing_macs(self, steps: int) -> int:
+        """Multiply-accumulates of the taps over a sequence, per neuron: sum_t min(k, t+1)."""
+        return sum(min(self.taps, t + 1) for t in range(steps))
 
     def forward(self, current):
         w, b = self.weight.to(current), self.bias.to(current)

@@ -12,6 +12,8 @@ weights too: n ACs each (all_to_all) or 1 (one_to_one). Energy = MACs * E_MAC + 
 not the energy of the machine that ran the model. ``ann_macs`` is the same network as a
 non-spiking ANN: once per image, or T steps of a sequence (a recurrent layer adds its recurrent
 weights per step: n x n all-to-all, n one-to-one).
+A psn layer's neurons also weight their current over time with learned weights: those MACs are
+counted once per sample, in both figures (``add_mixing``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class OpCounter:
     def __init__(self, model, ann_steps: int = 1):
         self.names, self.ann_steps = model.layer_names, ann_steps
         self.recurrent = [getattr(b.neuron, "recurrence", None) for b in model.blocks]
+        self.mixing = [getattr(b.neuron, "mixing_macs", None) for b in model.blocks]  # psn: weights over time
+        self.mixing_per_sample = [0] * len(model.blocks)
         self.layers = [weight_layer(b) for b in model.blocks]
         self.shapes, shape = [], tuple(model.input_shape)
         for block in model.blocks:
@@ -82,6 +86,12 @@ class OpCounter:
             rows = x.shape[0] if static else x.shape[0] * x.shape[1]
             self.macs[i] += float(dense_macs(self.layers[i], self.shapes[i])) * rows
 
+    def add_mixing(self, i: int, current: torch.Tensor) -> None:
+        """Layer i's neurons weight their current [T, B, ...] over time (psn): MACs per neuron and sample."""
+        if self.mixing[i] is not None:
+            self.mixing_per_sample[i] = self.mixing[i](current.shape[0]) * current[0, 0].numel()
+            self.macs[i] += float(self.mixing_per_sample[i] * current.shape[1])
+
     def add_recurrent(self, i: int, spk: torch.Tensor) -> None:
         """Layer i's own spikes of every step but the last drive V at the next step."""
         n = spk.shape[-1] if self.recurrent[i] == "all_to_all" else 1
@@ -96,6 +106,7 @@ class OpCounter:
         acs, macs = [a / samples for a in totals[:n]], [m / samples for m in totals[n:]]
         ann = self.ann_steps * sum(dense_macs(layer, shape) + (recurrent_macs(layer.out_features, rec) if rec else 0)
                                    for layer, shape, rec in zip(self.layers, self.shapes, self.recurrent))
+        ann += sum(self.mixing_per_sample)  # the same weighting over time, once per sequence
         return {
             "synops": {name: {"ac": a, "mac": m} for name, a, m in zip(self.names, acs, macs)},
             "acs": sum(acs), "macs": sum(macs),
