@@ -190,7 +190,8 @@ def test_eval_takes_the_network_input_and_data_from_the_checkpoint(compose, tmp_
     def merged(*extra):
         overrides = ["task=eval", f"ckpt_path={ckpt}", *extra]
         with initialize_config_dir(config_dir=config_dir(), version_base=None):
-            return checkpoint_config(hydra_compose(config_name="config", overrides=overrides), overrides)
+            return checkpoint_config(hydra_compose(config_name="config", overrides=overrides), overrides,
+                                     checkpoints.load(ckpt))
 
     cfg = merged("data.eval_batch_size=7")
     assert (cfg.model.arch, cfg.time_steps, cfg.encoder._target_) == ("FC32-FC10", 6, "snnrun.core.encoders.Poisson")
@@ -281,3 +282,12 @@ def test_a_non_finite_gradient_is_skipped_counted_and_never_applied(compose, tmp
     t.model.blocks[0].stateless[-1].weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
     with pytest.raises(TrainingError, match=r"3 updates in a row had a non-finite gradient"):
         t.fit()
+
+
+def test_a_checkpoint_without_its_run_config_cannot_be_evaluated_or_exported():
+    from snnrun.run.checkpoints import CheckpointError
+
+    for state in ({}, {"config": {"model": {}, "neuron": {}, "surrogate": {}}}):
+        with pytest.raises(CheckpointError, match=r"ckpt_path=old.pt holds no run config to rebuild its network from"):
+            checkpoints.saved_config(state, "old.pt")
+    assert checkpoints.saved_config({"config": {"model": 1, "neuron": 2, "surrogate": 3, "data": 4}}, "x")["data"] == 4

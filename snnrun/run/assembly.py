@@ -27,11 +27,10 @@ from ..data import datasets
 from ..data.datasets import DataSpec
 from ..interop import nir_import
 from . import checkpoints
-from .checkpoints import CheckpointError
 from .devices import check_memory, resolve_device
 from .distributed import World, main_rank_first, world
 from .records import Parts, TrainerOptions
-from .rules import ConfigError, _is_int, _require, check, check_li_readout
+from .rules import ConfigError, _is_int, _require, check, check_li_readout, task_view
 
 # ``${snnrun.div:128,${data.downsample}}``: sizes that configs derive from other keys (integer division)
 OmegaConf.register_new_resolver("snnrun.div", lambda a, b: int(a) // int(b), replace=True)
@@ -153,19 +152,17 @@ def network_of(cfg: DictConfig, imported: nir_import.Imported, spec: DataSpec) -
     if classes != spec.num_classes:
         raise ConfigError("nir_path", cfg.nir_path, f"a graph with one output per class of this dataset ({spec.num_classes};"
                           f" the graph has {classes})", "data=<the dataset the graph was trained on>")
-    cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # the task's view: no hydra node
+    cfg = task_view(cfg)
     with open_dict(cfg):
         cfg.model.arch, cfg.model.readout_neuron = imported.arch, imported.readout_neuron
         cfg.neuron = OmegaConf.create(imported.neuron)
     return cfg
 
 
-def checkpoint_network(cfg: DictConfig):
-    """The network a checkpoint holds, built from the config saved in it -> (model, saved config)."""
-    state = checkpoints.load(cfg.ckpt_path)
-    saved = OmegaConf.create(state.get("config") or {})
-    if not {"model", "neuron", "surrogate", "data"} <= set(saved):
-        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} holds no run config to rebuild its network from")
+def checkpoint_network(cfg: DictConfig, state: dict):
+    """The network the checkpoint ``state`` (read from ``cfg.ckpt_path``) holds, built from the config
+    saved in it -> (model, saved config)."""
+    saved = OmegaConf.create(checkpoints.saved_config(state, cfg.ckpt_path))
     with options_of("data", saved.data):
         spec = DataSpec.from_config(saved.data)
     neuron = _guarded("neuron", saved.neuron, _part(saved, "neuron"))
@@ -202,8 +199,9 @@ def synced_batch_norm(model, cfg: DictConfig, device: torch.device):
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def assemble(cfg: DictConfig, rank: World | None = None) -> Assembly:
-    """Check the config, then build every part, read the checkpoint and load the data, once."""
+def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = None) -> Assembly:
+    """Check the config, then build every part, read the checkpoint (unless its ``state`` is handed
+    in, already read) and load the data, once."""
     rank = rank or world()
     check(cfg, rank.size)
     device = resolve_device(cfg.device, rank)
@@ -232,10 +230,9 @@ def assemble(cfg: DictConfig, rank: World | None = None) -> Assembly:
     check_memory(model, options, device)
     if rank.size > 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         model = synced_batch_norm(model, cfg, device)
-    state = None
     val_size = cfg.data.get("val_size", 0)
     if cfg.get("ckpt_path"):
-        state = checkpoints.load(cfg.ckpt_path)
+        state = state if state is not None else checkpoints.load(cfg.ckpt_path)
         checkpoints.check_fits(state, model, cfg.ckpt_path)
         if cfg.task == "train":
             checkpoints.check_split(state, val_size, cfg.ckpt_path)

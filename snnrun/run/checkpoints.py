@@ -93,6 +93,14 @@ def load(path: str | Path) -> dict:
     return state
 
 
+def saved_config(state: dict, path) -> dict:
+    """The run config saved in a checkpoint, with the groups its network is built from."""
+    saved = state.get("config") or {}
+    if not {"model", "neuron", "surrogate", "data"} <= set(saved):
+        raise CheckpointError(f"ckpt_path={path} holds no run config to rebuild its network from")
+    return saved
+
+
 def check_fits(state: dict, model, path) -> None:
     """Refuse a checkpoint of another architecture, input shape or set of parameters."""
     if state.get("arch") != model.arch or tuple(state.get("input_shape", ())) != model.input_shape:

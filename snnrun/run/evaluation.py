@@ -10,9 +10,8 @@ random stream exactly as training left them.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import logging
+from contextlib import contextmanager
 
 import torch
 from tqdm import tqdm

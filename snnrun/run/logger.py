@@ -13,24 +13,16 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from ..atomic import append_line, write_json_atomic
 from .figures import membrane_figure, raster_figure
+from .rules import leaves
 
 log = logging.getLogger("snnrun")
 
 HPARAM_METRICS = ("test_acc", "best_test_acc", "test_loss", "val_acc", "best_val_acc", "test_acc_at_best_val")
 
 
-def flatten(cfg: dict, prefix: str = "") -> dict:
-    """Nested config -> {"a.b": value} with values TensorBoard's hparams accept."""
-    flat = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
+def flatten(cfg: dict) -> dict:
+    """Nested config -> {"a.b": value} with values TensorBoard's hparams accept (others as text)."""
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in leaves(cfg).items()}
 
 
 class RunLogger:

@@ -18,8 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..interop import nir_export
 from . import checkpoints
 from .assembly import Assembly, assemble, checkpoint_network
-from .checkpoints import CheckpointError
-from .rules import USER_ERRORS, ConfigError, check
+from .rules import USER_ERRORS, ConfigError, check, leaves, task_view
 
 IDENTITY = ("model", "neuron", "surrogate", "encoder", "time_steps", "data")  # what the checkpoint's network is
 # keys of the running machine and the run's own choices: never taken from the checkpoint
@@ -28,39 +27,30 @@ LOCAL = ("task", "ckpt_path", "nir_path", "device", "export", "data.root", "data
 BATCHING = ("data.batch_size", "data.eval_batch_size", "data.val_size")  # compatible with any checkpoint
 
 
-def _leaves(node, prefix: str = "") -> dict:
-    """{"a.b": value} for every leaf of a resolved container."""
-    if isinstance(node, dict):
-        return {k: v for key, child in node.items() for k, v in _leaves(child, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: node}
-
-
 def _under(key: str, names) -> bool:
     return any(key == n or key.startswith(n + ".") for n in names)
 
 
 def _plain(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    return OmegaConf.to_container(task_view(cfg), resolve=True)
 
 
-def checkpoint_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """The checkpoint's config, with this command's machine keys and its compatible overrides.
+def checkpoint_config(cfg: DictConfig, overrides: list[str], state: dict) -> DictConfig:
+    """The config of the checkpoint ``state`` (read from ``cfg.ckpt_path``), with this command's machine
+    keys and its compatible overrides.
 
     An override is whatever this command's ``overrides`` name or change against the defaults (an
     ``experiment=`` preset included); one that gives the network, its input or its data a value
     other than the checkpoint's is refused, naming both."""
-    state = checkpoints.load(cfg.ckpt_path)
-    saved = state.get("config") or {}
-    if not {"model", "neuron", "surrogate", "data"} <= set(saved):
-        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} holds no run config to rebuild its network from")
-    mine = _leaves(_plain(cfg))
-    base = _leaves(_plain(compose(config_name="config", overrides=[o for o in overrides if _under(
+    saved = checkpoints.saved_config(state, cfg.ckpt_path)
+    mine = leaves(_plain(cfg))
+    base = leaves(_plain(compose(config_name="config", overrides=[o for o in overrides if _under(
         o.lstrip("+~").split("=", 1)[0], ("task", "ckpt_path"))])))
     touched = {k for k, v in mine.items() if base.get(k, object()) != v}  # what the overrides changed, presets too
     for override in overrides:  # and what they name, though it equals the default (data=mnist)
         named = override.lstrip("+~").split("=", 1)[0]
         touched |= {k for k in mine if _under(k, (named,)) and not named.startswith("hydra")}
-    theirs = _leaves(saved)
+    theirs = leaves(saved)
     for key in sorted(touched):
         if _under(key, IDENTITY) and not _under(key, LOCAL + BATCHING) and key in theirs and theirs[key] != mine[key]:
             raise ConfigError(key, mine[key], f"the checkpoint's value, {theirs[key]!r}: ckpt_path={cfg.ckpt_path} holds "
@@ -96,15 +86,17 @@ class Preflight(Callback):
 
 def prepare(cfg: DictConfig, overrides: list[str]) -> Assembly | tuple:
     """What the task needs: for task=export the checkpoint's (model, config), else the assembled run."""
+    state = None  # a checkpoint to evaluate or export, read once
     if cfg.task in ("eval", "export"):
         check(cfg)
         if cfg.get("ckpt_path"):
-            cfg = checkpoint_config(cfg, overrides)
+            state = checkpoints.load(cfg.ckpt_path)
+            cfg = checkpoint_config(cfg, overrides, state)
     if cfg.task == "export":
-        model, saved = network = checkpoint_network(cfg)
+        model, saved = network = checkpoint_network(cfg, state)
         nir_export.check_exact(model, saved.model.get("precision", "fp32"), cfg.export.approximate)
         return network
-    assembly = assemble(cfg)
+    assembly = assemble(cfg, state=state)
     if cfg.task == "eval" and cfg.get("ckpt_path"):
         assembly.config = cfg
     return assembly

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..core.losses import READOUTS, SPIKE_READOUTS
 from ..core.options import is_number
@@ -23,6 +23,18 @@ class ConfigError(ValueError):
     def __init__(self, key: str, value, allowed: str, example: str):
         super().__init__(f"{key}={value!r} is not allowed: {key} must be {allowed}. For example: snnrun {example}")
         self.key = key
+
+
+def task_view(cfg: DictConfig) -> DictConfig:
+    """The run's config as the task sees it: without Hydra's own ``hydra`` node."""
+    return OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+
+
+def leaves(node: dict, prefix: str = "") -> dict:
+    """A nested (plain) config -> {"a.b": value} for every leaf."""
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    return {k: v for key, child in node.items() for k, v in leaves(child, f"{prefix}{key}.").items()}
 
 
 def _get(cfg: DictConfig, key: str):
