@@ -138,9 +138,10 @@ def test_bad_parameters_are_refused(kwargs, message):
         neurons.LIF(**kwargs)
 
 
-def _forward_backward(cls, fused, current, weights, **kwargs):
+def _forward_backward(cls, fused, current, weights, tbptt=0, **kwargs):
     torch.manual_seed(0)
     neuron = cls(fused=fused, **kwargs).double()
+    neurons.truncate(neuron, tbptt)
     x = current.clone().requires_grad_()
     spk, mem = neuron(x)
     ((spk * weights[0]).sum() + (mem * weights[1]).sum()).backward()
@@ -152,8 +153,9 @@ def _forward_backward(cls, fused, current, weights, **kwargs):
 @pytest.mark.parametrize("detach_reset", [True, False])
 @pytest.mark.parametrize("rectify", [False, True])
 @pytest.mark.parametrize("per_neuron", [False, True])
-def test_fused_time_loop_matches_step_by_step_autograd(cls, reset, detach_reset, rectify, per_neuron):
-    """The fused op's hand-written BPTT gives autograd's gradients for every option."""
+@pytest.mark.parametrize("tbptt", [0, 5])
+def test_fused_time_loop_matches_step_by_step_autograd(cls, reset, detach_reset, rectify, per_neuron, tbptt):
+    """The fused op's hand-written BPTT gives autograd's gradients for every option, truncated or not."""
     torch.manual_seed(3)
     current = torch.randn(24, 4, 3, 5, dtype=torch.float64) * 0.8
     current[5] = 0  # exact zeros: U = 0 exactly at the rectifier
@@ -161,8 +163,8 @@ def test_fused_time_loop_matches_step_by_step_autograd(cls, reset, detach_reset,
     kwargs = dict(beta=0.8, threshold=0.7, reset=reset, detach_reset=detach_reset, rectify=rectify,
                   learn_beta=True, learn_threshold=True, per_neuron=per_neuron, shape=(3, 5),
                   surrogate=surrogates.FastSigmoid(5.0))
-    ref = _forward_backward(cls, False, current, weights, **kwargs)
-    fused = _forward_backward(cls, True, current, weights, **kwargs)
+    ref = _forward_backward(cls, False, current, weights, tbptt=tbptt, **kwargs)
+    fused = _forward_backward(cls, True, current, weights, tbptt=tbptt, **kwargs)
     assert ref[0].sum() > 0 and torch.equal(ref[0], fused[0])
     torch.testing.assert_close(fused[1], ref[1], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fused[2], ref[2], rtol=1e-10, atol=1e-10)

@@ -69,17 +69,19 @@ CASES = [(cls, recurrence, reset) for cls in (RLIF, ALIF) for recurrence in ("al
          for reset in ("subtract", "zero", "none") if not (cls is RLIF and recurrence is None)]
 
 
+@pytest.mark.parametrize("tbptt", [0, 7])
 @pytest.mark.parametrize("detach_reset", [True, False])
 @pytest.mark.parametrize("cls, recurrence, reset", CASES)
-def test_fused_matches_step_by_step_in_float64(cls, recurrence, reset, detach_reset):
+def test_fused_matches_step_by_step_in_float64(cls, recurrence, reset, detach_reset, tbptt):
     """Spikes identical; membranes and the gradients of the input, the learned per-neuron beta and
-    threshold and the recurrent weights within 1e-10."""
+    threshold and the recurrent weights within 1e-10, with full or truncated BPTT."""
     torch.manual_seed(0)
     n = 6
     extra = {"tau_adapt": 5.0, "adaptation": 0.7} if cls is ALIF else {}
     layer = cls(beta=0.8, reset=reset, recurrence=recurrence or "all_to_all", recurrent=recurrence is not None,
                 shape=(n,), learn_beta=True, learn_threshold=True, per_neuron=True, detach_reset=detach_reset,
                 **extra).double()
+    neurons.truncate(layer, tbptt)
     if recurrence == "one_to_one":
         with torch.no_grad():
             layer.recurrent_weight.uniform_(-1, 1)

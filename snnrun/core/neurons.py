@@ -61,11 +61,14 @@ class _LIFSequence(torch.autograd.Function):
     with K[t] = dU[t+1]/dU[t] (beta; beta*(1 - S[t]) for the zero reset) and dL/dS[t] including
     the reset's path R[t+1] = S[t] unless it is detached. Then dL/dI[t] = a[t]: the rectifier
     max(U, 0) is passed straight through (gradient 1), so a neuron held at 0 still learns.
-    Only U is saved: S = U > theta is recomputed from it.
+    Only U is saved: S = U > theta is recomputed from it. Truncated BPTT (``tbptt`` = k > 0):
+    where t+1 starts a chunk (a multiple of k) the state's terms from a[t+1] are cut; the
+    parameters' terms of step t+1 (a[t+1]*U[t] for beta, a[t+1]*S[t] for theta) are kept, as
+    when the step-by-step loop detaches U and S there.
     """
 
     @staticmethod
-    def forward(ctx, current, beta, threshold, surrogate, reset, detach_reset, rectify):
+    def forward(ctx, current, beta, threshold, surrogate, reset, detach_reset, rectify, tbptt=0):
         mem, spk = torch.empty_like(current), torch.empty_like(current)
         for t in range(current.shape[0]):
             u = mem[t]
@@ -82,7 +85,7 @@ class _LIFSequence(torch.autograd.Function):
                 u.clamp_(min=0)
             torch.gt(u, threshold, out=spk[t])
         ctx.save_for_backward(mem, beta, threshold)
-        ctx.surrogate, ctx.reset, ctx.detach_reset = surrogate, reset, detach_reset
+        ctx.surrogate, ctx.reset, ctx.detach_reset, ctx.tbptt = surrogate, reset, detach_reset, tbptt
         ctx.set_materialize_grads(False)
         return spk, mem
 
@@ -98,6 +101,8 @@ class _LIFSequence(torch.autograd.Function):
         acc_th = torch.zeros_like(mem[0]) if need_th else None
         nxt = None  # a[t+1]; per-step tensors stay in cache, which beats whole-sequence ops on CPU
         for t in reversed(range(mem.shape[0])):
+            if nxt is not None and truncated(t + 1, ctx.tbptt):
+                nxt = None  # the state's path from t+1 is cut; its parameter terms were taken at t+1
             u, a = mem[t], grad_in[t]
             g_s = None if grad_spk is None else grad_spk[t]
             if nxt is not None and reset_path:  # S[t] is R[t+1]
@@ -124,18 +129,24 @@ class _LIFSequence(torch.autograd.Function):
                     acc_th.sub_(a * (prev > threshold))
             nxt = a
         return (grad_in, _sum_to(acc_beta, beta) if need_beta else None,
-                _sum_to(acc_th, threshold) if need_th else None, None, None, None, None)
+                _sum_to(acc_th, threshold) if need_th else None, None, None, None, None, None)
+
+
+def truncated(t: int, tbptt: int) -> bool:
+    """Whether step t starts a chunk of truncated BPTT: the state it reads is detached."""
+    return tbptt > 0 and t > 0 and t % tbptt == 0
 
 
 class _LeakyIntegral(torch.autograd.Function):
-    """J[t] = alpha*J[t-1] + I[t] over all steps; backward dL/dI[t] = dL/dJ[t] + alpha*dL/dI[t+1]."""
+    """J[t] = alpha*J[t-1] + I[t] over all steps; backward dL/dI[t] = dL/dJ[t] + alpha*dL/dI[t+1]
+    (the second term cut where t+1 starts a chunk of truncated BPTT)."""
 
     @staticmethod
-    def forward(ctx, current, alpha: float):
+    def forward(ctx, current, alpha: float, tbptt: int = 0):
         out = current.clone()
         for t in range(1, out.shape[0]):
             out[t].add_(out[t - 1] * alpha)  # not add_(alpha=): no fused multiply-add, same rounding as the reference
-        ctx.alpha = alpha
+        ctx.alpha, ctx.tbptt = alpha, tbptt
         return out
 
     @staticmethod
@@ -143,8 +154,9 @@ class _LeakyIntegral(torch.autograd.Function):
     def backward(ctx, grad):
         grad = grad.clone()
         for t in reversed(range(grad.shape[0] - 1)):
-            grad[t].add_(grad[t + 1], alpha=ctx.alpha)
-        return grad, None
+            if not truncated(t + 1, ctx.tbptt):
+                grad[t].add_(grad[t + 1], alpha=ctx.alpha)
+        return grad, None, None
 
 
 def _decay(name: str, value: float | None, tau: float | None, default: float, tau_name: str = "tau") -> float:
@@ -186,7 +198,10 @@ class SpikingNeuron(nn.Module):
     range without clamping: theta = exp(log_theta) and, in subclasses, beta = sigmoid(w).
     ``fused=True`` runs the time loop as one autograd op (hand-written BPTT, see
     ``_LIFSequence``); ``fused=False`` runs ``lif_step`` under autograd, the reference.
+    ``tbptt`` = k > 0 truncates BPTT every k steps (set by ``trainer.tbptt``, see ``truncate``).
     """
+
+    tbptt = 0
 
     def __init__(
         self,
@@ -232,12 +247,14 @@ class SpikingNeuron(nn.Module):
     def forward(self, current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fused:
             return _LIFSequence.apply(current, self.beta.to(current), self.threshold.to(current), self.surrogate,
-                                      self.reset, self.detach_reset, self.rectify)
+                                      self.reset, self.detach_reset, self.rectify, self.tbptt)
         kwargs = self._step_kwargs()
         mem = torch.zeros_like(current[0])
         spk = torch.zeros_like(current[0])
         spikes, mems = [], []
-        for i_t in current:
+        for t, i_t in enumerate(current):
+            if truncated(t, self.tbptt):
+                mem, spk = mem.detach(), spk.detach()
             spk, mem = lif_step(i_t, mem, spk, **kwargs)
             spikes.append(spk)
             mems.append(mem)
@@ -309,7 +326,7 @@ class LI(LIF):
                    per_neuron=neuron.param_shape != (), shape=shape, fused=neuron.fused)
 
     def forward(self, current):
-        if not (self.fused and current.is_cuda):
+        if not (self.fused and current.is_cuda) or self.tbptt:
             return super().forward(current)
         mem = filter_scan(current, self.beta.to(current), block=32)
         return torch.zeros_like(mem), mem
@@ -335,10 +352,12 @@ class Synaptic(LIF):
         if self.alpha == 0:
             return super().forward(current)
         if self.fused:
-            return super().forward(_LeakyIntegral.apply(current, self.alpha))
+            return super().forward(_LeakyIntegral.apply(current, self.alpha, self.tbptt))
         syn = torch.zeros_like(current[0])
         filtered = []
-        for i_t in current:
+        for t, i_t in enumerate(current):
+            if truncated(t, self.tbptt):
+                syn = syn.detach()
             syn = self.alpha * syn + i_t
             filtered.append(syn)
         return super().forward(torch.stack(filtered))
@@ -375,10 +394,14 @@ class Graded(nn.Module):
         self.threshold = positive("threshold", threshold, example=2.0)
         self.penalty = non_negative("penalty", penalty, example=2.5)
 
+    tbptt = 0  # truncated BPTT: H is detached where a chunk of this many steps starts (``truncate``)
+
     def forward(self, current):
         h = torch.zeros_like(current[0])
         outs, mems = [torch.zeros_like(h)], [torch.zeros_like(h)]
-        for i_t in current[:-1]:
+        for t, i_t in enumerate(current[:-1]):
+            if truncated(t, self.tbptt):
+                h = h.detach()
             h = self.decay * h + i_t
             o = F.relu(h - self.threshold)
             h = h - (self.penalty + o) * (o > 0).to(h.dtype)
@@ -388,3 +411,11 @@ class Graded(nn.Module):
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, threshold={self.threshold}, penalty={self.penalty}"
+
+
+def truncate(model: nn.Module, tbptt: int) -> int:
+    """Truncated BPTT every ``tbptt`` steps in every layer that carries a state over time; returns how many."""
+    layers = [m for m in model.modules() if hasattr(type(m), "tbptt")]
+    for layer in layers:
+        layer.tbptt = tbptt
+    return len(layers)

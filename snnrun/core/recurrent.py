@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .neurons import LIF, _sum_to, lif_step
+from .neurons import LIF, _sum_to, lif_step, truncated
 from .options import non_negative, one_of, positive
 
 RECURRENCES = ("all_to_all", "one_to_one")
@@ -45,12 +45,14 @@ class _RecurrentSequence(torch.autograd.Function):
         e[t] = b * dL/dtheta[t] + rho e[t+1],  dL/dtheta[t] = -sigma' dL/dS[t] - S[t] g[t+1] (subtract)
 
     dL/dI[t] = g[t]; dL/dW = sum_t g[t]^T S[t-1] (one product after the loop); dL/dc = sum_t g[t].
-    Saved: U and, for alif, theta[t]; S = U > theta[t] is recomputed.
+    Saved: U and, for alif, theta[t]; S = U > theta[t] is recomputed. Truncated BPTT (``tbptt`` = k):
+    where t+1 starts a chunk, g[t+1] and e[t+1] reach no state of step t (U, S, a); the parameters'
+    terms of step t+1 (beta's U[t], theta0's S[t] through the reset, W's S[t]) are kept.
     """
 
     @staticmethod
     def forward(ctx, current, beta, threshold, weight, bias, surrogate, reset, detach_reset, rectify, recurrence,
-                rho, jump):
+                rho, jump, tbptt=0):
         mem, spk = torch.empty_like(current), torch.empty_like(current)
         adaptive = jump != 0
         thr = torch.empty_like(current) if adaptive else None
@@ -78,7 +80,7 @@ class _RecurrentSequence(torch.autograd.Function):
                 torch.add(threshold, adapt, alpha=jump, out=thr[t])
             torch.gt(u, thr[t] if adaptive else threshold, out=spk[t])
         ctx.save_for_backward(mem, thr, beta, threshold, weight)
-        ctx.options = surrogate, reset, detach_reset, recurrence, rho, jump  # the rectifier passes straight through
+        ctx.options = surrogate, reset, detach_reset, recurrence, rho, jump, tbptt  # the rectifier: straight through
         ctx.set_materialize_grads(False)
         return spk, mem
 
@@ -86,7 +88,7 @@ class _RecurrentSequence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_spk, grad_mem):
         mem, thr, beta, threshold, weight = ctx.saved_tensors
-        surrogate, reset, detach_reset, recurrence, rho, jump = ctx.options
+        surrogate, reset, detach_reset, recurrence, rho, jump, tbptt = ctx.options
         adaptive = thr is not None
         need_beta, need_th = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         acc_beta = torch.zeros_like(mem[0]) if need_beta else None
@@ -99,7 +101,8 @@ class _RecurrentSequence(torch.autograd.Function):
             s = u > theta
             g_s = torch.zeros_like(u) if grad_spk is None else grad_spk[t].clone()
             g_theta = None
-            if nxt is not None:
+            cut = nxt is not None and truncated(t + 1, tbptt)  # step t+1 reads a detached state
+            if nxt is not None and not cut:
                 if recurrence == "all_to_all":
                     g_s.addmm_(nxt, weight)
                 elif recurrence == "one_to_one":
@@ -117,15 +120,18 @@ class _RecurrentSequence(torch.autograd.Function):
                     g_theta = g_theta - nxt * s
                 if need_th:
                     acc_th.add_(g_theta)
+                if cut and reset == "subtract":
+                    g_theta = -g  # theta[t] = theta0 + b*a[t]: a[t] is detached at t+1, theta0 is not
             if grad_mem is not None:
                 g.add_(grad_mem[t])
             if nxt is not None:
                 if need_beta:
                     acc_beta.addcmul_(nxt, u.masked_fill(s, 0) if reset == "zero" else u)
-                g.add_((nxt * beta).masked_fill_(s, 0) if reset == "zero" else nxt * beta)
+                if not cut:
+                    g.add_((nxt * beta).masked_fill_(s, 0) if reset == "zero" else nxt * beta)
             if adaptive:
                 e = g_theta * jump
-                nxt_adapt = e if nxt_adapt is None else e.add_(nxt_adapt, alpha=rho)
+                nxt_adapt = e if nxt_adapt is None or cut else e.add_(nxt_adapt, alpha=rho)
             nxt = g
         grad_weight = grad_bias = None
         if ctx.needs_input_grad[3]:
@@ -136,7 +142,7 @@ class _RecurrentSequence(torch.autograd.Function):
         if ctx.needs_input_grad[4]:
             grad_bias = grad_in.reshape(-1, mem.shape[-1]).sum(0)
         return (grad_in, _sum_to(acc_beta, beta) if need_beta else None,
-                _sum_to(acc_th, threshold) if need_th else None, grad_weight, grad_bias) + (None,) * 7
+                _sum_to(acc_th, threshold) if need_th else None, grad_weight, grad_bias) + (None,) * 8
 
 
 class RLIF(LIF):
@@ -191,11 +197,14 @@ class RLIF(LIF):
             return _RecurrentSequence.apply(
                 current, self.beta.to(current), self.threshold.to(current),
                 None if weight is None else weight.to(current), None if bias is None else bias.to(current),
-                self.surrogate, self.reset, self.detach_reset, self.rectify, self.recurrence, self.rho, self.jump)
+                self.surrogate, self.reset, self.detach_reset, self.rectify, self.recurrence, self.rho, self.jump,
+                self.tbptt)
         kwargs = self._step_kwargs()
         spk, mem, adapt = (torch.zeros_like(current[0]) for _ in range(3))
         spikes, mems = [], []
         for t, i_t in enumerate(current):
+            if truncated(t, self.tbptt):
+                spk, mem, adapt = spk.detach(), mem.detach(), adapt.detach()
             if self.recurrence is not None:
                 i_t = i_t + self.recurrent_input(spk)
             if self.jump:

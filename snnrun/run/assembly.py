@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..core.architectures import ArchitectureError
 from ..core.losses import READOUTS
+from ..core.neurons import truncate
 from ..core.options import OptionError
 from ..data import datasets
 from ..data.datasets import DataSpec
@@ -223,6 +224,10 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
                   surrogate=surrogate)
     if imported is not None:
         imported.load_into(model)
+    if options.tbptt and not truncate(model, options.tbptt):
+        raise ConfigError("trainer.tbptt", options.tbptt, "0 for this network: none of its layers carries a state over "
+                          "time (its neurons compute the whole sequence at once), so there is nothing to truncate",
+                          "trainer.tbptt=0")
     encoder = None if spec.temporal else _part(cfg, "encoder")  # temporal samples are their own T steps
     loss = _part(cfg, "loss")
     if getattr(model, "readout_neuron", "same") == "li":

@@ -92,8 +92,8 @@ def run(cfg: DictConfig) -> float:
         with checkpoints.restoring(cfg.ckpt_path):
             trainer.restore(assembly.checkpoint, training=cfg.task == "train")
         log.info("%s %s at step %d", "resumed from" if cfg.task == "train" else "loaded", cfg.ckpt_path, trainer.step)
-    log.info("run folder %s  device %s  model %s  T=%d", run_dir, assembly.device, assembly.parts.model.arch,
-             cfg.time_steps)
+    log.info("run folder %s  device %s  model %s  T=%d%s", run_dir, assembly.device, assembly.parts.model.arch,
+             cfg.time_steps, f"  truncated BPTT every {assembly.options.tbptt} steps" if assembly.options.tbptt else "")
     if assembly.parts.model.precision == "bf16" and assembly.device.type == "cpu" and not cpu_has_bf16():
         log.warning("model.precision=bf16 on a CPU without bfloat16 instructions (torch reports %s): bf16 is emulated "
                     "there, several times slower than fp32; model.precision=fp32 is faster on this machine",

@@ -48,6 +48,7 @@ class TrainerOptions:
     curve_samples: int = 1000
     log_every: int = 50
     grad_clip: float | None = None
+    tbptt: int = 0  # truncated BPTT: the gradient through each layer's state is cut every this many steps
     skip_nonfinite: int = 0  # updates with a non-finite loss or gradient skipped in a row before the run fails
     num_threads: int | None = None
     raster_samples: int = 4

@@ -83,6 +83,8 @@ def check(cfg: DictConfig, processes: int = 1) -> None:
     _require(cfg, "trainer.augment_shift", lambda v: _is_int(v) and v >= 0, "an integer >= 0", "trainer.augment_shift=2")
     _require(cfg, "trainer.skip_nonfinite", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (non-finite updates "
              "skipped in a row before the run fails; 0: the first ends it)", "trainer.skip_nonfinite=10")
+    _require(cfg, "trainer.tbptt", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (truncated BPTT: the state's "
+             "gradient is cut every this many steps; 0: full BPTT)", "trainer.tbptt=100")
     _require(cfg, "trainer.log_every", lambda v: _is_int(v) and v > 0, "a positive integer", "trainer.log_every=50")
     _require(cfg, "trainer.raster_samples", lambda v: _is_int(v) and v >= 0, "an integer >= 0", "trainer.raster_samples=4")
     _require(cfg, "trainer.figures", lambda v: v in FIGURES, " or ".join(FIGURES), "trainer.figures=last")
