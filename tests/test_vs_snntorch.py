@@ -48,7 +48,7 @@ def test_lif_matches_leaky(beta, reset, surrogate):
     s2, m2, g2 = grads(lambda x: snntorch_run(leaky, x, mem0), current, weights)
     assert s1.sum() > 0 and torch.equal(s1, s2)
     torch.testing.assert_close(m1, m2, atol=1e-6, rtol=0)
-    torch.testing.assert_close(g1, g2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-6)  # float32 rounding of gradients up to ~30
 
 
 @pytest.mark.parametrize("reset", ["subtract", "none"])
@@ -64,7 +64,7 @@ def test_synaptic_matches_snntorch(reset):
     s2, m2, g2 = grads(lambda x: snntorch_run(theirs, x, syn0, mem0), current, weights)
     assert s1.sum() > 0 and torch.equal(s1, s2)
     torch.testing.assert_close(m1, m2, atol=1e-6, rtol=0)
-    torch.testing.assert_close(g1, g2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-6)  # float32 rounding of gradients up to ~30
 
 
 @pytest.fixture

@@ -13,10 +13,11 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from . import backends
 from .options import OptionError, in_range, non_negative, one_of, positive
+from .sequences import LeakyIntegral, LIFSequence, filter_scan, truncated
 from .surrogates import ATan, Surrogate
 
 RESETS = ("subtract", "zero", "none")
@@ -45,149 +46,11 @@ def lif_step(current, mem, spk, beta, threshold, surrogate, reset="subtract", de
     return surrogate(mem - threshold), mem
 
 
-def _sum_to(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """Reduce a per-element gradient [B, *shape] to the parameter's shape (() or shape)."""
-    return grad.sum().reshape(param.shape) if param.dim() == 0 else grad.sum(0).reshape(param.shape)
-
-
-class _LIFSequence(torch.autograd.Function):
-    """``lif_step`` over all T steps as one autograd op: current [T, ...] -> (S, U).
-
-    Forward runs the recurrence in place without building a graph. Backward is BPTT by hand,
-    from t = T-1 down to 0, on the adjoint a[t] = dL/dU[t]:
-
-        a[t] = dL/dU[t] (direct) + sigma'(U[t] - theta) * dL/dS[t] + K[t] * a[t+1]
-
-    with K[t] = dU[t+1]/dU[t] (beta; beta*(1 - S[t]) for the zero reset) and dL/dS[t] including
-    the reset's path R[t+1] = S[t] unless it is detached. Then dL/dI[t] = a[t]: the rectifier
-    max(U, 0) is passed straight through (gradient 1), so a neuron held at 0 still learns.
-    Only U is saved: S = U > theta is recomputed from it. Truncated BPTT (``tbptt`` = k > 0):
-    where t+1 starts a chunk (a multiple of k) the state's terms from a[t+1] are cut; the
-    parameters' terms of step t+1 (a[t+1]*U[t] for beta, a[t+1]*S[t] for theta) are kept, as
-    when the step-by-step loop detaches U and S there.
-    """
-
-    @staticmethod
-    def forward(ctx, current, beta, threshold, surrogate, reset, detach_reset, rectify, tbptt=0):
-        mem, spk = torch.empty_like(current), torch.empty_like(current)
-        for t in range(current.shape[0]):
-            u = mem[t]
-            if t == 0:
-                u.copy_(current[0])
-            else:
-                torch.mul(mem[t - 1], beta, out=u)
-                if reset == "zero":
-                    u.addcmul_(u, spk[t - 1], value=-1)  # U*(1 - R), exact for R in {0, 1}
-                u.add_(current[t])
-                if reset == "subtract":
-                    u.addcmul_(spk[t - 1], threshold, value=-1)  # R*theta is exact: rounds as U - R*theta
-            if rectify:
-                u.clamp_(min=0)
-            torch.gt(u, threshold, out=spk[t])
-        ctx.save_for_backward(mem, beta, threshold)
-        ctx.surrogate, ctx.reset, ctx.detach_reset, ctx.tbptt = surrogate, reset, detach_reset, tbptt
-        ctx.set_materialize_grads(False)
-        return spk, mem
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_spk, grad_mem):
-        mem, beta, threshold = ctx.saved_tensors
-        reset, surrogate = ctx.reset, ctx.surrogate
-        reset_path = not ctx.detach_reset and reset != "none"
-        need_beta, need_th = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        grad_in = torch.empty_like(mem)
-        acc_beta = torch.zeros_like(mem[0]) if need_beta else None
-        acc_th = torch.zeros_like(mem[0]) if need_th else None
-        nxt = None  # a[t+1]; per-step tensors stay in cache, which beats whole-sequence ops on CPU
-        for t in reversed(range(mem.shape[0])):
-            if nxt is not None and truncated(t + 1, ctx.tbptt):
-                nxt = None  # the state's path from t+1 is cut; its parameter terms were taken at t+1
-            u, a = mem[t], grad_in[t]
-            g_s = None if grad_spk is None else grad_spk[t]
-            if nxt is not None and reset_path:  # S[t] is R[t+1]
-                g_r = nxt * threshold if reset == "subtract" else nxt * u * beta
-                g_s = -g_r if g_s is None else g_s - g_r
-            if g_s is None:
-                a.zero_()
-            else:
-                torch.mul(surrogate.derivative(u - threshold), g_s, out=a)
-                if need_th:
-                    acc_th.sub_(a)
-            if grad_mem is not None:
-                a.add_(grad_mem[t])
-            if nxt is not None:  # a[t+1] * dU[t+1]/dU[t]
-                if reset == "zero":
-                    a.add_((nxt * beta).masked_fill_(u > threshold, 0))
-                else:
-                    a.addcmul_(nxt, beta)
-            if t > 0:
-                prev = mem[t - 1]
-                if need_beta:
-                    acc_beta.addcmul_(a, prev.masked_fill(prev > threshold, 0) if reset == "zero" else prev)
-                if need_th and reset == "subtract":
-                    acc_th.sub_(a * (prev > threshold))
-            nxt = a
-        return (grad_in, _sum_to(acc_beta, beta) if need_beta else None,
-                _sum_to(acc_th, threshold) if need_th else None, None, None, None, None, None)
-
-
-def truncated(t: int, tbptt: int) -> bool:
-    """Whether step t starts a chunk of truncated BPTT: the state it reads is detached."""
-    return tbptt > 0 and t > 0 and t % tbptt == 0
-
-
-class _LeakyIntegral(torch.autograd.Function):
-    """J[t] = alpha*J[t-1] + I[t] over all steps; backward dL/dI[t] = dL/dJ[t] + alpha*dL/dI[t+1]
-    (the second term cut where t+1 starts a chunk of truncated BPTT)."""
-
-    @staticmethod
-    def forward(ctx, current, alpha: float, tbptt: int = 0):
-        out = current.clone()
-        for t in range(1, out.shape[0]):
-            out[t].add_(out[t - 1] * alpha)  # not add_(alpha=): no fused multiply-add, same rounding as the reference
-        ctx.alpha, ctx.tbptt = alpha, tbptt
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        grad = grad.clone()
-        for t in reversed(range(grad.shape[0] - 1)):
-            if not truncated(t + 1, ctx.tbptt):
-                grad[t].add_(grad[t + 1], alpha=ctx.alpha)
-        return grad, None, None
-
-
 def _decay(name: str, value: float | None, tau: float | None, default: float, tau_name: str = "tau") -> float:
     """A decay factor in (0, 1], given directly or as a time constant exp(-1/tau), which wins if set."""
     if tau is not None:
         return math.exp(-1.0 / positive(tau_name, tau, example=20.0))
     return in_range(name, default if value is None else value, 0, 1, example=0.9)
-
-
-def filter_scan(current: torch.Tensor, beta: torch.Tensor, block: int) -> torch.Tensor:
-    """U[t] = beta*U[t-1] + I[t] from U[-1] = 0 over current [T, B, *shape]; beta () or broadcastable to shape.
-
-    Within a block of L steps starting at s: U[s+j] = beta^j * cumsum_i(beta^-i I[s+i]) + beta^(j+1) U[s-1],
-    elementwise and a cumulative sum, in float64 (beta^-L must not overflow: beta >= 1e-9 for L = 32).
-    Every term of the sum is at most beta^-j |I|, so rounding stays relative to U itself."""
-    t_total = len(current)
-    length = min(block, t_total)
-    b = beta.to(torch.float64).clamp(min=1e-300 ** (1 / length))
-    shape = (length + 1,) + (1,) * (current.dim() - 1)
-    exponent = torch.arange(length + 1, device=current.device, dtype=torch.float64).reshape(shape)
-    up, down = b ** exponent, b ** -exponent  # beta^j, beta^-j: [L+1, 1, *shape]
-    x = current.to(torch.float64)
-    out, carry = [], None
-    for chunk in x.split(length):  # split, not slices: one gradient buffer for all blocks in backward
-        n = len(chunk)
-        u = up[:n] * torch.cumsum(down[:n] * chunk, dim=0)
-        if carry is not None:
-            u = u + up[1:n + 1] * carry
-        out.append(u)
-        carry = u[-1]
-    return torch.cat(out).to(current.dtype)
 
 
 class SpikingNeuron(nn.Module):
@@ -197,7 +60,8 @@ class SpikingNeuron(nn.Module):
     are scalars shared by the layer. Learned parameters are reparameterised so they stay in
     range without clamping: theta = exp(log_theta) and, in subclasses, beta = sigmoid(w).
     ``fused=True`` runs the time loop as one autograd op (hand-written BPTT, see
-    ``_LIFSequence``); ``fused=False`` runs ``lif_step`` under autograd, the reference.
+    ``sequences.LIFSequence``) on ``backend`` (``snnrun.core.backends``); ``fused=False`` runs
+    ``lif_step`` under autograd, the reference.
     ``tbptt`` = k > 0 truncates BPTT every k steps (set by ``trainer.tbptt``, see ``truncate``).
     """
 
@@ -214,12 +78,15 @@ class SpikingNeuron(nn.Module):
         per_neuron: bool = False,
         shape: Sequence[int] = (),
         fused: bool = True,
+        backend: str = "auto",
     ):
         super().__init__()
         one_of("reset", reset, RESETS)
         threshold = positive("threshold", threshold)
         self.reset, self.detach_reset, self.rectify, self.fused = reset, detach_reset, rectify, fused
         self.surrogate = surrogate if surrogate is not None else ATan()
+        self.backend = backends.check(backend, self.surrogate)
+        self.last_backend: str | None = None  # the backend of the last fused call (reported in results.json)
         self.param_shape = tuple(shape) if per_neuron else ()
         self._register("log_threshold", math.log(threshold), learn_threshold)
 
@@ -246,8 +113,9 @@ class SpikingNeuron(nn.Module):
 
     def forward(self, current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fused:
-            return _LIFSequence.apply(current, self.beta.to(current), self.threshold.to(current), self.surrogate,
-                                      self.reset, self.detach_reset, self.rectify, self.tbptt)
+            self.last_backend = backends.choose(self.backend, current, self.surrogate)
+            return LIFSequence.apply(current, self.beta.to(current), self.threshold.to(current), self.surrogate,
+                                     self.reset, self.detach_reset, self.rectify, self.tbptt, self.last_backend)
         kwargs = self._step_kwargs()
         mem = torch.zeros_like(current[0])
         spk = torch.zeros_like(current[0])
@@ -313,9 +181,9 @@ class LI(LIF):
     """
 
     def __init__(self, beta: float | None = None, tau: float | None = None, learn_beta: bool = False,
-                 per_neuron: bool = False, shape: Sequence[int] = (), fused: bool = True):
+                 per_neuron: bool = False, shape: Sequence[int] = (), fused: bool = True, backend: str = "auto"):
         super().__init__(beta=beta, tau=tau, learn_beta=learn_beta, threshold=math.inf, reset="none",
-                         per_neuron=per_neuron, shape=shape, fused=fused)
+                         per_neuron=per_neuron, shape=shape, fused=fused, backend=backend)
 
     @classmethod
     def like(cls, neuron: nn.Module, shape: Sequence[int]) -> "LI":
@@ -323,11 +191,12 @@ class LI(LIF):
             raise OptionError("readout_neuron", "li", "same for this neuron (li takes its decay from lif, synaptic, "
                               "if, rlif or alif)", "same")
         return cls(beta=float(neuron.beta.detach().flatten()[0]), learn_beta=hasattr(neuron, "beta_logit"),
-                   per_neuron=neuron.param_shape != (), shape=shape, fused=neuron.fused)
+                   per_neuron=neuron.param_shape != (), shape=shape, fused=neuron.fused, backend=neuron.backend)
 
     def forward(self, current):
         if not (self.fused and current.is_cuda) or self.tbptt:
             return super().forward(current)
+        self.last_backend = "torch"
         mem = filter_scan(current, self.beta.to(current), block=32)
         return torch.zeros_like(mem), mem
 
@@ -352,7 +221,8 @@ class Synaptic(LIF):
         if self.alpha == 0:
             return super().forward(current)
         if self.fused:
-            return super().forward(_LeakyIntegral.apply(current, self.alpha, self.tbptt))
+            backend = backends.choose(self.backend, current, self.surrogate)
+            return super().forward(LeakyIntegral.apply(current, self.alpha, self.tbptt, backend))
         syn = torch.zeros_like(current[0])
         filtered = []
         for t, i_t in enumerate(current):

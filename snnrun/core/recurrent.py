@@ -19,7 +19,9 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .neurons import LIF, _sum_to, lif_step, truncated
+from . import backends
+from .neurons import LIF, lif_step
+from .sequences import numba_ops, sum_to, truncated
 from .options import non_negative, one_of, positive
 
 RECURRENCES = ("all_to_all", "one_to_one")
@@ -52,7 +54,13 @@ class _RecurrentSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current, beta, threshold, weight, bias, surrogate, reset, detach_reset, rectify, recurrence,
-                rho, jump, tbptt=0):
+                rho, jump, tbptt=0, backend="torch"):
+        ctx.options = surrogate, reset, detach_reset, recurrence, rho, jump, tbptt, backend  # rectifier: straight through
+        ctx.set_materialize_grads(False)
+        if backend == "numba":  # one-to-one or no recurrence (backends.check)
+            spk, mem, thr = numba_ops().run_recurrent_forward(current, beta, threshold, weight, reset, rectify, rho, jump)
+            ctx.save_for_backward(mem, thr, beta, threshold, weight)
+            return spk, mem
         mem, spk = torch.empty_like(current), torch.empty_like(current)
         adaptive = jump != 0
         thr = torch.empty_like(current) if adaptive else None
@@ -80,17 +88,22 @@ class _RecurrentSequence(torch.autograd.Function):
                 torch.add(threshold, adapt, alpha=jump, out=thr[t])
             torch.gt(u, thr[t] if adaptive else threshold, out=spk[t])
         ctx.save_for_backward(mem, thr, beta, threshold, weight)
-        ctx.options = surrogate, reset, detach_reset, recurrence, rho, jump, tbptt  # the rectifier: straight through
-        ctx.set_materialize_grads(False)
         return spk, mem
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_spk, grad_mem):
         mem, thr, beta, threshold, weight = ctx.saved_tensors
-        surrogate, reset, detach_reset, recurrence, rho, jump, tbptt = ctx.options
+        surrogate, reset, detach_reset, recurrence, rho, jump, tbptt, backend = ctx.options
         adaptive = thr is not None
         need_beta, need_th = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        if backend == "numba":
+            grad_in, acc_beta, acc_th, acc_w = numba_ops().run_recurrent_backward(
+                mem, thr, grad_spk, grad_mem, beta, threshold, weight, surrogate, reset, detach_reset, rho, jump, tbptt,
+                need_beta, need_th, ctx.needs_input_grad[3])
+            return (grad_in, sum_to(acc_beta, beta) if need_beta else None,
+                    sum_to(acc_th, threshold) if need_th else None,
+                    acc_w.reshape(-1, weight.numel()).sum(0) if acc_w is not None else None, None) + (None,) * 9
         acc_beta = torch.zeros_like(mem[0]) if need_beta else None
         acc_th = torch.zeros_like(mem[0]) if need_th else None
         grad_in = torch.empty_like(mem)
@@ -141,8 +154,8 @@ class _RecurrentSequence(torch.autograd.Function):
             grad_weight = later.t() @ spk if recurrence == "all_to_all" else (later * spk).sum(0)
         if ctx.needs_input_grad[4]:
             grad_bias = grad_in.reshape(-1, mem.shape[-1]).sum(0)
-        return (grad_in, _sum_to(acc_beta, beta) if need_beta else None,
-                _sum_to(acc_th, threshold) if need_th else None, grad_weight, grad_bias) + (None,) * 8
+        return (grad_in, sum_to(acc_beta, beta) if need_beta else None,
+                sum_to(acc_th, threshold) if need_th else None, grad_weight, grad_bias) + (None,) * 9
 
 
 class RLIF(LIF):
@@ -159,6 +172,7 @@ class RLIF(LIF):
     def __init__(self, recurrence: str = "all_to_all", recurrent: bool = False, shape=(), **kwargs):
         super().__init__(shape=shape, **kwargs)
         self.recurrence = one_of("recurrence", recurrence, RECURRENCES) if recurrent else None
+        backends.check(self.backend, self.surrogate, one_to_one=self.recurrence != "all_to_all")
         self.rho, self.jump = 0.0, 0.0
         if recurrent:
             n = shape[-1]
@@ -194,11 +208,12 @@ class RLIF(LIF):
         weight = getattr(self, "recurrent_weight", None)
         bias = getattr(self, "recurrent_bias", None)
         if self.fused:
+            self.last_backend = backends.choose(self.backend, current, self.surrogate, self.recurrence != "all_to_all")
             return _RecurrentSequence.apply(
                 current, self.beta.to(current), self.threshold.to(current),
                 None if weight is None else weight.to(current), None if bias is None else bias.to(current),
                 self.surrogate, self.reset, self.detach_reset, self.rectify, self.recurrence, self.rho, self.jump,
-                self.tbptt)
+                self.tbptt, self.last_backend)
         kwargs = self._step_kwargs()
         spk, mem, adapt = (torch.zeros_like(current[0]) for _ in range(3))
         spikes, mems = [], []

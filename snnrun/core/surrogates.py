@@ -133,3 +133,6 @@ class Heaviside(Surrogate):
     def shape(self, x):
         return torch.zeros_like(x)
 
+
+
+BUILT_IN = (ATan, FastSigmoid, Sigmoid, Triangular, MultiGaussian, StraightThrough, Heaviside)  # the kernels know these

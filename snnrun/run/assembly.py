@@ -206,6 +206,10 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
     rank = rank or world()
     check(cfg, rank.size)
     device = resolve_device(cfg.device, rank)
+    if cfg.neuron.get("backend") == "numba" and (device.type != "cpu" or cfg.model.get("precision") == "bf16"):
+        raise ConfigError("neuron.backend", "numba", "auto or torch for this run: the numba kernels run float32 or "
+                          f"float64 on a CPU (this run: {cfg.model.get('precision', 'fp32')} on {device})",
+                          "neuron.backend=auto")
     with options_of("trainer", cfg.trainer):
         options = TrainerOptions.from_config(cfg)
     if options.num_threads:

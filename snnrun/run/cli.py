@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ..atomic import write_json_atomic
+from ..core import backends
 from ..interop import nir_export
 from . import checkpoints, distributed
 from .logger import RunLogger, flatten
@@ -113,8 +114,11 @@ def run(cfg: DictConfig) -> float:
             if logger:
                 logger.finish({"status": status, "error": str(err), "steps": trainer.step})
             raise
+    used = backends.used(trainer.model)
+    if used:
+        log.info("neuron backend: %s", ", ".join(used))
     if logger:
-        logger.finish({**results, "threads": torch.get_num_threads(), "processes": world.size})
+        logger.finish({**results, "backend": used, "threads": torch.get_num_threads(), "processes": world.size})
     return results.get("best_val_acc", results["test_acc"])  # the objective: validation accuracy when there is a split
 
 
