@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .neurons import LI
+from .neurons import LI, Graded
 from .options import one_of, positive
 
 PRECISIONS = ("fp32", "bf16")
@@ -282,7 +282,9 @@ class SpikingNetwork(nn.Module):
             spk, mem = block.neuron(current)
             if self.counter is not None and getattr(block.neuron, "recurrence", None):
                 self.counter.add_recurrent(i, spk)
-            rates.append((spk.detach() > 0).float().mean())
+            out = spk.detach()
+            rates.append((out > 0).float().mean() if isinstance(block.neuron, Graded)
+                         else out.sum(dtype=torch.float32) / out.numel())  # spikes are 0 or 1: their mean, one pass
             if self.record:
                 self.recorded.append(spk.detach())
             x = block.drop(spk, rows)

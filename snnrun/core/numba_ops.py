@@ -14,6 +14,7 @@ Compiled on first use for each dtype and cached on disk (numba's ``cache=True``)
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numba
 import numpy as np
@@ -26,52 +27,52 @@ BLOCK = 512  # neurons per block: 2 KiB (float32) per row of the block's state
 SUBTRACT, ZERO, NONE = 0, 1, 2
 RESET_CODES = {"subtract": SUBTRACT, "zero": ZERO, "none": NONE}
 
-# surrogate -> (kind, its parameters); the kernel's derivative is scale * shape(x) (surrogates.py)
+# surrogate -> (kind, constants): the kernels compute scale * shape(x) (surrogates.py) from these, in
+# the arrays' dtype, as torch does from Python scalars
 SURROGATES = {
-    sg.ATan: lambda s: (0, (s.alpha, 0.0, 0.0)),
-    sg.FastSigmoid: lambda s: (1, (s.slope, 0.0, 0.0)),
-    sg.Sigmoid: lambda s: (2, (s.slope, 0.0, 0.0)),
-    sg.Triangular: lambda s: (3, (s.width, 0.0, 0.0)),
-    sg.MultiGaussian: lambda s: (4, (s.sigma, s.s, s.h)),
-    sg.StraightThrough: lambda s: (5, (0.0, 0.0, 0.0)),
-    sg.Heaviside: lambda s: (6, (0.0, 0.0, 0.0)),
+    sg.ATan: lambda s: (0, (s.alpha / 2, math.pi / 2 * s.alpha)),
+    sg.FastSigmoid: lambda s: (1, (s.slope,)),
+    sg.Sigmoid: lambda s: (2, (s.slope,)),
+    sg.Triangular: lambda s: (3, (s.width,)),
+    sg.MultiGaussian: lambda s: (4, (s.sigma, s.h, 2 * s.sigma**2, 2 * (s.s * s.sigma) ** 2,
+                                     s.sigma * math.sqrt(2 * math.pi), s.s * s.sigma * math.sqrt(2 * math.pi))),
+    sg.StraightThrough: lambda s: (5, ()),
+    sg.Heaviside: lambda s: (6, ()),
 }
+ONE, NOUGHT = np.float32(1.0), np.float32(0.0)  # exact in float32 and float64: arithmetic keeps the arrays' dtype
 
 
-def surrogate_code(surrogate) -> tuple[int, np.ndarray] | None:
-    """(kind, [p0, p1, p2, scale]) for a surrogate the kernels compute, else None."""
+def surrogate_code(surrogate, dtype) -> tuple[int, np.ndarray] | None:
+    """(kind, [c0..c5, scale] in ``dtype``) for a surrogate the kernels compute, else None."""
     code = SURROGATES.get(type(surrogate))
     if code is None:
         return None
-    kind, params = code(surrogate)
-    return kind, np.array([*params, surrogate.scale], dtype=np.float64)
+    kind, constants = code(surrogate)
+    p = np.zeros(7, dtype=dtype)
+    p[:len(constants)], p[6] = constants, surrogate.scale
+    return kind, p
 
 
 @njit(inline="always", cache=True)
-def _normal(x, mean, std):
-    return math.exp(-((x - mean) ** 2) / (2 * std * std)) / (std * math.sqrt(2 * math.pi))
-
-
-@njit(cache=True)
-def derivative(kind, p, x):
-    """scale * the surrogate's dS/dx at x (formulas in surrogates.py)."""
-    if kind == 0:
-        d = (p[0] / 2) / (1 + (math.pi / 2 * p[0] * x) ** 2)
-    elif kind == 1:
-        d = 1 / (p[0] * abs(x) + 1) ** 2
-    elif kind == 2:
-        s = 1 / (1 + math.exp(-p[0] * x))
-        d = p[0] * s * (1 - s)
-    elif kind == 3:
-        d = max(0.0, 1 - abs(x) / p[0]) / p[0]
-    elif kind == 4:
-        wide = p[1] * p[0]
-        d = (1 + p[2]) * _normal(x, 0.0, p[0]) - p[2] * (_normal(x, p[0], wide) + _normal(x, -p[0], wide))
-    elif kind == 5:
-        d = 1.0
-    else:
-        d = 0.0
-    return d * p[3]
+def derivative(kind, p0, p1, p2, p3, p4, p5, x):
+    """The surrogate's dS/dx at x, before its scale; ``kind`` is a compile-time constant in each kernel."""
+    if kind == 0:  # atan: (alpha/2) / (1 + (pi/2 * alpha * x)^2)
+        y = p1 * x
+        return p0 / (ONE + y * y)
+    if kind == 1:  # fast sigmoid: 1 / (slope*|x| + 1)^2
+        y = p0 * abs(x) + ONE
+        return ONE / (y * y)
+    if kind == 2:  # sigmoid: slope * s * (1 - s), s = 1 / (1 + exp(-slope*x))
+        y = ONE / (ONE + math.exp(-p0 * x))
+        return p0 * y * (ONE - y)
+    if kind == 3:  # triangle: max(0, 1 - |x|/w) / w
+        return max(NOUGHT, ONE - abs(x) / p0) / p0
+    if kind == 4:  # multi-Gaussian: (1+h) N(x; 0, sigma) - h N(x; sigma, s*sigma) - h N(x; -sigma, s*sigma)
+        return ((ONE + p1) * math.exp(-(x * x) / p2) / p4
+                - p1 * (math.exp(-((x - p0) * (x - p0)) / p3) / p5 + math.exp(-((x + p0) * (x + p0)) / p3) / p5))
+    if kind == 5:  # straight through
+        return ONE
+    return NOUGHT  # Heaviside: no gradient
 
 
 @njit(cache=True)
@@ -81,165 +82,201 @@ def _truncated(t, tbptt):
 
 @njit(parallel=True, cache=True)
 def lif_forward(cur, beta, thr, reset, rectify, mem, spk):
+    """Each block's U and S live in two small arrays from step to step; rows of mem and spk are written only.
+    U and S start at 0, so step 0 gives U = I exactly, as the torch op's copy does."""
     steps, m = cur.shape
     for b in prange((m + BLOCK - 1) // BLOCK):
+        lo = b * BLOCK
+        n = min(m, lo + BLOCK) - lo
+        u, s = np.zeros(n, dtype=cur.dtype), np.zeros(n, dtype=cur.dtype)
+        be, th = beta[lo:lo + n], thr[lo:lo + n]
         for t in range(steps):
-            for j in range(b * BLOCK, min(m, (b + 1) * BLOCK)):
-                if t == 0:
-                    u = cur[0, j]
-                else:
-                    u = mem[t - 1, j] * beta[j]
-                    if reset == ZERO:
-                        u = u - u * spk[t - 1, j]
-                    u = u + cur[t, j]
-                    if reset == SUBTRACT:
-                        u = u - spk[t - 1, j] * thr[j]
-                if rectify and u < 0:
-                    u = u - u  # +0 in the array's dtype: arithmetic stays in float32 for float32 arrays
-                mem[t, j] = u
-                spk[t, j] = 1.0 if u > thr[j] else 0.0
-
-
-@njit(parallel=True, cache=True)
-def lif_backward(mem, grad_spk, grad_mem, beta, thr, kind, p, reset, reset_path, tbptt, grad_in, acc_beta, acc_th):
-    """a[t] = sigma'(U[t]-theta)*dL/dS[t] + dL/dU[t] + K[t]*a[t+1]; acc_* per element (see _LIFSequence)."""
-    steps, m = mem.shape
-    has_gs, has_gm = grad_spk.shape[0] > 0, grad_mem.shape[0] > 0
-    need_beta, need_th = acc_beta.shape[0] > 0, acc_th.shape[0] > 0
-    for b in prange((m + BLOCK - 1) // BLOCK):
-        for t in range(steps - 1, -1, -1):
-            linked = t < steps - 1 and not _truncated(t + 1, tbptt)
-            for j in range(b * BLOCK, min(m, (b + 1) * BLOCK)):
-                u, th = mem[t, j], thr[j]
-                gs = grad_spk[t, j] if has_gs else 0.0
-                nx = grad_in[t + 1, j] if linked else 0.0
-                if linked and reset_path:
-                    gs = gs - (nx * th if reset == SUBTRACT else nx * u * beta[j])
-                a = derivative(kind, p, u - th) * gs
-                if need_th:
-                    acc_th[j] -= a
-                if has_gm:
-                    a += grad_mem[t, j]
-                if linked and not (reset == ZERO and u > th):
-                    a += nx * beta[j]
-                if t > 0:
-                    prev = mem[t - 1, j]
-                    if need_beta and not (reset == ZERO and prev > th):
-                        acc_beta[j] += a * prev
-                    if need_th and reset == SUBTRACT and prev > th:
-                        acc_th[j] -= a
-                grad_in[t, j] = a
+            c, mo, so = cur[t, lo:lo + n], mem[t, lo:lo + n], spk[t, lo:lo + n]
+            for k in range(n):
+                x = u[k] * be[k]
+                if reset == ZERO:
+                    x = x - x * s[k]
+                x = x + c[k]
+                if reset == SUBTRACT:
+                    x = x - s[k] * th[k]
+                if rectify:
+                    x = max(x, x - x)  # max(U, 0) in the array's dtype
+                y = ONE if x > th[k] else NOUGHT
+                u[k], s[k], mo[k], so[k] = x, y, x, y
 
 
 @njit(parallel=True, cache=True)
 def leaky_forward(cur, alpha, out):
     steps, m = cur.shape
     for b in prange((m + BLOCK - 1) // BLOCK):
-        for j in range(b * BLOCK, min(m, (b + 1) * BLOCK)):
-            out[0, j] = cur[0, j]
-        for t in range(1, steps):
-            for j in range(b * BLOCK, min(m, (b + 1) * BLOCK)):
-                out[t, j] = cur[t, j] + out[t - 1, j] * alpha
+        lo = b * BLOCK
+        n = min(m, lo + BLOCK) - lo
+        j = np.zeros(n, dtype=cur.dtype)
+        for t in range(steps):
+            c, o = cur[t, lo:lo + n], out[t, lo:lo + n]
+            for k in range(n):
+                x = c[k] + j[k] * alpha
+                j[k], o[k] = x, x
 
 
 @njit(parallel=True, cache=True)
 def leaky_backward(grad, alpha, tbptt, out):
     steps, m = grad.shape
     for b in prange((m + BLOCK - 1) // BLOCK):
-        for j in range(b * BLOCK, min(m, (b + 1) * BLOCK)):
-            out[steps - 1, j] = grad[steps - 1, j]
-        for t in range(steps - 2, -1, -1):
-            linked = not _truncated(t + 1, tbptt)
-            for j in range(b * BLOCK, min(m, (b + 1) * BLOCK)):
-                out[t, j] = grad[t, j] + out[t + 1, j] * alpha if linked else grad[t, j]
-
-
-@njit(parallel=True, cache=True)
-def recurrent_forward(cur, beta, th0, weight, reset, rectify, rho, rho_c, jump, mem, spk, thr):
-    """rlif/alif with one-to-one (``weight`` [M]) or no recurrence (``weight`` empty); ``thr`` [T, M] for alif.
-    ``rho``, ``rho_c`` = 1 - rho and ``jump`` come in the arrays' dtype, as torch computes them."""
-    steps, m = cur.shape
-    one_to_one, adaptive = weight.shape[0] > 0, jump != 0
-    for b in prange((m + BLOCK - 1) // BLOCK):
-        lo, hi = b * BLOCK, min(m, (b + 1) * BLOCK)
-        adapt = np.zeros(hi - lo, dtype=cur.dtype)
-        for t in range(steps):
-            for j in range(lo, hi):
-                if t == 0:
-                    u = cur[0, j]
-                else:
-                    s = spk[t - 1, j]
-                    u = mem[t - 1, j] * beta[j]
-                    if reset == ZERO:
-                        u = u - u * s
-                    u = u + cur[t, j]
-                    if one_to_one:
-                        u = u + s * weight[j]
-                    if reset == SUBTRACT:
-                        u = u - s * (thr[t - 1, j] if adaptive else th0[j])
-                if rectify and u < 0:
-                    u = u - u
-                theta = th0[j]
-                if adaptive:
-                    if t > 0:
-                        adapt[j - lo] = adapt[j - lo] * rho + rho_c * spk[t - 1, j]
-                    theta = th0[j] + jump * adapt[j - lo]
-                    thr[t, j] = theta
-                mem[t, j] = u
-                spk[t, j] = 1.0 if u > theta else 0.0
-
-
-@njit(parallel=True, cache=True)
-def recurrent_backward(mem, thr, grad_spk, grad_mem, beta, th0, weight, kind, p, reset, detach_reset, rho, jump,
-                       tbptt, grad_in, acc_beta, acc_th, acc_w):
-    """The adjoints g[t] = dL/dU[t] and e[t] = dL/da[t] of _RecurrentSequence, by blocks of neurons."""
-    steps, m = mem.shape
-    has_gs, has_gm = grad_spk.shape[0] > 0, grad_mem.shape[0] > 0
-    need_beta, need_th, need_w = acc_beta.shape[0] > 0, acc_th.shape[0] > 0, acc_w.shape[0] > 0
-    one_to_one, adaptive = weight.shape[0] > 0, jump != 0
-    for b in prange((m + BLOCK - 1) // BLOCK):
-        lo, hi = b * BLOCK, min(m, (b + 1) * BLOCK)
-        e_next = np.zeros(hi - lo, dtype=mem.dtype)
+        lo = b * BLOCK
+        n = min(m, lo + BLOCK) - lo
+        nxt = np.zeros(n, dtype=grad.dtype)
         for t in range(steps - 1, -1, -1):
-            has_next = t < steps - 1
-            linked = has_next and not _truncated(t + 1, tbptt)
-            for j in range(lo, hi):
-                u = mem[t, j]
-                theta = thr[t, j] if adaptive else th0[j]
-                spiked = u > theta
-                nx = grad_in[t + 1, j] if has_next else 0.0
-                gs = grad_spk[t, j] if has_gs else 0.0
-                if linked:
+            linked = t < steps - 1 and not _truncated(t + 1, tbptt)
+            g, o = grad[t, lo:lo + n], out[t, lo:lo + n]
+            for k in range(n):
+                x = g[k] + nxt[k] * alpha if linked else g[k]
+                nxt[k], o[k] = x, x
+
+
+@lru_cache(maxsize=None)
+def recurrent_forward(adaptive: bool):
+    """The rlif/alif forward kernel, ``adaptive`` compiled in (as a runtime flag the loop ran 2x slower)."""
+
+    @njit(parallel=True, cache=True)
+    def kernel(cur, beta, th0, weight, reset, rectify, rho, rho_c, jump, mem, spk, thr):
+        """One-to-one (``weight`` [M]) or no recurrence (``weight`` empty); ``thr`` [T, M] gets theta[t] (alif).
+        ``rho``, ``rho_c`` = 1 - rho and ``jump`` come in the arrays' dtype, as torch computes them."""
+        steps, m = cur.shape
+        one_to_one = weight.shape[0] > 0
+        for b in prange((m + BLOCK - 1) // BLOCK):
+            lo = b * BLOCK
+            n = min(m, lo + BLOCK) - lo
+            u, s = np.zeros(n, dtype=cur.dtype), np.zeros(n, dtype=cur.dtype)
+            adapt, theta_prev = np.zeros(n, dtype=cur.dtype), np.zeros(n, dtype=cur.dtype)
+            be, th, w = beta[lo:lo + n], th0[lo:lo + n], weight[lo:lo + n]
+            for t in range(steps):
+                c, mo, so = cur[t, lo:lo + n], mem[t, lo:lo + n], spk[t, lo:lo + n]
+                tr = thr[t, lo:lo + n] if adaptive else th
+                for k in range(n):
+                    sp = s[k]
+                    x = u[k] * be[k]
+                    if reset == ZERO:
+                        x = x - x * sp
+                    x = x + c[k]
                     if one_to_one:
-                        gs += nx * weight[j]
+                        x = x + sp * w[k]
+                    if reset == SUBTRACT:
+                        x = x - sp * (theta_prev[k] if adaptive else th[k])
+                    if rectify:
+                        x = max(x, x - x)
+                    theta = th[k]
                     if adaptive:
-                        gs += (1 - rho) * e_next[j - lo]
-                    if not detach_reset and reset == SUBTRACT:
-                        gs -= nx * theta
-                    elif not detach_reset and reset == ZERO:
-                        gs -= nx * u * beta[j]
-                g = derivative(kind, p, u - theta) * gs
-                g_theta = -g
-                if has_next and reset == SUBTRACT and spiked:
-                    g_theta -= nx
-                if need_th:
-                    acc_th[j] += g_theta
-                if has_next and not linked and reset == SUBTRACT:
-                    g_theta = -g  # a[t] is detached where step t+1 starts a chunk; theta0 is not
-                if has_gm:
-                    g += grad_mem[t, j]
-                if has_next:
-                    kept = not (reset == ZERO and spiked)
-                    if need_beta and kept:
-                        acc_beta[j] += nx * u
-                    if need_w and spiked:
-                        acc_w[j] += nx
-                    if linked and kept:
-                        g += nx * beta[j]
-                if adaptive:
-                    e = g_theta * jump
-                    e_next[j - lo] = e + rho * e_next[j - lo] if linked else e
-                grad_in[t, j] = g
+                        adapt[k] = adapt[k] * rho + rho_c * sp
+                        theta = th[k] + jump * adapt[k]
+                        theta_prev[k], tr[k] = theta, theta
+                    y = ONE if x > theta else NOUGHT
+                    u[k], s[k], mo[k], so[k] = x, y, x, y
+
+    return kernel
+
+
+@lru_cache(maxsize=None)
+def backward_kernels(kind: int):
+    """The two backward kernels with surrogate ``kind`` compiled in as a constant (a branch on it in the
+    inner loop would keep the loop from vectorising: measured 8x slower); each kind is cached on disk."""
+
+    @njit(parallel=True, cache=True)
+    def lif_backward(mem, grad_spk, grad_mem, beta, thr, p, reset, reset_path, tbptt, grad_in, acc_beta, acc_th):
+        """a[t] = sigma'(U[t]-theta)*dL/dS[t] + dL/dU[t] + K[t]*a[t+1] (see sequences.LIFSequence); ``grad_spk``
+        and ``grad_mem`` are [T, M], or one row of zeros where there is none; acc_* per element, or empty."""
+        steps, m = mem.shape
+        has_gs, has_gm = grad_spk.shape[0] > 1, grad_mem.shape[0] > 1  # else one row of zeros
+        need_beta, need_th = acc_beta.shape[0] > 0, acc_th.shape[0] > 0
+        p0, p1, p2, p3, p4, p5, scale = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+        for b in prange((m + BLOCK - 1) // BLOCK):
+            lo = b * BLOCK
+            n = min(m, lo + BLOCK) - lo
+            nxt = np.zeros(n, dtype=mem.dtype)  # a[t+1]
+            be, th, ab, at = beta[lo:lo + n], thr[lo:lo + n], acc_beta[lo:lo + n], acc_th[lo:lo + n]
+            for t in range(steps - 1, -1, -1):
+                linked = t < steps - 1 and not _truncated(t + 1, tbptt)
+                uu, out = mem[t, lo:lo + n], grad_in[t, lo:lo + n]
+                prev = mem[max(t - 1, 0), lo:lo + n]
+                gs_row = grad_spk[t if has_gs else 0, lo:lo + n]
+                gm_row = grad_mem[t if has_gm else 0, lo:lo + n]
+                for k in range(n):
+                    u, thk = uu[k], th[k]
+                    gs = gs_row[k]
+                    if linked and reset_path:
+                        gs = gs - (nxt[k] * thk if reset == SUBTRACT else nxt[k] * u * be[k])
+                    a = scale * derivative(kind, p0, p1, p2, p3, p4, p5, u - thk) * gs
+                    if need_th:
+                        at[k] -= a
+                    a = a + gm_row[k]
+                    if linked and not (reset == ZERO and u > thk):
+                        a = a + nxt[k] * be[k]
+                    if t > 0:
+                        if need_beta and not (reset == ZERO and prev[k] > thk):
+                            ab[k] += a * prev[k]
+                        if need_th and reset == SUBTRACT and prev[k] > thk:
+                            at[k] -= a
+                    nxt[k], out[k] = a, a
+
+    @njit(parallel=True, cache=True)
+    def recurrent_backward(mem, thr, grad_spk, grad_mem, beta, th0, weight, p, reset, detach_reset, rho, rho_c, jump,
+                           tbptt, grad_in, acc_beta, acc_th, acc_w):
+        """The adjoints g[t] = dL/dU[t] and e[t] = dL/da[t] of recurrent._RecurrentSequence, by blocks."""
+        steps, m = mem.shape
+        has_gs, has_gm = grad_spk.shape[0] > 1, grad_mem.shape[0] > 1
+        need_beta, need_th, need_w = acc_beta.shape[0] > 0, acc_th.shape[0] > 0, acc_w.shape[0] > 0
+        one_to_one, adaptive = weight.shape[0] > 0, jump != 0
+        p0, p1, p2, p3, p4, p5, scale = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+        for b in prange((m + BLOCK - 1) // BLOCK):
+            lo = b * BLOCK
+            n = min(m, lo + BLOCK) - lo
+            nxt, e_next = np.zeros(n, dtype=mem.dtype), np.zeros(n, dtype=mem.dtype)
+            be, th, w = beta[lo:lo + n], th0[lo:lo + n], weight[lo:lo + n]
+            ab, at, aw = acc_beta[lo:lo + n], acc_th[lo:lo + n], acc_w[lo:lo + n]
+            for t in range(steps - 1, -1, -1):
+                has_next = t < steps - 1
+                linked = has_next and not _truncated(t + 1, tbptt)
+                uu, out = mem[t, lo:lo + n], grad_in[t, lo:lo + n]
+                tr = thr[t if adaptive else 0, lo:lo + n] if adaptive else th
+                gs_row = grad_spk[t if has_gs else 0, lo:lo + n]
+                gm_row = grad_mem[t if has_gm else 0, lo:lo + n]
+                for k in range(n):
+                    u, theta = uu[k], tr[k]
+                    spiked = u > theta
+                    nx = nxt[k] if has_next else NOUGHT
+                    gs = gs_row[k]
+                    if linked:
+                        if one_to_one:
+                            gs = gs + nx * w[k]
+                        if adaptive:
+                            gs = gs + rho_c * e_next[k]
+                        if not detach_reset and reset == SUBTRACT:
+                            gs = gs - nx * theta
+                        elif not detach_reset and reset == ZERO:
+                            gs = gs - nx * u * be[k]
+                    g = scale * derivative(kind, p0, p1, p2, p3, p4, p5, u - theta) * gs
+                    g_theta = -g
+                    if has_next and reset == SUBTRACT and spiked:
+                        g_theta = g_theta - nx
+                    if need_th:
+                        at[k] += g_theta
+                    if has_next and not linked and reset == SUBTRACT:
+                        g_theta = -g  # a[t] is detached where step t+1 starts a chunk; theta0 is not
+                    g = g + gm_row[k]
+                    if has_next:
+                        kept = not (reset == ZERO and spiked)
+                        if need_beta and kept:
+                            ab[k] += nx * u
+                        if need_w and spiked:
+                            aw[k] += nx
+                        if linked and kept:
+                            g = g + nx * be[k]
+                    if adaptive:
+                        e = g_theta * jump
+                        e_next[k] = e + rho * e_next[k] if linked else e
+                    nxt[k], out[k] = g, g
+
+    return lif_backward, recurrent_backward
 
 
 # -- the bridge from torch ----------------------------------------------------------------------
@@ -269,8 +306,9 @@ def _per_element(param: torch.Tensor, like: torch.Tensor) -> np.ndarray:
     return param.detach().to(like.dtype).expand_as(like).contiguous().reshape(-1).numpy()
 
 
-def _optional(grad: torch.Tensor | None, dtype) -> np.ndarray:
-    return _flat(grad) if grad is not None else np.empty((0, 0), dtype=dtype)
+def _optional(grad: torch.Tensor | None, like: np.ndarray) -> np.ndarray:
+    """A gradient as [T, M], or where there is none one row of zeros (the kernels read row 0 then)."""
+    return _flat(grad) if grad is not None else np.zeros((1, like.shape[1]), dtype=like.dtype)
 
 
 def _accumulator(needed: bool, m: int, dtype) -> np.ndarray:
@@ -288,13 +326,13 @@ def run_lif_forward(current, beta, threshold, reset, rectify):
 def run_lif_backward(mem, grad_spk, grad_mem, beta, threshold, surrogate, reset, reset_path, tbptt, need_beta, need_th):
     """(dL/dI [T, *], dL/dbeta per element [B, *] or None, dL/dtheta per element or None)."""
     _threads()
-    kind, p = surrogate_code(surrogate)
-    dtype, m = _flat(mem).dtype, mem[0].numel()
+    u = _flat(mem)
+    kind, p = surrogate_code(surrogate, u.dtype)
     grad_in = _empty(mem)
-    acc_beta, acc_th = _accumulator(need_beta, m, dtype), _accumulator(need_th, m, dtype)
-    lif_backward(_flat(mem), _optional(grad_spk, dtype), _optional(grad_mem, dtype), _per_element(beta, mem[0]),
-                 _per_element(threshold, mem[0]), kind, p, RESET_CODES[reset], reset_path, tbptt, _target(grad_in),
-                 acc_beta, acc_th)
+    acc_beta, acc_th = _accumulator(need_beta, u.shape[1], u.dtype), _accumulator(need_th, u.shape[1], u.dtype)
+    backward_kernels(kind)[0](u, _optional(grad_spk, u), _optional(grad_mem, u), _per_element(beta, mem[0]),
+                              _per_element(threshold, mem[0]), p, RESET_CODES[reset], reset_path, tbptt,
+                              _target(grad_in), acc_beta, acc_th)
     shape = mem[0].shape
     return (grad_in, torch.from_numpy(acc_beta).reshape(shape) if need_beta else None,
             torch.from_numpy(acc_th).reshape(shape) if need_th else None)
@@ -311,7 +349,8 @@ def run_leaky_forward(current, alpha):
 def run_leaky_backward(grad, alpha, tbptt):
     _threads()
     out = _empty(grad)
-    leaky_backward(_flat(grad), alpha, tbptt, _target(out))
+    g = _flat(grad)
+    leaky_backward(g, g.dtype.type(alpha), tbptt, _target(out))
     return out
 
 
@@ -321,9 +360,10 @@ def run_recurrent_forward(current, beta, threshold, weight, reset, rectify, rho,
     mem, spk = _empty(current), _empty(current)
     thr = _empty(current) if jump != 0 else None
     w = _per_element(weight, current[0]) if weight is not None else np.empty(0, dtype=_flat(current).dtype)
-    recurrent_forward(_flat(current), _per_element(beta, current[0]), _per_element(threshold, current[0]), w,
-                      RESET_CODES[reset], rectify, *(w.dtype.type(v) for v in (rho, 1 - rho, jump)), _target(mem),
-                      _target(spk), _target(thr) if thr is not None else np.empty((0, 0), dtype=w.dtype))
+    recurrent_forward(jump != 0)(
+        _flat(current), _per_element(beta, current[0]), _per_element(threshold, current[0]), w, RESET_CODES[reset],
+        rectify, *(w.dtype.type(v) for v in (rho, 1 - rho, jump)), _target(mem), _target(spk),
+        _target(thr) if thr is not None else np.empty((0, 0), dtype=w.dtype))
     return spk, mem, thr
 
 
@@ -331,14 +371,15 @@ def run_recurrent_backward(mem, thr, grad_spk, grad_mem, beta, threshold, weight
                            rho, jump, tbptt, need_beta, need_th, need_w):
     """(dL/dI, and per element [B, *]: dL/dbeta, dL/dtheta0, dL/dv, each None where not needed)."""
     _threads()
-    kind, p = surrogate_code(surrogate)
-    dtype, m, shape = _flat(mem).dtype, mem[0].numel(), mem[0].shape
+    u = _flat(mem)
+    kind, p = surrogate_code(surrogate, u.dtype)
     grad_in = _empty(mem)
-    accs = [_accumulator(need, m, dtype) for need in (need_beta, need_th, need_w)]
-    w = _per_element(weight, mem[0]) if weight is not None else np.empty(0, dtype=dtype)
-    recurrent_backward(_flat(mem), _flat(thr) if thr is not None else np.empty((0, 0), dtype=dtype),
-                       _optional(grad_spk, dtype), _optional(grad_mem, dtype), _per_element(beta, mem[0]),
-                       _per_element(threshold, mem[0]), w, kind, p, RESET_CODES[reset], detach_reset, rho, jump,
-                       tbptt, _target(grad_in), *accs)
+    accs = [_accumulator(need, u.shape[1], u.dtype) for need in (need_beta, need_th, need_w)]
+    w = _per_element(weight, mem[0]) if weight is not None else np.empty(0, dtype=u.dtype)
+    backward_kernels(kind)[1](
+        u, _flat(thr) if thr is not None else np.empty((0, 0), dtype=u.dtype), _optional(grad_spk, u),
+        _optional(grad_mem, u), _per_element(beta, mem[0]), _per_element(threshold, mem[0]), w, p, RESET_CODES[reset],
+        detach_reset, *(u.dtype.type(v) for v in (rho, 1 - rho, jump)), tbptt, _target(grad_in), *accs)
+    shape = mem[0].shape
     return (grad_in, *(torch.from_numpy(a).reshape(shape) if need else None
                        for a, need in zip(accs, (need_beta, need_th, need_w))))

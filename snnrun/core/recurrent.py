@@ -55,10 +55,11 @@ class _RecurrentSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current, beta, threshold, weight, bias, surrogate, reset, detach_reset, rectify, recurrence,
                 rho, jump, tbptt=0, backend="torch"):
-        ctx.options = surrogate, reset, detach_reset, recurrence, rho, jump, tbptt, backend  # rectifier: straight through
+        ctx.options = surrogate, reset, detach_reset, recurrence, rho, jump, tbptt, backend  # rectifier passes through
         ctx.set_materialize_grads(False)
         if backend == "numba":  # one-to-one or no recurrence (backends.check)
-            spk, mem, thr = numba_ops().run_recurrent_forward(current, beta, threshold, weight, reset, rectify, rho, jump)
+            spk, mem, thr = numba_ops().run_recurrent_forward(current, beta, threshold, weight, reset, rectify, rho,
+                                                              jump)
             ctx.save_for_backward(mem, thr, beta, threshold, weight)
             return spk, mem
         mem, spk = torch.empty_like(current), torch.empty_like(current)

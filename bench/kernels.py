@@ -1,0 +1,297 @@
+"""Neuron layers and the pixel-wise network on each backend, beside snnTorch and SpikingJelly, in one command.
+
+    python bench/kernels.py [--workloads lif alif_pixels smnist_pixels on sweep network]
+                            [--rounds 3] [--threads 2] [--on-neurons 512]
+
+Workloads (forward + backward; every variant of a workload gets the same input and the same
+gradient on its spikes, and the variants take turns round after round; medians are reported):
+
+    lif            one LIF layer [100, 64, 4096] (beta 0.9, atan); a floor: copying the bytes the op
+                   must move (forward reads I and writes S and U, backward reads U and dL/dS and
+                   writes dL/dI: six tensors, as three copies)
+    alif_pixels    one alif layer with one-to-one recurrence, RFC128, T = 784, batch 64
+    smnist_pixels  the pixel-wise layers on [784, 64, 128]: snnrun's alif (one-to-one), rlif
+                   (all-to-all) and causal psn beside snnTorch's RLeaky and SpikingJelly's PSN
+    on             the Open Neuromorphic benchmark: Linear(n, n) + LIF, batch 16, T = 500
+                   (n = 16,384 there, on GPUs; ``--on-neurons``, 512 by default here)
+    sweep          alif_pixels on the fastest backend against batch size and width: samples/s
+    network        training steps of experiment=smnist_pixels_alif, whole network, per backend
+
+The first call of each variant is timed apart ("first call"): for numba it loads the kernels
+from numba's on-disk cache, or compiles them when the cache is cold. Writes bench/results/kernels.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+LIF_SHAPE, PIXELS = (100, 64, 4096), (784, 64, 128)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def layer_step(run, shape, seed=0):
+    """forward + backward of ``run`` on a fixed current, with a fixed gradient on its spikes."""
+    g = torch.Generator().manual_seed(seed)
+    current = torch.randn(shape, generator=g) * 0.5 + 0.3
+    grad = torch.randn(shape, generator=g)
+
+    def step():
+        x = current.detach().requires_grad_()
+        torch.autograd.backward(run(x), grad)
+
+    return step
+
+
+def snnrun_lif(backend):
+    from snnrun.core.neurons import LIF
+    from snnrun.core.surrogates import ATan
+
+    layer = LIF(beta=0.9, surrogate=ATan(), backend=backend)
+    return lambda x: layer(x)[0]
+
+
+def snnrun_alif(backend, n, recurrence="one_to_one"):
+    from snnrun.core.recurrent import ALIF, RLIF
+
+    torch.manual_seed(0)
+    if recurrence == "all_to_all":
+        layer = RLIF(beta=0.9, recurrent=True, shape=(n,), backend=backend)
+        with torch.no_grad():
+            layer.recurrent_weight.mul_(0.5)
+    else:
+        layer = ALIF(beta=0.9, tau_adapt=200.0, adaptation=1.8, threshold=0.5, recurrent=True,
+                     recurrence="one_to_one", shape=(n,), per_neuron=True, learn_beta=True, backend=backend)
+    return lambda x: layer(x)[0]
+
+
+def snntorch_loop(layer, recurrent=False):
+    """snnTorch's idiom at its fastest: the layer stepped over x.unbind(0)."""
+    def run(x):
+        out = []
+        if recurrent:
+            spk, mem = layer.reset_mem()
+        else:
+            mem = layer.reset_mem()
+        for x_t in x.unbind(0):
+            if recurrent:
+                spk, mem = layer(x_t, spk, mem)
+            else:
+                spk, mem = layer(x_t, mem)
+            out.append(spk)
+        return torch.stack(out)
+
+    return run
+
+
+def spikingjelly_lif():
+    from spikingjelly.activation_based import neuron, surrogate
+
+    layer = neuron.LIFNode(tau=10.0, decay_input=False, v_reset=None, surrogate_function=surrogate.ATan(),
+                           detach_reset=True, step_mode="m")
+
+    def run(x):
+        layer.reset()
+        return layer(x)
+
+    return run
+
+
+def copy_floor(x):
+    """Three copies of a tensor of x's size: the bytes a LIF op reads and writes, forward and backward."""
+    class Floor(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone(), x.clone()
+
+        @staticmethod
+        def backward(ctx, g, _):
+            return g.clone()
+
+    return Floor.apply(x)[0]
+
+
+def linear_lif(lif_run, n):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(n, n)
+    return lambda x: lif_run(linear(x))
+
+
+def variants(workload, args):
+    """name -> (step, shape of one sample batch for samples/s)."""
+    out = {}
+    if workload == "lif":
+        out["copy of the bytes (floor)"] = copy_floor
+        if args.snntorch:
+            import snntorch as snn
+            from snntorch import surrogate
+
+            out["snnTorch 1.0 Leaky"] = snntorch_loop(snn.Leaky(beta=0.9, spike_grad=surrogate.atan()))
+        if args.spikingjelly:
+            out["SpikingJelly 2.0 LIFNode (torch)"] = spikingjelly_lif()
+        out["snnrun lif, torch loop"] = snnrun_lif("torch")
+        out["snnrun lif, numba kernel"] = snnrun_lif("numba")
+        return {k: layer_step(v, LIF_SHAPE) for k, v in out.items()}
+    if workload == "alif_pixels":
+        return {f"snnrun alif RFC128 one-to-one, {b}": layer_step(snnrun_alif(b, 128), PIXELS)
+                for b in ("torch", "numba")}
+    if workload == "smnist_pixels":
+        from snnrun.core.parallel import PSN
+
+        out["snnrun alif one-to-one, numba"] = snnrun_alif("numba", 128)
+        out["snnrun rlif all-to-all, torch"] = snnrun_alif("torch", 128, "all_to_all")
+        if args.snntorch:
+            import snntorch as snn
+            from snntorch import surrogate
+
+            torch.manual_seed(0)
+            rleaky = snn.RLeaky(beta=0.9, linear_features=128, spike_grad=surrogate.atan())
+            out["snnTorch 1.0 RLeaky all-to-all"] = snntorch_loop(rleaky, recurrent=True)
+        psn = PSN(time_steps=784, window=784)
+        out["snnrun psn causal (window 784)"] = lambda x: psn(x)[0]
+        if args.spikingjelly:
+            from spikingjelly.activation_based import neuron
+
+            sj = neuron.PSN(T=784)
+            out["SpikingJelly 2.0 PSN (T 784)"] = lambda x: sj(x.flatten(1)).reshape(x.shape)
+        return {k: layer_step(v, PIXELS) for k, v in out.items()}
+    if workload == "on":
+        shape = (500, 16, args.on_neurons)
+        if args.snntorch:
+            import snntorch as snn
+            from snntorch import surrogate
+
+            out["snnTorch 1.0"] = linear_lif(snntorch_loop(snn.Leaky(beta=0.9, spike_grad=surrogate.atan())),
+                                             args.on_neurons)
+        if args.spikingjelly:
+            out["SpikingJelly 2.0 (torch)"] = linear_lif(spikingjelly_lif(), args.on_neurons)
+        out["snnrun torch loop"] = linear_lif(snnrun_lif("torch"), args.on_neurons)
+        out["snnrun numba kernel"] = linear_lif(snnrun_lif("numba"), args.on_neurons)
+        return {k: layer_step(v, shape) for k, v in out.items()}
+    if workload == "network":
+        return {f"smnist_pixels_alif training step, {b}": network_step(b, args) for b in ("torch", "numba")}
+    raise ValueError(workload)
+
+
+def network_step(backend, args):
+    """One training step of experiment=smnist_pixels_alif (its network, loss and optimiser, built as the
+    snnrun command builds them) on a fixed batch of 784-step sequences."""
+    from hydra import compose, initialize_config_dir
+
+    from snnrun.run.assembly import _part
+    from snnrun.run.cli import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=smnist_pixels_alif", f"neuron.backend={backend}"])
+    torch.manual_seed(0)
+    model = _part(cfg, "model", input_shape=(1,), num_classes=10, neuron=_part(cfg, "neuron"),
+                  surrogate=_part(cfg, "surrogate"))
+    loss_fn, optimizer = _part(cfg, "loss"), _part(cfg, "optimizer")(model.parameters())
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(784, 64, 1, generator=g), torch.randint(0, 10, (64,), generator=g)
+
+    def step():
+        spk, mem = model(x)
+        loss = loss_fn(spk, mem, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def timed(step, iters):
+    tic = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return (time.perf_counter() - tic) / iters
+
+
+def measure(steps, args):
+    first = {name: timed(step, 1) for name, step in steps.items()}
+    times = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            times[name].append(timed(step, args.iters))
+    return first, {name: statistics.median(t) for name, t in times.items()}
+
+
+def sweep(args):
+    rows = ["| batch \\ width | " + " | ".join(str(w) for w in args.widths) + " |",
+            "|---" * (len(args.widths) + 1) + "|"]
+    for batch in args.batches:
+        cells = []
+        for width in args.widths:
+            step = layer_step(snnrun_alif("numba", width), (784, batch, width))
+            step()
+            cells.append(f"{batch / statistics.median(timed(step, args.iters) for _ in range(args.rounds)):,.0f}")
+        rows.append(f"| {batch} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", nargs="+",
+                        default=["lif", "alif_pixels", "smnist_pixels", "on", "sweep", "network"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=3, help="steps per timing")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--on-neurons", type=int, default=512)
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--out", default=str(HERE / "results" / "kernels.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from snnrun.run.cli import keep_freed_memory
+
+    keep_freed_memory()  # as the snnrun command does, for every variant alike
+    args.snntorch = _imports("snntorch")
+    args.spikingjelly = _imports("spikingjelly.activation_based.neuron")
+    import numba
+
+    lines = [f"{time.strftime('%Y-%m-%d')}, {cpu_name()} (torch CPU capability "
+             f"{torch.backends.cpu.get_cpu_capability()}), {args.threads} threads; torch {torch.__version__}, "
+             f"numba {numba.__version__}; {args.iters} steps per timing x {args.rounds} alternating rounds, "
+             "median.", ""]
+    for workload in args.workloads:
+        if workload == "sweep":
+            lines += ["", "alif_pixels (one-to-one alif, T = 784) on numba, training samples/s (forward + backward):",
+                      "", *sweep(args)]
+            continue
+        steps = variants(workload, args)
+        first, median = measure(steps, args)
+        base = next(iter(median.values()))
+        batch = {"lif": 64, "alif_pixels": 64, "smnist_pixels": 64, "on": 16, "network": 64}[workload]
+        lines += ["", f"**{workload}**", "", "| variant | first call (s) | ms per step | samples/s | vs first row |",
+                  "|---|---|---|---|---|"]
+        for name, sec in median.items():
+            lines.append(f"| {name} | {first[name]:.2f} | {1000 * sec:.1f} | {batch / sec:,.0f} | {base / sec:.2f}x |")
+        print("\n".join(lines[-len(median) - 2:]), flush=True)
+    text = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+def _imports(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
