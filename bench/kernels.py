@@ -6,16 +6,18 @@
 Workloads (forward + backward; every variant of a workload gets the same input and the same
 gradient on its spikes, and the variants take turns round after round; medians are reported):
 
-    lif            one LIF layer [100, 64, 4096] (beta 0.9, atan); a floor: copying the bytes the op
-                   must move (forward reads I and writes S and U, backward reads U and dL/dS and
-                   writes dL/dI: six tensors, as three copies)
+    lif            one LIF layer [100, 64, 4096] (beta 0.9, atan), as in training (fresh outputs each
+                   step); and on preallocated memory, the numba kernels alone beside the floor: copying
+                   the bytes the op must move (forward reads I and writes S and U, backward reads U and
+                   dL/dS and writes dL/dI: six tensors, as three copies)
     alif_pixels    one alif layer with one-to-one recurrence, RFC128, T = 784, batch 64
     smnist_pixels  the pixel-wise layers on [784, 64, 128]: snnrun's alif (one-to-one), rlif
                    (all-to-all) and causal psn beside snnTorch's RLeaky and SpikingJelly's PSN
     on             the Open Neuromorphic benchmark: Linear(n, n) + LIF, batch 16, T = 500
                    (n = 16,384 there, on GPUs; ``--on-neurons``, 512 by default here)
     sweep          alif_pixels on the fastest backend against batch size and width: samples/s
-    network        training steps of experiment=smnist_pixels_alif, whole network, per backend
+    network        training steps of experiment=smnist_pixels_alif, whole network, per backend, each in a
+                   fresh process; ``--before PATH`` adds an earlier snnrun checkout as the baseline row
 
 The first call of each variant is timed apart ("first call"): for numba it loads the kernels
 from numba's on-disk cache, or compiles them when the cache is cold. Writes bench/results/kernels.md.
@@ -24,8 +26,12 @@ from numba's on-disk cache, or compiles them when the cache is cold. Writes benc
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -109,18 +115,32 @@ def spikingjelly_lif():
     return run
 
 
-def copy_floor(x):
-    """Three copies of a tensor of x's size: the bytes a LIF op reads and writes, forward and backward."""
-    class Floor(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone(), x.clone()
+def preallocated(shape):
+    """The floor and the kernels alone, on preallocated memory (no allocation, no autograd): the copy moves
+    the six tensors a LIF op must read and write (forward I -> U, S; backward U, dL/dS -> dL/dI)."""
+    import numpy as np
 
-        @staticmethod
-        def backward(ctx, g, _):
-            return g.clone()
+    from snnrun.core import numba_ops, surrogates
 
-    return Floor.apply(x)[0]
+    g = np.random.default_rng(0)
+    cur = (g.standard_normal(shape, dtype=np.float32) * 0.5 + 0.3).reshape(shape[0], -1)
+    grad = g.standard_normal(cur.shape, dtype=np.float32)
+    mem, spk, grad_in = (np.empty_like(cur) for _ in range(3))
+    beta, thr = np.full(cur.shape[1], 0.9, np.float32), np.ones(cur.shape[1], np.float32)
+    kind, p = numba_ops.surrogate_code(surrogates.ATan(), np.float32)
+    backward = numba_ops.backward_kernels(kind)[0]
+    none, no_acc = np.zeros((1, cur.shape[1]), np.float32), np.empty(0, np.float32)
+
+    def copies():
+        np.copyto(mem, cur)
+        np.copyto(spk, grad)
+        np.copyto(grad_in, mem)
+
+    def kernels():
+        numba_ops.lif_forward(cur, beta, thr, numba_ops.SUBTRACT, False, mem, spk)
+        backward(mem, grad, none, beta, thr, p, numba_ops.SUBTRACT, False, 0, grad_in, no_acc, no_acc)
+
+    return {"copy of the bytes, preallocated (floor)": copies, "snnrun numba kernels alone, preallocated": kernels}
 
 
 def linear_lif(lif_run, n):
@@ -133,7 +153,6 @@ def variants(workload, args):
     """name -> (step, shape of one sample batch for samples/s)."""
     out = {}
     if workload == "lif":
-        out["copy of the bytes (floor)"] = copy_floor
         if args.snntorch:
             import snntorch as snn
             from snntorch import surrogate
@@ -143,7 +162,7 @@ def variants(workload, args):
             out["SpikingJelly 2.0 LIFNode (torch)"] = spikingjelly_lif()
         out["snnrun lif, torch loop"] = snnrun_lif("torch")
         out["snnrun lif, numba kernel"] = snnrun_lif("numba")
-        return {k: layer_step(v, LIF_SHAPE) for k, v in out.items()}
+        return {**preallocated(LIF_SHAPE), **{k: layer_step(v, LIF_SHAPE) for k, v in out.items()}}
     if workload == "alif_pixels":
         return {f"snnrun alif RFC128 one-to-one, {b}": layer_step(snnrun_alif(b, 128), PIXELS)
                 for b in ("torch", "numba")}
@@ -180,12 +199,39 @@ def variants(workload, args):
         out["snnrun torch loop"] = linear_lif(snnrun_lif("torch"), args.on_neurons)
         out["snnrun numba kernel"] = linear_lif(snnrun_lif("numba"), args.on_neurons)
         return {k: layer_step(v, shape) for k, v in out.items()}
-    if workload == "network":
-        return {f"smnist_pixels_alif training step, {b}": network_step(b, args) for b in ("torch", "numba")}
     raise ValueError(workload)
 
 
-def network_step(backend, args):
+def network_rows(args):
+    """Training steps of smnist_pixels_alif, each variant timed in its own process (``--before``: an earlier
+    snnrun checkout, the baseline), variants taking turns round after round."""
+    trees = ([("before: " + _describe(args.before), args.before, None)] if args.before else []) + [
+        ("now, neuron.backend=torch", str(HERE.parent), "torch"), ("now, neuron.backend=numba", str(HERE.parent), "numba")]
+    times = {label: [] for label, _, _ in trees}
+    first = {}
+    for _ in range(args.rounds):
+        for label, tree, backend in trees:
+            cmd = [sys.executable, __file__, "--probe-network", backend or "default", "--iters", str(args.iters),
+                   "--threads", str(args.threads)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": tree})
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            first.setdefault(label, got["first"])
+            times[label].append(got["seconds"])
+    return first, {label: statistics.median(t) for label, t in times.items()}
+
+
+def _describe(tree: str) -> str:
+    rev = subprocess.run(["git", "-C", tree, "log", "-1", "--format=%h %cs"], capture_output=True, text=True).stdout
+    return rev.strip() or tree
+
+
+def probe_network(args):
+    step = network_step(None if args.probe_network == "default" else args.probe_network)
+    first = timed(step, 1)
+    print(json.dumps({"first": first, "seconds": timed(step, args.iters)}))
+
+
+def network_step(backend):
     """One training step of experiment=smnist_pixels_alif (its network, loss and optimiser, built as the
     snnrun command builds them) on a fixed batch of 784-step sequences."""
     from hydra import compose, initialize_config_dir
@@ -194,7 +240,8 @@ def network_step(backend, args):
     from snnrun.run.cli import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=smnist_pixels_alif", f"neuron.backend={backend}"])
+        cfg = compose("config", overrides=["experiment=smnist_pixels_alif"]
+                      + ([f"neuron.backend={backend}"] if backend else []))
     torch.manual_seed(0)
     model = _part(cfg, "model", input_shape=(1,), num_classes=10, neuron=_part(cfg, "neuron"),
                   surrogate=_part(cfg, "surrogate"))
@@ -251,12 +298,16 @@ def main():
     parser.add_argument("--on-neurons", type=int, default=512)
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--before", help="an earlier snnrun checkout: the network workload's baseline row")
+    parser.add_argument("--probe-network", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(HERE / "results" / "kernels.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from snnrun.run.cli import keep_freed_memory
 
     keep_freed_memory()  # as the snnrun command does, for every variant alike
+    if args.probe_network:
+        return probe_network(args)
     args.snntorch = _imports("snntorch")
     args.spikingjelly = _imports("spikingjelly.activation_based.neuron")
     import numba
@@ -270,8 +321,7 @@ def main():
             lines += ["", "alif_pixels (one-to-one alif, T = 784) on numba, training samples/s (forward + backward):",
                       "", *sweep(args)]
             continue
-        steps = variants(workload, args)
-        first, median = measure(steps, args)
+        first, median = network_rows(args) if workload == "network" else measure(variants(workload, args), args)
         base = next(iter(median.values()))
         batch = {"lif": 64, "alif_pixels": 64, "smnist_pixels": 64, "on": 16, "network": 64}[workload]
         lines += ["", f"**{workload}**", "", "| variant | first call (s) | ms per step | samples/s | vs first row |",

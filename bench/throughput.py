@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from kernels import cpu_name
 from torch.nn import functional as F
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +46,8 @@ VARIANTS = {
     "snnTorch 1.0": None,
     "SpikingJelly 2.0": None,
     "snnrun step-by-step autograd": ["neuron.fused=false"],
-    "snnrun fp32": [],
+    "snnrun fp32, torch loop": ["neuron.backend=torch"],
+    "snnrun fp32": [],  # neuron.backend=auto: the numba kernels on a CPU where numba imports
     "snnrun bf16": ["model.precision=bf16"],
 }
 LIF_SHAPE = (100, 64, 4096)
@@ -187,11 +189,13 @@ def make_layer(workload: str, variant: str, device: torch.device):
     from snnrun.core.surrogates import ATan
 
     fused = VARIANTS[variant] is None or "neuron.fused=false" not in VARIANTS[variant]
+    backend = "torch" if VARIANTS[variant] and "neuron.backend=torch" in VARIANTS[variant] else "auto"
     if workload == "lif":
-        ours = LIF(beta=0.9, surrogate=ATan(), fused=fused).to(device)
+        ours = LIF(beta=0.9, surrogate=ATan(), fused=fused, backend=backend).to(device)
     else:
         torch.manual_seed(0)
-        ours = RLIF(beta=0.9, surrogate=ATan(), recurrent=True, shape=shape[-1:], fused=fused).to(device)
+        ours = RLIF(beta=0.9, surrogate=ATan(), recurrent=True, shape=shape[-1:], fused=fused,
+                    backend=backend).to(device)
         with torch.no_grad():
             ours.recurrent_weight.mul_(0.5)  # keeps the layer's firing moderate
     if variant.startswith("SpikingJelly"):
@@ -239,6 +243,14 @@ def make_layer(workload: str, variant: str, device: torch.device):
     with torch.no_grad():
         spikes = run(current).sum(0)
     return step, spikes
+
+
+def numba_version() -> str:
+    try:
+        import numba
+    except ImportError:
+        return "no numba (neuron.backend=auto runs torch)"
+    return f"numba {numba.__version__}"
 
 
 def timed(step, iters: int, device: torch.device) -> float:
@@ -326,8 +338,9 @@ def main() -> None:
     device = torch.device(args.device)
     batch = batch_for(args, device)
     rows = [f"Device: {device.type}"
-            + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else f", {args.threads} threads")
-            + f"; torch {torch.__version__}; batch {args.batch}; {args.iters} steps (LIF: {args.lif_iters}) x "
+            + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else f" ({cpu_name()}, torch capability "
+               f"{torch.backends.cpu.get_cpu_capability()}), {args.threads} threads")
+            + f"; torch {torch.__version__}; {numba_version()}; batch {args.batch}; {args.iters} steps (LIF: {args.lif_iters}) x "
             f"{args.rounds} rounds, median.",
             "", "| workload | variant | samples/s (LIF: ms/step) | vs snnTorch | peak memory (MiB) |", "|---|---|---|---|---|"]
     for workload in args.workloads:

@@ -78,9 +78,8 @@ def test_every_built_in_surrogate_runs_in_the_kernels(surrogate):
 
 
 def test_the_kernels_know_every_built_in_surrogate():
-    from snnrun.core import numba_ops
-
-    assert set(numba_ops.SURROGATES) == set(surrogates.BUILT_IN)
+    built_in = {c for c in vars(surrogates).values() if isinstance(c, type) and issubclass(c, surrogates.Surrogate)}
+    assert set(backends.SURROGATES) == built_in - {surrogates.Surrogate}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -140,6 +139,11 @@ def test_auto_takes_numba_for_float32_on_a_cpu_and_torch_otherwise():
     assert layer.last_backend == "numba" and backends.used(layer) == ["numba"]
     layer(x.double())
     assert layer.last_backend == "torch"
+    layer(torch.randn(3, 2, backends.LIF_KERNEL_MAX // 2 + 1))
+    assert layer.last_backend == "torch"  # a wide lif layer: torch's vectorised loop is faster
+    alif = ALIF(shape=(backends.LIF_KERNEL_MAX,))
+    alif(torch.randn(3, 2, backends.LIF_KERNEL_MAX))
+    assert alif.last_backend == "numba"  # the recurrent kernel wins at every size measured
     custom = type("Mine", (surrogates.ATan,), {})()
     layer = neurons.LIF(surrogate=custom)
     layer(x)
@@ -216,3 +220,12 @@ def test_a_current_in_another_memory_layout(make):
     assert torch.equal(out[0][0], out[1][0]) and 0 < out[0][0].mean() < 1
     torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(out[1][2], out[0][2], rtol=1e-5, atol=1e-5)
+
+
+def test_triton_without_a_gpu_is_refused(compose, monkeypatch):
+    from snnrun.run.assembly import assemble
+    from snnrun.run.rules import ConfigError
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="neuron.backend='triton'.*on a GPU"):
+        assemble(compose(*FAST, "device=cpu", "neuron.backend=triton"))

@@ -176,8 +176,9 @@ class LI(LIF):
     """Leaky integrator, the non-spiking readout: U[t] = beta*U[t-1] + I[t] (no threshold, no reset).
 
     Returns (S, U) like every layer, with S all zero. ``LI.like(neuron)`` copies a layer's decay
-    (beta, learned or not, per neuron or shared): ``model.readout_neuron=li``. On a GPU the fused
-    path is ``filter_scan``, all steps at once; on a CPU lif's fused op, one pass over time.
+    (beta, learned or not, per neuron or shared): ``model.readout_neuron=li``. Fused, it runs lif's
+    op, one pass over time (a kernel where ``backend`` takes one), except on a GPU without a kernel:
+    ``filter_scan``, all steps at once.
     """
 
     def __init__(self, beta: float | None = None, tau: float | None = None, learn_beta: bool = False,
@@ -194,8 +195,9 @@ class LI(LIF):
                    per_neuron=neuron.param_shape != (), shape=shape, fused=neuron.fused, backend=neuron.backend)
 
     def forward(self, current):
-        if not (self.fused and current.is_cuda) or self.tbptt:
-            return super().forward(current)
+        if not (self.fused and current.is_cuda) or self.tbptt or backends.choose(
+                self.backend, current, self.surrogate) != "torch":
+            return super().forward(current)  # one pass over time: torch's loop, or a kernel
         self.last_backend = "torch"
         mem = filter_scan(current, self.beta.to(current), block=32)
         return torch.zeros_like(mem), mem

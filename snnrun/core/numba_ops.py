@@ -21,36 +21,12 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from . import surrogates as sg
+from .backends import RESET_CODES, surrogate_code
 
 BLOCK = 512  # neurons per block: 2 KiB (float32) per row of the block's state
-SUBTRACT, ZERO, NONE = 0, 1, 2
-RESET_CODES = {"subtract": SUBTRACT, "zero": ZERO, "none": NONE}
+SUBTRACT, ZERO, NONE = (RESET_CODES[r] for r in ("subtract", "zero", "none"))
 
-# surrogate -> (kind, constants): the kernels compute scale * shape(x) (surrogates.py) from these, in
-# the arrays' dtype, as torch does from Python scalars
-SURROGATES = {
-    sg.ATan: lambda s: (0, (s.alpha / 2, math.pi / 2 * s.alpha)),
-    sg.FastSigmoid: lambda s: (1, (s.slope,)),
-    sg.Sigmoid: lambda s: (2, (s.slope,)),
-    sg.Triangular: lambda s: (3, (s.width,)),
-    sg.MultiGaussian: lambda s: (4, (s.sigma, s.h, 2 * s.sigma**2, 2 * (s.s * s.sigma) ** 2,
-                                     s.sigma * math.sqrt(2 * math.pi), s.s * s.sigma * math.sqrt(2 * math.pi))),
-    sg.StraightThrough: lambda s: (5, ()),
-    sg.Heaviside: lambda s: (6, ()),
-}
 ONE, NOUGHT = np.float32(1.0), np.float32(0.0)  # exact in float32 and float64: arithmetic keeps the arrays' dtype
-
-
-def surrogate_code(surrogate, dtype) -> tuple[int, np.ndarray] | None:
-    """(kind, [c0..c5, scale] in ``dtype``) for a surrogate the kernels compute, else None."""
-    code = SURROGATES.get(type(surrogate))
-    if code is None:
-        return None
-    kind, constants = code(surrogate)
-    p = np.zeros(7, dtype=dtype)
-    p[:len(constants)], p[6] = constants, surrogate.scale
-    return kind, p
 
 
 @njit(inline="always", cache=True)

@@ -21,7 +21,8 @@ from torch.autograd.function import once_differentiable
 
 from . import backends
 from .neurons import LIF, lif_step
-from .sequences import numba_ops, sum_to, truncated
+from .backends import kernels
+from .sequences import sum_to, truncated
 from .options import non_negative, one_of, positive
 
 RECURRENCES = ("all_to_all", "one_to_one")
@@ -57,9 +58,9 @@ class _RecurrentSequence(torch.autograd.Function):
                 rho, jump, tbptt=0, backend="torch"):
         ctx.options = surrogate, reset, detach_reset, recurrence, rho, jump, tbptt, backend  # rectifier passes through
         ctx.set_materialize_grads(False)
-        if backend == "numba":  # one-to-one or no recurrence (backends.check)
-            spk, mem, thr = numba_ops().run_recurrent_forward(current, beta, threshold, weight, reset, rectify, rho,
-                                                              jump)
+        if backend != "torch":  # one-to-one or no recurrence (backends.check)
+            spk, mem, thr = kernels(backend).run_recurrent_forward(current, beta, threshold, weight, reset, rectify,
+                                                                   rho, jump)
             ctx.save_for_backward(mem, thr, beta, threshold, weight)
             return spk, mem
         mem, spk = torch.empty_like(current), torch.empty_like(current)
@@ -98,8 +99,8 @@ class _RecurrentSequence(torch.autograd.Function):
         surrogate, reset, detach_reset, recurrence, rho, jump, tbptt, backend = ctx.options
         adaptive = thr is not None
         need_beta, need_th = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        if backend == "numba":
-            grad_in, acc_beta, acc_th, acc_w = numba_ops().run_recurrent_backward(
+        if backend != "torch":
+            grad_in, acc_beta, acc_th, acc_w = kernels(backend).run_recurrent_backward(
                 mem, thr, grad_spk, grad_mem, beta, threshold, weight, surrogate, reset, detach_reset, rho, jump, tbptt,
                 need_beta, need_th, ctx.needs_input_grad[3])
             return (grad_in, sum_to(acc_beta, beta) if need_beta else None,
@@ -209,7 +210,8 @@ class RLIF(LIF):
         weight = getattr(self, "recurrent_weight", None)
         bias = getattr(self, "recurrent_bias", None)
         if self.fused:
-            self.last_backend = backends.choose(self.backend, current, self.surrogate, self.recurrence != "all_to_all")
+            self.last_backend = backends.choose(self.backend, current, self.surrogate, self.recurrence != "all_to_all",
+                                                recurrent=True)
             return _RecurrentSequence.apply(
                 current, self.beta.to(current), self.threshold.to(current),
                 None if weight is None else weight.to(current), None if bias is None else bias.to(current),

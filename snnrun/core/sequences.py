@@ -1,8 +1,9 @@
 """The fused ops: a neuron layer's whole time loop as one autograd op with a hand-written backward.
 
 ``backend`` selects who runs the loop: ``torch`` (a Python loop over T of in-place tensor ops,
-each step's tensors staying in cache) or ``numba`` (one compiled kernel per sequence, each way:
-``snnrun.core.numba_ops``); both compute the same equations, held equal by the tests.
+each step's tensors staying in cache), ``numba`` or ``triton`` (one compiled kernel per sequence,
+each way: ``snnrun.core.numba_ops``, ``snnrun.core.triton_ops``); all compute the same equations,
+held equal by the tests (``snnrun.core.backends`` chooses).
 ``filter_scan`` is the no-reset LIF computed over all steps at once (GPUs).
 """
 
@@ -11,12 +12,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-
-def numba_ops():
-    """The numba kernels, imported on first use (numba is an optional dependency: ``snnrun[kernels]``)."""
-    from . import numba_ops as ops
-
-    return ops
+from .backends import kernels
 
 
 def sum_to(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
@@ -46,8 +42,8 @@ class LIFSequence(torch.autograd.Function):
         ctx.surrogate, ctx.reset, ctx.detach_reset, ctx.tbptt = surrogate, reset, detach_reset, tbptt
         ctx.backend = backend
         ctx.set_materialize_grads(False)
-        if backend == "numba":
-            spk, mem = numba_ops().run_lif_forward(current, beta, threshold, reset, rectify)
+        if backend != "torch":
+            spk, mem = kernels(backend).run_lif_forward(current, beta, threshold, reset, rectify)
             ctx.save_for_backward(mem, beta, threshold)
             return spk, mem
         mem, spk = torch.empty_like(current), torch.empty_like(current)
@@ -75,8 +71,8 @@ class LIFSequence(torch.autograd.Function):
         reset, surrogate = ctx.reset, ctx.surrogate
         reset_path = not ctx.detach_reset and reset != "none"
         need_beta, need_th = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        if ctx.backend == "numba":
-            grad_in, acc_beta, acc_th = numba_ops().run_lif_backward(
+        if ctx.backend != "torch":
+            grad_in, acc_beta, acc_th = kernels(ctx.backend).run_lif_backward(
                 mem, grad_spk, grad_mem, beta, threshold, surrogate, reset, reset_path, ctx.tbptt, need_beta, need_th)
             return (grad_in, sum_to(acc_beta, beta) if need_beta else None,
                     sum_to(acc_th, threshold) if need_th else None) + (None,) * 6
@@ -128,8 +124,8 @@ class LeakyIntegral(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current, alpha: float, tbptt: int = 0, backend: str = "torch"):
         ctx.alpha, ctx.tbptt, ctx.backend = alpha, tbptt, backend
-        if backend == "numba":
-            return numba_ops().run_leaky_forward(current, alpha)
+        if backend != "torch":
+            return kernels(backend).run_leaky_forward(current, alpha)
         out = current.clone()
         for t in range(1, out.shape[0]):
             out[t].add_(out[t - 1] * alpha)  # not add_(alpha=): no fused multiply-add, same rounding as the reference
@@ -138,8 +134,8 @@ class LeakyIntegral(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        if ctx.backend == "numba":
-            return numba_ops().run_leaky_backward(grad, ctx.alpha, ctx.tbptt), None, None, None
+        if ctx.backend != "torch":
+            return kernels(ctx.backend).run_leaky_backward(grad, ctx.alpha, ctx.tbptt), None, None, None
         grad = grad.clone()
         for t in reversed(range(grad.shape[0] - 1)):
             if not truncated(t + 1, ctx.tbptt):

@@ -21,6 +21,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..core.architectures import ArchitectureError
+from ..core.backends import MODULES, runs_on
 from ..core.losses import READOUTS
 from ..core.neurons import truncate
 from ..core.options import OptionError
@@ -206,10 +207,11 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
     rank = rank or world()
     check(cfg, rank.size)
     device = resolve_device(cfg.device, rank)
-    if cfg.neuron.get("backend") == "numba" and (device.type != "cpu" or cfg.model.get("precision") == "bf16"):
-        raise ConfigError("neuron.backend", "numba", "auto or torch for this run: the numba kernels run float32 or "
-                          f"float64 on a CPU (this run: {cfg.model.get('precision', 'fp32')} on {device})",
-                          "neuron.backend=auto")
+    backend = cfg.neuron.get("backend")
+    if backend in MODULES and (not runs_on(backend, device) or cfg.model.get("precision") == "bf16"):
+        raise ConfigError("neuron.backend", backend, f"auto or torch for this run: the {backend} kernels run float32 "
+                          f"or float64 on {'a GPU' if backend == 'triton' else 'a CPU'} (this run: "
+                          f"{cfg.model.get('precision', 'fp32')} on {device})", "neuron.backend=auto")
     with options_of("trainer", cfg.trainer):
         options = TrainerOptions.from_config(cfg)
     if options.num_threads:
