@@ -263,6 +263,23 @@ class SpikingNetwork(nn.Module):
         """The layers whose neurons spike: all but an ``li`` readout."""
         return [b.name for b in self.blocks if not isinstance(b.neuron, LI)]
 
+    def step(self, x: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """One time step for streaming inference: x [B, *input_shape] -> (output spikes, membranes, state).
+
+        ``state`` holds each layer's neuron state between calls (None: every layer at rest); feeding a
+        sequence step by step gives ``forward``'s outputs in eval mode. Dropout is not applied (use eval
+        mode). A ``psn`` layer, which needs the whole sequence, refuses."""
+        state = state if state is not None else [None] * len(self.blocks)
+        bf16 = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        carried = []
+        for block, layer_state in zip(self.blocks, state):
+            with bf16:
+                current = block.apply_stateless(x).reshape(x.shape[0], *block.out_shape)
+            spk, mem, layer_state = block.neuron.step(current, layer_state)
+            carried.append(layer_state)
+            x = spk
+        return spk, mem, carried
+
     def forward(self, x: torch.Tensor, time_steps: int | None = None, rows: tuple[int, slice] | None = None):
         """x: [T, B, *input_shape], or a static [B, *input_shape] repeated for ``time_steps``; ``rows``:
         these B samples are rows ``rows[1]`` of a batch of ``rows[0]`` (see ``_Block.drop``)."""

@@ -128,6 +128,13 @@ class SpikingNeuron(nn.Module):
             mems.append(mem)
         return torch.stack(spikes), torch.stack(mems)
 
+    def step(self, current: torch.Tensor, state: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """One step for streaming, the state carried between calls: current [B, *] -> (S[t], U[t], state).
+        ``state`` None starts from rest; stepping through a sequence gives ``forward``'s S and U."""
+        mem, spk = state if state is not None else (torch.zeros_like(current), torch.zeros_like(current))
+        spk, mem = lif_step(current, mem, spk, **self._step_kwargs())
+        return spk, mem, (mem, spk)
+
     def extra_repr(self) -> str:
         return f"reset={self.reset}, rectify={self.rectify}, surrogate={self.surrogate}"
 
@@ -234,6 +241,15 @@ class Synaptic(LIF):
             filtered.append(syn)
         return super().forward(torch.stack(filtered))
 
+    def step(self, current, state=None):
+        """One step: J[t] = alpha*J[t-1] + I[t], then lif's step on J; state (J, lif's state)."""
+        syn, inner = state if state is not None else (torch.zeros_like(current), None)
+        if self.alpha != 0:
+            syn = self.alpha * syn + current
+            current = syn
+        spk, mem, inner = super().step(current, inner)
+        return spk, mem, (syn, inner)
+
     def extra_repr(self) -> str:
         return f"alpha={self.alpha:.4g}, " + super().extra_repr()
 
@@ -280,6 +296,15 @@ class Graded(nn.Module):
             mems.append(h)
             outs.append(o)
         return torch.stack(outs), torch.stack(mems)
+
+    def step(self, current, state=None):
+        """One step: emits (O[t-1], H[t-1]) and takes I[t] in; state (H after its reset, O)."""
+        h, out = state if state is not None else (torch.zeros_like(current), torch.zeros_like(current))
+        emitted = (out, h)
+        h = self.decay * h + current
+        o = F.relu(h - self.threshold)
+        h = h - (self.penalty + o) * (o > 0).to(h.dtype)
+        return *emitted, (h, o)
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, threshold={self.threshold}, penalty={self.penalty}"

@@ -110,6 +110,10 @@ class PSN(nn.Module):
                                for t in range(self.time_steps)])
         return self.surrogate(mem), mem
 
+    def step(self, current, state=None):
+        raise ValueError("a psn layer has no step-by-step form for streaming: each step's H needs its row of the "
+                         "T x T weights and the inputs before it; sliding_psn or a neuron with a state streams")
+
     def extra_repr(self) -> str:
         return f"time_steps={self.time_steps}, window={self.window or 'all'}, surrogate={self.surrogate}"
 
@@ -150,6 +154,14 @@ class SlidingPSN(nn.Module):
             mem = torch.stack([sum(w[j] * current[t - j] for j in range(min(self.taps, t + 1))) + b
                                for t in range(len(current))])
         return self.surrogate(mem), mem
+
+    def step(self, current, state=None):
+        """One step: H[t] = sum_j w_j I[t-j] + b over the last k inputs, kept as the state [k-1, B, *]."""
+        past = state if state is not None else current.new_zeros((self.taps - 1, *current.shape))
+        window = torch.cat([current.unsqueeze(0), past])  # I[t], I[t-1], ..., I[t-k+1]
+        w = self.weight.to(current).reshape(-1, *[1] * current.dim())
+        mem = (w * window).sum(0) + self.bias.to(current)
+        return self.surrogate(mem), mem, window[:-1]
 
     def extra_repr(self) -> str:
         return f"taps={self.taps}, surrogate={self.surrogate}"

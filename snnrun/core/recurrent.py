@@ -233,6 +233,19 @@ class RLIF(LIF):
             mems.append(mem)
         return torch.stack(spikes), torch.stack(mems)
 
+    def step(self, current, state=None):
+        """One step for streaming: current [B, n] -> (S[t], U[t], state = (S, U, a))."""
+        if self.recurrence is None and self.jump == 0:
+            return super().step(current, state)
+        spk, mem, adapt = state if state is not None else (torch.zeros_like(current),) * 3
+        if self.recurrence is not None:
+            current = current + self.recurrent_input(spk)
+        if self.jump:
+            spk, mem, adapt = alif_step(current, mem, spk, adapt, rho=self.rho, jump=self.jump, **self._step_kwargs())
+        else:
+            spk, mem = lif_step(current, mem, spk, **self._step_kwargs())
+        return spk, mem, (spk, mem, adapt)
+
     def extra_repr(self) -> str:
         return f"recurrence={self.recurrence}, " + super().extra_repr()
 
