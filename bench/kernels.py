@@ -128,7 +128,8 @@ def preallocated(shape):
     mem, spk, grad_in = (np.empty_like(cur) for _ in range(3))
     beta, thr = np.full(cur.shape[1], 0.9, np.float32), np.ones(cur.shape[1], np.float32)
     kind, p = numba_ops.surrogate_code(surrogates.ATan(), np.float32)
-    backward = numba_ops.backward_kernels(kind)[0]
+    forward = numba_ops.lif_forward(numba_ops.SUBTRACT, False)
+    backward = numba_ops.lif_backward(kind, numba_ops.SUBTRACT, False, False, False)
     none, no_acc = np.zeros((1, cur.shape[1]), np.float32), np.empty(0, np.float32)
 
     def copies():
@@ -137,8 +138,9 @@ def preallocated(shape):
         np.copyto(grad_in, mem)
 
     def kernels():
-        numba_ops.lif_forward(cur, beta, thr, numba_ops.SUBTRACT, False, mem, spk)
-        backward(mem, grad, none, beta, thr, p, numba_ops.SUBTRACT, False, 0, grad_in, no_acc, no_acc)
+        block = numba_ops.block_size(cur.shape[1])
+        forward(cur, beta, thr, mem, spk, block)
+        backward(mem, grad, none, beta, thr, p, 0, grad_in, no_acc, no_acc, block)
 
     return {"copy of the bytes, preallocated (floor)": copies, "snnrun numba kernels alone, preallocated": kernels}
 

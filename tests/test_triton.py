@@ -111,6 +111,7 @@ def test_auto_takes_triton_on_a_gpu_only():
     assert backends.unavailable("triton") is None
 
 
+@pytest.mark.slow  # about 15 s per dtype: CI runs it with the slow tests
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
 def test_every_kernel_compiles_to_a_gpu_binary(dtype):
     """Triton's compiler, front end to ptxas, for an H100/H200 (sm_90), every option combination: no GPU needed."""

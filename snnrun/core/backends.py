@@ -1,9 +1,8 @@
 """Who runs a fused neuron op (``neuron.backend``): torch's loop over T, or one kernel per sequence.
 
-    auto    for float32 and a surrogate the kernels know: triton on a GPU where it imports; numba
-            on a CPU where it imports: always for rlif/alif, and for lif/if/li/synaptic where a step holds at most
-            ``LIF_KERNEL_MAX`` values (wider, torch's vectorised loop is faster on a CPU: below);
-            torch otherwise (float64, bfloat16, a surrogate of your own, all-to-all recurrence)
+    auto    for a float32 current and a surrogate the kernels know: triton on a GPU,
+            numba on a CPU, where they import; torch otherwise (float64, bfloat16, a conv layer's
+            channels-last current, a surrogate of your own, all-to-all recurrence)
     torch   the Python loop over T of in-place tensor ops (``snnrun.core.sequences``)
     numba   the compiled CPU kernels (``snnrun.core.numba_ops``), float32 or float64
     triton  the GPU kernels (``snnrun.core.triton_ops``), float32 or float64; on CPU tensors only
@@ -31,10 +30,10 @@ from .options import OptionError, one_of
 BACKENDS = ("auto", "torch", "numba", "triton")
 KERNEL_DTYPES = (torch.float32, torch.float64)
 MODULES = {"numba": "snnrun.core.numba_ops", "triton": "snnrun.core.triton_ops"}
-# measured (2-core AMD EPYC, AVX-512, 2 threads, forward + backward): the lif kernel against the torch loop
-# 2.05x at [784, 64, 128] and 1.15x at [100, 64, 512], 0.86x at [25, 128, 1000] and 0.44x at [100, 64, 4096];
-# the rlif/alif kernel 2.25x to 3.4x at every size tried, up to [100, 64, 4096]
-LIF_KERNEL_MAX = 1 << 16
+# measured (2-core AMD EPYC, AVX-512, 2 threads, forward + backward against the torch loop): the lif kernel
+# 1.6x to 4.0x from [25, 128, 1000] to [784, 64, 128] and [100, 64, 4096]; the alif kernel 2.3x to 3.4x; the
+# csnn tutorial network with its conv layers on numba 0.95x and 1.9x the peak memory (the copies of its
+# channels-last currents and their gradients), hence torch for those
 RESET_CODES = {"subtract": 0, "zero": 1, "none": 2}  # the reset rule as the kernels take it
 
 # surrogate -> (kind, constants): the kernels compute scale * shape(x) (surrogates.py) from these, in
@@ -108,15 +107,16 @@ def kernel_knows(surrogate) -> bool:
     return type(surrogate) in SURROGATES
 
 
-def choose(backend: str, current: torch.Tensor, surrogate, one_to_one: bool = True, recurrent: bool = False) -> str:
-    """The backend that runs this call (``recurrent``: the rlif/alif op, else lif's)."""
+def choose(backend: str, current: torch.Tensor, surrogate, one_to_one: bool = True) -> str:
+    """The backend that runs this call."""
     if backend == "auto":
         if not (current.dtype == torch.float32 and one_to_one and kernel_knows(surrogate)):
             return "torch"
+        if current.dim() > 3 and not current.is_contiguous():
+            return "torch"  # a conv layer's channels-last current: a kernel would copy it, and its gradients
         if current.is_cuda:
             return "triton" if unavailable("triton") is None else "torch"
-        wins = recurrent or current[0].numel() <= LIF_KERNEL_MAX
-        return "numba" if current.device.type == "cpu" and wins and unavailable("numba") is None else "torch"
+        return "numba" if current.device.type == "cpu" and unavailable("numba") is None else "torch"
     if backend != "torch" and (not runs_on(backend, current.device) or current.dtype not in KERNEL_DTYPES):
         where = "a GPU" if backend == "triton" else "a CPU"
         raise RuntimeError(f"neuron.backend={backend} runs float32 or float64 on {where}, not {current.dtype} on "

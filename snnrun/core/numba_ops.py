@@ -1,14 +1,15 @@
 """The fused neuron ops as numba kernels on the CPU: one kernel per layer per sequence, each way.
 
 The tensors are time-first and contiguous, [T, M] with M = batch x neurons. Each kernel gives a
-block of ``BLOCK`` neighbouring neurons its whole time loop (forward: t = 0..T-1, backward:
-t = T-1..0): the block's rows are contiguous in memory and stay in cache from one step to the
-next, and the blocks run in parallel. The equations, option for option, are those of
-``neurons._LIFSequence``, ``neurons._LeakyIntegral`` and ``recurrent._RecurrentSequence``
-(one-to-one or no recurrence); the tests hold each kernel to the torch op. Parameters (beta,
-theta, v) come expanded to [M]; their gradients come back per element, [M], and are summed over
-the batch by the caller. The surrogate derivative is computed inside the kernel (``SURROGATES``).
-Compiled on first use for each dtype and cached on disk (numba's ``cache=True``).
+block of neighbouring neurons (``block_size``) its whole time loop (forward: t = 0..T-1, backward:
+t = T-1..0) with the block's state in small arrays that stay in cache, and the blocks run in
+parallel. The equations, option for option, are those of ``sequences.LIFSequence``,
+``sequences.LeakyIntegral`` and ``recurrent._RecurrentSequence`` (one-to-one or no recurrence);
+the tests hold each kernel to the torch op. Parameters (beta, theta, v) come expanded to [M]; their
+gradients come back per element, [M], and are summed over the batch by the caller. The surrogate
+derivative is computed inside the kernel (``backends.SURROGATES``). The options that decide the
+inner loop's shape are compiled in (``lru_cache``d factories); every kernel is compiled on first
+use for each dtype and cached on disk (numba's ``cache=True``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from numba import njit, prange
 
 from .backends import RESET_CODES, surrogate_code
 
-BLOCK = 512  # neurons per block: 2 KiB (float32) per row of the block's state
+MIN_BLOCK, MAX_BLOCK = 512, 8192  # neurons per block (block_size)
 SUBTRACT, ZERO, NONE = (RESET_CODES[r] for r in ("subtract", "zero", "none"))
 
 ONE, NOUGHT = np.float32(1.0), np.float32(0.0)  # exact in float32 and float64: arithmetic keeps the arrays' dtype
@@ -56,37 +57,90 @@ def _truncated(t, tbptt):
     return tbptt > 0 and t > 0 and t % tbptt == 0
 
 
-@njit(parallel=True, cache=True)
-def lif_forward(cur, beta, thr, reset, rectify, mem, spk):
-    """Each block's U and S live in two small arrays from step to step; rows of mem and spk are written only.
-    U and S start at 0, so step 0 gives U = I exactly, as the torch op's copy does."""
-    steps, m = cur.shape
-    for b in prange((m + BLOCK - 1) // BLOCK):
-        lo = b * BLOCK
-        n = min(m, lo + BLOCK) - lo
-        u, s = np.zeros(n, dtype=cur.dtype), np.zeros(n, dtype=cur.dtype)
-        be, th = beta[lo:lo + n], thr[lo:lo + n]
-        for t in range(steps):
-            c, mo, so = cur[t, lo:lo + n], mem[t, lo:lo + n], spk[t, lo:lo + n]
-            for k in range(n):
-                x = u[k] * be[k]
-                if reset == ZERO:
-                    x = x - x * s[k]
-                x = x + c[k]
-                if reset == SUBTRACT:
-                    x = x - s[k] * th[k]
-                if rectify:
-                    x = max(x, x - x)  # max(U, 0) in the array's dtype
-                y = ONE if x > th[k] else NOUGHT
-                u[k], s[k], mo[k], so[k] = x, y, x, y
+@lru_cache(maxsize=None)
+def lif_forward(reset: int, rectify: bool):
+    """The lif forward kernel with its reset rule and rectifier compiled in."""
+
+    @njit(parallel=True, cache=True)
+    def kernel(cur, beta, thr, mem, spk, block):
+        """Each block's U and S live in two small arrays from step to step; rows of mem and spk are written
+        only. U and S start at 0, so step 0 gives U = I exactly, as the torch op's copy does."""
+        steps, m = cur.shape
+        for b in prange((m + block - 1) // block):
+            lo = b * block
+            n = min(m, lo + block) - lo
+            u, s = np.zeros(n, dtype=cur.dtype), np.zeros(n, dtype=cur.dtype)
+            be, th = beta[lo:lo + n], thr[lo:lo + n]
+            for t in range(steps):
+                c, mo, so = cur[t, lo:lo + n], mem[t, lo:lo + n], spk[t, lo:lo + n]
+                for k in range(n):
+                    x = u[k] * be[k]
+                    if reset == ZERO:
+                        x = x - x * s[k]
+                    x = x + c[k]
+                    if reset == SUBTRACT:
+                        x = x - s[k] * th[k]
+                    if rectify:
+                        x = max(x, x - x)  # max(U, 0) in the array's dtype
+                    y = ONE if x > th[k] else NOUGHT
+                    u[k], s[k], mo[k], so[k] = x, y, x, y
+
+    return kernel
+
+
+@lru_cache(maxsize=None)
+def lif_backward(kind: int, reset: int, reset_path: bool, need_beta: bool, need_th: bool):
+    """The lif backward kernel with the surrogate, the reset and the gradients wanted compiled in: as
+    runtime flags they kept the inner loop from vectorising (measured 3x slower)."""
+
+    @njit(parallel=True, cache=True)
+    def kernel(mem, grad_spk, grad_mem, beta, thr, p, tbptt, grad_in, acc_beta, acc_th, block):
+        """a[t] = sigma'(U[t]-theta)*dL/dS[t] + dL/dU[t] + K[t]*a[t+1] (see sequences.LIFSequence); ``grad_spk``
+        and ``grad_mem`` are [T, M], or one row of zeros where there is none; acc_* per element, or empty."""
+        steps, m = mem.shape
+        has_gs, has_gm = grad_spk.shape[0] > 1, grad_mem.shape[0] > 1  # else one row of zeros
+        p0, p1, p2, p3, p4, p5, scale = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+        for b in prange((m + block - 1) // block):
+            lo = b * block
+            n = min(m, lo + block) - lo
+            nxt = np.zeros(n, dtype=mem.dtype)  # a[t+1]
+            be, th, ab, at = beta[lo:lo + n], thr[lo:lo + n], acc_beta[lo:lo + n], acc_th[lo:lo + n]
+            for t in range(steps - 1, -1, -1):
+                linked = t < steps - 1 and not _truncated(t + 1, tbptt)
+                uu, out = mem[t, lo:lo + n], grad_in[t, lo:lo + n]
+                prev = mem[max(t - 1, 0), lo:lo + n]
+                gs_row = grad_spk[t if has_gs else 0, lo:lo + n]
+                gm_row = grad_mem[t if has_gm else 0, lo:lo + n]
+                for k in range(n):
+                    u, thk = uu[k], th[k]
+                    nx = nxt[k] if linked else NOUGHT
+                    gs = gs_row[k]
+                    if reset_path:
+                        gs = gs - (nx * thk if reset == SUBTRACT else nx * u * be[k])
+                    a = scale * derivative(kind, p0, p1, p2, p3, p4, p5, u - thk) * gs
+                    if need_th:
+                        at[k] -= a
+                    a = a + gm_row[k]
+                    if reset == ZERO:
+                        a = a + (NOUGHT if u > thk else nx * be[k])
+                    else:
+                        a = a + nx * be[k]
+                    if t > 0:
+                        if need_beta:
+                            ab[k] += NOUGHT if (reset == ZERO and prev[k] > thk) else a * prev[k]
+                        if need_th and reset == SUBTRACT:
+                            at[k] -= a if prev[k] > thk else NOUGHT
+                    nxt[k], out[k] = a, a
+
+    return kernel
 
 
 @njit(parallel=True, cache=True)
-def leaky_forward(cur, alpha, out):
+def leaky_forward(cur, alpha, out, block):
     steps, m = cur.shape
-    for b in prange((m + BLOCK - 1) // BLOCK):
-        lo = b * BLOCK
-        n = min(m, lo + BLOCK) - lo
+    for b in prange((m + block - 1) // block):
+        lo = b * block
+        n = min(m, lo + block) - lo
         j = np.zeros(n, dtype=cur.dtype)
         for t in range(steps):
             c, o = cur[t, lo:lo + n], out[t, lo:lo + n]
@@ -96,11 +150,11 @@ def leaky_forward(cur, alpha, out):
 
 
 @njit(parallel=True, cache=True)
-def leaky_backward(grad, alpha, tbptt, out):
+def leaky_backward(grad, alpha, tbptt, out, block):
     steps, m = grad.shape
-    for b in prange((m + BLOCK - 1) // BLOCK):
-        lo = b * BLOCK
-        n = min(m, lo + BLOCK) - lo
+    for b in prange((m + block - 1) // block):
+        lo = b * block
+        n = min(m, lo + block) - lo
         nxt = np.zeros(n, dtype=grad.dtype)
         for t in range(steps - 1, -1, -1):
             linked = t < steps - 1 and not _truncated(t + 1, tbptt)
@@ -115,14 +169,14 @@ def recurrent_forward(adaptive: bool):
     """The rlif/alif forward kernel, ``adaptive`` compiled in (as a runtime flag the loop ran 2x slower)."""
 
     @njit(parallel=True, cache=True)
-    def kernel(cur, beta, th0, weight, reset, rectify, rho, rho_c, jump, mem, spk, thr):
+    def kernel(cur, beta, th0, weight, reset, rectify, rho, rho_c, jump, mem, spk, thr, block):
         """One-to-one (``weight`` [M]) or no recurrence (``weight`` empty); ``thr`` [T, M] gets theta[t] (alif).
         ``rho``, ``rho_c`` = 1 - rho and ``jump`` come in the arrays' dtype, as torch computes them."""
         steps, m = cur.shape
         one_to_one = weight.shape[0] > 0
-        for b in prange((m + BLOCK - 1) // BLOCK):
-            lo = b * BLOCK
-            n = min(m, lo + BLOCK) - lo
+        for b in prange((m + block - 1) // block):
+            lo = b * block
+            n = min(m, lo + block) - lo
             u, s = np.zeros(n, dtype=cur.dtype), np.zeros(n, dtype=cur.dtype)
             adapt, theta_prev = np.zeros(n, dtype=cur.dtype), np.zeros(n, dtype=cur.dtype)
             be, th, w = beta[lo:lo + n], th0[lo:lo + n], weight[lo:lo + n]
@@ -153,59 +207,22 @@ def recurrent_forward(adaptive: bool):
 
 
 @lru_cache(maxsize=None)
-def backward_kernels(kind: int):
-    """The two backward kernels with surrogate ``kind`` compiled in as a constant (a branch on it in the
-    inner loop would keep the loop from vectorising: measured 8x slower); each kind is cached on disk."""
-
-    @njit(parallel=True, cache=True)
-    def lif_backward(mem, grad_spk, grad_mem, beta, thr, p, reset, reset_path, tbptt, grad_in, acc_beta, acc_th):
-        """a[t] = sigma'(U[t]-theta)*dL/dS[t] + dL/dU[t] + K[t]*a[t+1] (see sequences.LIFSequence); ``grad_spk``
-        and ``grad_mem`` are [T, M], or one row of zeros where there is none; acc_* per element, or empty."""
-        steps, m = mem.shape
-        has_gs, has_gm = grad_spk.shape[0] > 1, grad_mem.shape[0] > 1  # else one row of zeros
-        need_beta, need_th = acc_beta.shape[0] > 0, acc_th.shape[0] > 0
-        p0, p1, p2, p3, p4, p5, scale = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
-        for b in prange((m + BLOCK - 1) // BLOCK):
-            lo = b * BLOCK
-            n = min(m, lo + BLOCK) - lo
-            nxt = np.zeros(n, dtype=mem.dtype)  # a[t+1]
-            be, th, ab, at = beta[lo:lo + n], thr[lo:lo + n], acc_beta[lo:lo + n], acc_th[lo:lo + n]
-            for t in range(steps - 1, -1, -1):
-                linked = t < steps - 1 and not _truncated(t + 1, tbptt)
-                uu, out = mem[t, lo:lo + n], grad_in[t, lo:lo + n]
-                prev = mem[max(t - 1, 0), lo:lo + n]
-                gs_row = grad_spk[t if has_gs else 0, lo:lo + n]
-                gm_row = grad_mem[t if has_gm else 0, lo:lo + n]
-                for k in range(n):
-                    u, thk = uu[k], th[k]
-                    gs = gs_row[k]
-                    if linked and reset_path:
-                        gs = gs - (nxt[k] * thk if reset == SUBTRACT else nxt[k] * u * be[k])
-                    a = scale * derivative(kind, p0, p1, p2, p3, p4, p5, u - thk) * gs
-                    if need_th:
-                        at[k] -= a
-                    a = a + gm_row[k]
-                    if linked and not (reset == ZERO and u > thk):
-                        a = a + nxt[k] * be[k]
-                    if t > 0:
-                        if need_beta and not (reset == ZERO and prev[k] > thk):
-                            ab[k] += a * prev[k]
-                        if need_th and reset == SUBTRACT and prev[k] > thk:
-                            at[k] -= a
-                    nxt[k], out[k] = a, a
+def recurrent_backward(kind: int):
+    """The rlif/alif backward kernel with surrogate ``kind`` compiled in as a constant (a branch on it in the
+    inner loop kept the loop from vectorising: measured 8x slower); each kind is cached on disk."""
 
     @njit(parallel=True, cache=True)
     def recurrent_backward(mem, thr, grad_spk, grad_mem, beta, th0, weight, p, reset, detach_reset, rho, rho_c, jump,
-                           tbptt, grad_in, acc_beta, acc_th, acc_w):
+                           tbptt, grad_in, acc_beta, acc_th, acc_w, block):
         """The adjoints g[t] = dL/dU[t] and e[t] = dL/da[t] of recurrent._RecurrentSequence, by blocks."""
         steps, m = mem.shape
         has_gs, has_gm = grad_spk.shape[0] > 1, grad_mem.shape[0] > 1
         need_beta, need_th, need_w = acc_beta.shape[0] > 0, acc_th.shape[0] > 0, acc_w.shape[0] > 0
         one_to_one, adaptive = weight.shape[0] > 0, jump != 0
         p0, p1, p2, p3, p4, p5, scale = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
-        for b in prange((m + BLOCK - 1) // BLOCK):
-            lo = b * BLOCK
-            n = min(m, lo + BLOCK) - lo
+        for b in prange((m + block - 1) // block):
+            lo = b * block
+            n = min(m, lo + block) - lo
             nxt, e_next = np.zeros(n, dtype=mem.dtype), np.zeros(n, dtype=mem.dtype)
             be, th, w = beta[lo:lo + n], th0[lo:lo + n], weight[lo:lo + n]
             ab, at, aw = acc_beta[lo:lo + n], acc_th[lo:lo + n], acc_w[lo:lo + n]
@@ -252,7 +269,7 @@ def backward_kernels(kind: int):
                         e_next[k] = e + rho * e_next[k] if linked else e
                     nxt[k], out[k] = g, g
 
-    return lif_backward, recurrent_backward
+    return recurrent_backward
 
 
 # -- the bridge from torch ----------------------------------------------------------------------
@@ -260,6 +277,14 @@ def backward_kernels(kind: int):
 def _threads() -> None:
     """As many numba threads as torch uses (``trainer.num_threads``), within numba's pool."""
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def block_size(m: int) -> int:
+    """Neurons per block for M per step: long rows (a block walks T rows M apart, so each row is one
+    contiguous run for the prefetcher and one page for the TLB), yet four blocks per thread. Measured on
+    [100, 64*4096], one thread: blocks of 512 took 35.6 + 24.1 ms forward + backward, of 8192 19.2 + 18.7."""
+    per_block = -(-m // (4 * numba.get_num_threads()))
+    return min(MAX_BLOCK, max(MIN_BLOCK, -(-per_block // 64) * 64))
 
 
 def _flat(x: torch.Tensor) -> np.ndarray:
@@ -294,8 +319,9 @@ def _accumulator(needed: bool, m: int, dtype) -> np.ndarray:
 def run_lif_forward(current, beta, threshold, reset, rectify):
     _threads()
     mem, spk = _empty(current), _empty(current)
-    lif_forward(_flat(current), _per_element(beta, current[0]), _per_element(threshold, current[0]),
-                RESET_CODES[reset], rectify, _target(mem), _target(spk))
+    lif_forward(RESET_CODES[reset], rectify)(_flat(current), _per_element(beta, current[0]),
+                                             _per_element(threshold, current[0]), _target(mem), _target(spk),
+                                             block_size(mem[0].numel()))
     return spk, mem
 
 
@@ -306,9 +332,9 @@ def run_lif_backward(mem, grad_spk, grad_mem, beta, threshold, surrogate, reset,
     kind, p = surrogate_code(surrogate, u.dtype)
     grad_in = _empty(mem)
     acc_beta, acc_th = _accumulator(need_beta, u.shape[1], u.dtype), _accumulator(need_th, u.shape[1], u.dtype)
-    backward_kernels(kind)[0](u, _optional(grad_spk, u), _optional(grad_mem, u), _per_element(beta, mem[0]),
-                              _per_element(threshold, mem[0]), p, RESET_CODES[reset], reset_path, tbptt,
-                              _target(grad_in), acc_beta, acc_th)
+    lif_backward(kind, RESET_CODES[reset], reset_path, need_beta, need_th)(
+        u, _optional(grad_spk, u), _optional(grad_mem, u), _per_element(beta, mem[0]), _per_element(threshold, mem[0]),
+        p, tbptt, _target(grad_in), acc_beta, acc_th, block_size(u.shape[1]))
     shape = mem[0].shape
     return (grad_in, torch.from_numpy(acc_beta).reshape(shape) if need_beta else None,
             torch.from_numpy(acc_th).reshape(shape) if need_th else None)
@@ -318,7 +344,7 @@ def run_leaky_forward(current, alpha):
     _threads()
     out = _empty(current)
     x = _flat(current)
-    leaky_forward(x, x.dtype.type(alpha), _target(out))  # alpha in the tensor's dtype, as torch multiplies
+    leaky_forward(x, x.dtype.type(alpha), _target(out), block_size(x.shape[1]))  # alpha in the data's dtype
     return out
 
 
@@ -326,7 +352,7 @@ def run_leaky_backward(grad, alpha, tbptt):
     _threads()
     out = _empty(grad)
     g = _flat(grad)
-    leaky_backward(g, g.dtype.type(alpha), tbptt, _target(out))
+    leaky_backward(g, g.dtype.type(alpha), tbptt, _target(out), block_size(g.shape[1]))
     return out
 
 
@@ -339,7 +365,7 @@ def run_recurrent_forward(current, beta, threshold, weight, reset, rectify, rho,
     recurrent_forward(jump != 0)(
         _flat(current), _per_element(beta, current[0]), _per_element(threshold, current[0]), w, RESET_CODES[reset],
         rectify, *(w.dtype.type(v) for v in (rho, 1 - rho, jump)), _target(mem), _target(spk),
-        _target(thr) if thr is not None else np.empty((0, 0), dtype=w.dtype))
+        _target(thr) if thr is not None else np.empty((0, 0), dtype=w.dtype), block_size(mem[0].numel()))
     return spk, mem, thr
 
 
@@ -352,10 +378,11 @@ def run_recurrent_backward(mem, thr, grad_spk, grad_mem, beta, threshold, weight
     grad_in = _empty(mem)
     accs = [_accumulator(need, u.shape[1], u.dtype) for need in (need_beta, need_th, need_w)]
     w = _per_element(weight, mem[0]) if weight is not None else np.empty(0, dtype=u.dtype)
-    backward_kernels(kind)[1](
+    recurrent_backward(kind)(
         u, _flat(thr) if thr is not None else np.empty((0, 0), dtype=u.dtype), _optional(grad_spk, u),
         _optional(grad_mem, u), _per_element(beta, mem[0]), _per_element(threshold, mem[0]), w, p, RESET_CODES[reset],
-        detach_reset, *(u.dtype.type(v) for v in (rho, 1 - rho, jump)), tbptt, _target(grad_in), *accs)
+        detach_reset, *(u.dtype.type(v) for v in (rho, 1 - rho, jump)), tbptt, _target(grad_in), *accs,
+        block_size(u.shape[1]))
     shape = mem[0].shape
     return (grad_in, *(torch.from_numpy(a).reshape(shape) if need else None
                        for a, need in zip(accs, (need_beta, need_th, need_w))))

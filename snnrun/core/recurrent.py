@@ -210,8 +210,7 @@ class RLIF(LIF):
         weight = getattr(self, "recurrent_weight", None)
         bias = getattr(self, "recurrent_bias", None)
         if self.fused:
-            self.last_backend = backends.choose(self.backend, current, self.surrogate, self.recurrence != "all_to_all",
-                                                recurrent=True)
+            self.last_backend = backends.choose(self.backend, current, self.surrogate, self.recurrence != "all_to_all")
             return _RecurrentSequence.apply(
                 current, self.beta.to(current), self.threshold.to(current),
                 None if weight is None else weight.to(current), None if bias is None else bias.to(current),
