@@ -51,6 +51,15 @@ def compose():
     return composed
 
 
+def layer_grads(layer, current, weights):
+    """Spikes, membranes, input gradient and parameter gradients of sum(w0*S + w1*U) through ``layer``."""
+    layer.zero_grad()
+    x = current.clone().requires_grad_()
+    spk, mem = layer(x)
+    ((spk * weights[0]).sum() + (mem * weights[1]).sum()).backward()
+    return spk.detach(), mem.detach(), x.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
+
+
 def write_idx_dataset(root: Path, name: str = "MNIST", n_train: int = 40, n_test: int = 12, seed: int = 0) -> Path:
     """A small dataset in MNIST's IDX format (big-endian magic 0x0803 / 0x0801, the sizes, then
     uint8 bytes) in ``root/<name>/raw``, as torchvision reads it; returns ``root``."""

@@ -8,19 +8,11 @@ import torch
 from snnrun.core import backends, neurons, surrogates
 from snnrun.core.recurrent import ALIF, RLIF
 from snnrun.core.options import OptionError
-from conftest import FAST
+from conftest import FAST, layer_grads
 
 pytest.importorskip("numba")
 
 T, B, SHAPE = 23, 3, (4, 5)
-
-
-def run(layer, current, weights):
-    layer.zero_grad()
-    x = current.clone().requires_grad_()
-    spk, mem = layer(x)
-    ((spk * weights[0]).sum() + (mem * weights[1]).sum()).backward()
-    return spk.detach(), mem.detach(), x.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
 
 
 def both(make, dtype, shape=SHAPE, tbptt=0, scale=0.8, offset=0.3, seed=0):
@@ -34,7 +26,7 @@ def both(make, dtype, shape=SHAPE, tbptt=0, scale=0.8, offset=0.3, seed=0):
         torch.manual_seed(seed + 1)
         layer = make(backend).to(dtype)
         neurons.truncate(layer, tbptt)
-        out.append(run(layer, current, weights))
+        out.append(layer_grads(layer, current, weights))
         assert layer.last_backend == backend
     return out
 

@@ -6,20 +6,12 @@ from functools import partial
 
 import pytest
 import torch
+from conftest import layer_grads
 
 from snnrun.core import neurons, surrogates
 from snnrun.core.architectures import ArchitectureError, SpikingNetwork, parse
 from snnrun.core.options import OptionError
 from snnrun.core.recurrent import ALIF, RLIF
-
-
-def run(layer, current, weights):
-    """Spikes, membranes, input gradient and parameter gradients of sum(w0*S + w1*U)."""
-    layer.zero_grad()
-    x = current.clone().requires_grad_()
-    spk, mem = layer(x)
-    ((spk * weights[0]).sum() + (mem * weights[1]).sum()).backward()
-    return spk.detach(), mem.detach(), x.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
 
 
 def test_alif_trace_by_hand():
@@ -88,9 +80,9 @@ def test_fused_matches_step_by_step_in_float64(cls, recurrence, reset, detach_re
     current = torch.randn(20, 3, n, dtype=torch.float64) * 0.8 + 0.3
     weights = torch.randn(2, 20, 3, n, dtype=torch.float64)
     layer.fused = True
-    s1, m1, g1, p1 = run(layer, current, weights)
+    s1, m1, g1, p1 = layer_grads(layer, current, weights)
     layer.fused = False
-    s2, m2, g2, p2 = run(layer, current, weights)
+    s2, m2, g2, p2 = layer_grads(layer, current, weights)
     assert 0 < s1.mean() < 1 and torch.equal(s1, s2)
     torch.testing.assert_close(m1, m2, atol=1e-10, rtol=0)
     torch.testing.assert_close(g1, g2, atol=1e-10, rtol=0)
@@ -106,7 +98,7 @@ def test_rectified_alif_fused_matches_step_by_step():
     layer = ALIF(beta=0.9, tau_adapt=10.0, adaptation=0.5, rectify=True, recurrent=True, shape=(5,)).double()
     current = torch.randn(15, 2, 5, dtype=torch.float64)
     weights = torch.randn(2, 15, 2, 5, dtype=torch.float64)
-    out = [run(layer, current, weights) for layer.fused in (True, False)]
+    out = [layer_grads(layer, current, weights) for layer.fused in (True, False)]
     assert torch.equal(out[0][0], out[1][0]) and (out[0][1] >= 0).all()
     for a, b in zip(out[0][1:3], out[1][1:3]):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
@@ -115,7 +107,7 @@ def test_rectified_alif_fused_matches_step_by_step():
 def test_li_learns_its_decay_per_neuron():
     layer = neurons.LI(beta=0.9, learn_beta=True, per_neuron=True, shape=(3,)).double()
     current, weights = torch.randn(10, 2, 3, dtype=torch.float64), torch.randn(2, 10, 2, 3, dtype=torch.float64)
-    grads = [run(layer, current, weights)[3]["beta_logit"] for layer.fused in (True, False)]
+    grads = [layer_grads(layer, current, weights)[3]["beta_logit"] for layer.fused in (True, False)]
     assert grads[0].shape == (3,) and (grads[0] != 0).all()
     torch.testing.assert_close(grads[0], grads[1], atol=1e-10, rtol=0)
 

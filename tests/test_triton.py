@@ -13,6 +13,7 @@ if INTERPRET:
     os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined: they run in the interpreter
 pytest.importorskip("triton")
 
+from conftest import layer_grads  # noqa: E402
 from snnrun.core import backends, neurons, surrogates  # noqa: E402
 from snnrun.core.recurrent import ALIF, RLIF  # noqa: E402
 
@@ -29,14 +30,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 T, B, SHAPE = 11, 2, (3, 5)
 
 
-def run(layer, current, weights):
-    layer.zero_grad()
-    x = current.clone().requires_grad_()
-    spk, mem = layer(x)
-    ((spk * weights[0]).sum() + (mem * weights[1]).sum()).backward()
-    return spk.detach(), mem.detach(), x.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
-
-
 def compare(make, dtype, shape=SHAPE, tbptt=0, offset=0.3, spiking=True):
     torch.manual_seed(0)
     current = (torch.randn(T, B, *shape, dtype=torch.float64) * 0.8 + offset).to(dtype).to(DEVICE)
@@ -46,7 +39,7 @@ def compare(make, dtype, shape=SHAPE, tbptt=0, offset=0.3, spiking=True):
         torch.manual_seed(1)
         layer = make(backend).to(dtype).to(DEVICE)
         neurons.truncate(layer, tbptt)
-        out.append(run(layer, current, weights))
+        out.append(layer_grads(layer, current, weights))
         assert layer.last_backend == backend
     (s1, m1, g1, p1), (s2, m2, g2, p2) = out
     tol = 1e-10 if dtype == torch.float64 else 2e-5

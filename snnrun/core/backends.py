@@ -73,6 +73,16 @@ def unavailable(name: str) -> str | None:
     return None
 
 
+def flat(x: torch.Tensor) -> torch.Tensor:
+    """A kernel's input as [T, M] in row-major order (a copy where it is not contiguous: expanded, channels-last)."""
+    return x.detach().contiguous().reshape(x.shape[0], -1)
+
+
+def per_element(param: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A parameter (() or the neurons' shape) expanded to one value per element of ``like`` [B, *shape], as [M]."""
+    return param.detach().to(like.dtype).expand_as(like).contiguous().reshape(-1)
+
+
 def kernels(name: str):
     """The module of backend ``name``'s kernels: ``run_lif_forward`` and the rest, the same for each."""
     return importlib.import_module(MODULES[name])

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .backends import RESET_CODES, surrogate_code
+from .backends import RESET_CODES, flat, per_element, surrogate_code
 
 MIN_BLOCK, MAX_BLOCK = 512, 8192  # neurons per block (block_size)
 SUBTRACT, ZERO, NONE = (RESET_CODES[r] for r in ("subtract", "zero", "none"))
@@ -288,8 +288,7 @@ def block_size(m: int) -> int:
 
 
 def _flat(x: torch.Tensor) -> np.ndarray:
-    """An input as [T, M] in row-major order (a copy where it is not contiguous: expanded, channels-last)."""
-    return x.detach().contiguous().reshape(x.shape[0], -1).numpy()
+    return flat(x).numpy()
 
 
 def _empty(like: torch.Tensor) -> torch.Tensor:
@@ -303,8 +302,7 @@ def _target(x: torch.Tensor) -> np.ndarray:
 
 
 def _per_element(param: torch.Tensor, like: torch.Tensor) -> np.ndarray:
-    """A parameter (() or the neurons' shape) expanded to one value per element of ``like`` [B, *shape]."""
-    return param.detach().to(like.dtype).expand_as(like).contiguous().reshape(-1).numpy()
+    return per_element(param, like).numpy()
 
 
 def _optional(grad: torch.Tensor | None, like: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .backends import RESET_CODES, surrogate_code
+from .backends import RESET_CODES, flat, per_element, surrogate_code
 
 BLOCK = 128  # neurons per program; RESET codes: 0 subtract, 1 zero, 2 none (backends.RESET_CODES)
 
@@ -283,14 +283,6 @@ def _recurrent_backward(mem, thr, grad_spk, grad_mem, beta, th0, weight, grad_in
 
 # -- the bridge from torch (the same functions as numba_ops') ---------------------------------------
 
-def _flat(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().contiguous().reshape(x.shape[0], -1)
-
-
-def _per_element(param: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return param.detach().to(like.dtype).expand_as(like).contiguous().reshape(-1)
-
-
 def _grid(m: int):
     return (triton.cdiv(m, BLOCK),)
 
@@ -306,22 +298,22 @@ def _surrogate(surrogate, like, *more) -> tuple[int, torch.Tensor]:
 
 
 def run_lif_forward(current, beta, threshold, reset, rectify):
-    cur = _flat(current)
+    cur = flat(current)
     mem, spk = torch.empty_like(cur), torch.empty_like(cur)
-    _lif_forward[_grid(cur.shape[1])](cur, _per_element(beta, current[0]), _per_element(threshold, current[0]), mem,
+    _lif_forward[_grid(cur.shape[1])](cur, per_element(beta, current[0]), per_element(threshold, current[0]), mem,
                                      spk, cur.shape[0], cur.shape[1], RESET=RESET_CODES[reset], RECTIFY=rectify,
                                      BLOCK=BLOCK)
     return spk.view(current.shape), mem.view(current.shape)
 
 
 def run_lif_backward(mem, grad_spk, grad_mem, beta, threshold, surrogate, reset, reset_path, tbptt, need_beta, need_th):
-    u = _flat(mem)
+    u = flat(mem)
     kind, consts = _surrogate(surrogate, u)
     grad_in = torch.empty_like(u)
     acc_beta, acc_th = torch.empty_like(u[0]), torch.empty_like(u[0])
     _lif_backward[_grid(u.shape[1])](
-        u, _flat(grad_spk) if grad_spk is not None else u, _flat(grad_mem) if grad_mem is not None else u,
-        _per_element(beta, mem[0]), _per_element(threshold, mem[0]), grad_in, acc_beta, acc_th, consts, u.shape[0],
+        u, flat(grad_spk) if grad_spk is not None else u, flat(grad_mem) if grad_mem is not None else u,
+        per_element(beta, mem[0]), per_element(threshold, mem[0]), grad_in, acc_beta, acc_th, consts, u.shape[0],
         u.shape[1], tbptt, RESET=RESET_CODES[reset], RESET_PATH=reset_path, KIND=kind, HAS_GS=grad_spk is not None,
         HAS_GM=grad_mem is not None, NEED_BETA=need_beta, NEED_TH=need_th, BLOCK=BLOCK)
     shape = mem[0].shape
@@ -330,26 +322,26 @@ def run_lif_backward(mem, grad_spk, grad_mem, beta, threshold, surrogate, reset,
 
 
 def run_leaky_forward(current, alpha):
-    cur = _flat(current)
+    cur = flat(current)
     out = torch.empty_like(cur)
     _leaky_forward[_grid(cur.shape[1])](cur, out, _constants([alpha], cur), cur.shape[0], cur.shape[1], BLOCK=BLOCK)
     return out.view(current.shape)
 
 
 def run_leaky_backward(grad, alpha, tbptt):
-    g = _flat(grad)
+    g = flat(grad)
     out = torch.empty_like(g)
     _leaky_backward[_grid(g.shape[1])](g, out, _constants([alpha], g), g.shape[0], g.shape[1], tbptt, BLOCK=BLOCK)
     return out.view(grad.shape)
 
 
 def run_recurrent_forward(current, beta, threshold, weight, reset, rectify, rho, jump):
-    cur = _flat(current)
+    cur = flat(current)
     mem, spk = torch.empty_like(cur), torch.empty_like(cur)
     thr = torch.empty_like(cur) if jump != 0 else mem
-    w = _per_element(weight, current[0]) if weight is not None else cur[0]
+    w = per_element(weight, current[0]) if weight is not None else cur[0]
     _recurrent_forward[_grid(cur.shape[1])](
-        cur, _per_element(beta, current[0]), _per_element(threshold, current[0]), w, mem, spk, thr,
+        cur, per_element(beta, current[0]), per_element(threshold, current[0]), w, mem, spk, thr,
         _constants([rho, 1 - rho, jump], cur), cur.shape[0], cur.shape[1], RESET=RESET_CODES[reset],
         RECTIFY=rectify, ONE_TO_ONE=weight is not None, ADAPTIVE=jump != 0, BLOCK=BLOCK)
     return spk.view(current.shape), mem.view(current.shape), thr.view(current.shape) if jump != 0 else None
@@ -357,14 +349,14 @@ def run_recurrent_forward(current, beta, threshold, weight, reset, rectify, rho,
 
 def run_recurrent_backward(mem, thr, grad_spk, grad_mem, beta, threshold, weight, surrogate, reset, detach_reset,
                            rho, jump, tbptt, need_beta, need_th, need_w):
-    u = _flat(mem)
+    u = flat(mem)
     kind, consts = _surrogate(surrogate, u, rho, 1 - rho, jump)
     grad_in = torch.empty_like(u)
     accs = [torch.empty_like(u[0]) for _ in range(3)]
     _recurrent_backward[_grid(u.shape[1])](
-        u, _flat(thr) if thr is not None else u, _flat(grad_spk) if grad_spk is not None else u,
-        _flat(grad_mem) if grad_mem is not None else u, _per_element(beta, mem[0]), _per_element(threshold, mem[0]),
-        _per_element(weight, mem[0]) if weight is not None else u[0], grad_in, *accs, consts, u.shape[0], u.shape[1],
+        u, flat(thr) if thr is not None else u, flat(grad_spk) if grad_spk is not None else u,
+        flat(grad_mem) if grad_mem is not None else u, per_element(beta, mem[0]), per_element(threshold, mem[0]),
+        per_element(weight, mem[0]) if weight is not None else u[0], grad_in, *accs, consts, u.shape[0], u.shape[1],
         tbptt, RESET=RESET_CODES[reset], DETACH_RESET=detach_reset, KIND=kind, ONE_TO_ONE=weight is not None,
         ADAPTIVE=jump != 0, HAS_GS=grad_spk is not None, HAS_GM=grad_mem is not None, NEED_BETA=need_beta,
         NEED_TH=need_th, NEED_W=need_w, BLOCK=BLOCK)
