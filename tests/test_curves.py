@@ -17,9 +17,9 @@ def scalars(run_dir) -> dict:
 def test_the_subset_is_fixed_sorted_and_never_larger_than_the_split():
     split = synthetic(num_train=10, num_test=300).test
     a, b = fixed_subset(split, 50), fixed_subset(split, 50)
-    assert len(a) == 50 and torch.equal(a.inputs, b.inputs) and torch.equal(a.labels, b.labels)
+    assert len(a) == 50 and torch.equal(a.read(slice(None)), b.read(slice(None))) and torch.equal(a.labels, b.labels)
     rows = [tuple(x.flatten().tolist()) for x in split.inputs]
-    positions = [rows.index(tuple(x.flatten().tolist())) for x in a.inputs]
+    positions = [rows.index(tuple(x.flatten().tolist())) for x in a.read(slice(None))]
     assert positions == sorted(positions) and len(set(positions)) == 50  # kept in the split's order, no repeats
     assert fixed_subset(split, 300) is split and fixed_subset(split, 1000) is split
 

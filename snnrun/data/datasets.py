@@ -70,15 +70,28 @@ class DataSpec:
 
 @dataclass
 class Split:
-    inputs: torch.Tensor  # [N, *input_shape] static, or [N, T, *input_shape] temporal; uint8 or float
-    labels: torch.Tensor  # int64 [N]
+    """Samples and their labels. With ``rows``, the split is those rows of ``inputs`` (a held-out
+    part or subset of a store that may be memory-mapped): nothing is copied until a batch is read."""
+
+    inputs: torch.Tensor  # [M, *input_shape] static, or [M, T, *input_shape] temporal; uint8 or float
+    labels: torch.Tensor  # int64 [N]: the label of each sample of the split
     unit: float = 255.0  # the network sees inputs / unit (uint8 pixels -> [0, 1])
+    rows: torch.Tensor | None = None  # int64 [N]: the split's samples are inputs[rows]; None: all of inputs
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device) -> "Split":
-        return Split(self.inputs.to(device), self.labels.to(device), self.unit)
+    def select(self, index: torch.Tensor) -> "Split":
+        """The samples ``index`` (int64, positions in this split), as rows of the same store."""
+        index = index.to(self.labels.device)
+        rows = index if self.rows is None else self.rows[index.to(self.rows.device)]
+        return Split(self.inputs, self.labels[index], self.unit, rows.to(self.inputs.device))
+
+    def read(self, index) -> torch.Tensor:
+        """The inputs of the samples ``index`` (a slice or int64 positions in this split)."""
+        if self.rows is None:
+            return self.inputs[index]
+        return self.inputs[self.rows[index]]
 
 
 @dataclass
@@ -87,10 +100,22 @@ class Dataset:
     test: Split
     meta: dict = field(default_factory=dict)  # tensors that define the data (a permutation), kept in checkpoints
     val: Split | None = None  # held out of the training set by ``hold_out``
+    classes: tuple[str, ...] | None = None  # the class names, where the data has them (folder names)
 
     def to(self, device) -> "Dataset":
-        return Dataset(self.train.to(device), self.test.to(device), self.meta,
-                       self.val.to(device) if self.val is not None else None)
+        """The dataset on ``device``; a store that several splits share is moved once."""
+        moved: dict[int, torch.Tensor] = {}
+
+        def split_to(split: Split | None) -> Split | None:
+            if split is None:
+                return None
+            if id(split.inputs) not in moved:
+                moved[id(split.inputs)] = split.inputs.to(device)
+            inputs = moved[id(split.inputs)]
+            rows = split.rows.to(device) if split.rows is not None else None
+            return Split(inputs, split.labels.to(device), split.unit, rows)
+
+        return Dataset(split_to(self.train), split_to(self.test), self.meta, split_to(self.val), self.classes)
 
 
 def _fixed_choice(n: int, size: int) -> torch.Tensor:
@@ -102,8 +127,7 @@ def fixed_subset(split: Split, size: int) -> Split:
     """``size`` samples of ``split`` (all if it has fewer), the same for every run, kept in the split's order."""
     if size >= len(split):
         return split
-    chosen = _fixed_choice(len(split), size)
-    return Split(split.inputs[chosen.to(split.inputs.device)], split.labels[chosen.to(split.labels.device)], split.unit)
+    return split.select(_fixed_choice(len(split), size))
 
 
 def hold_out(dataset: Dataset, size: int) -> Dataset:
@@ -112,9 +136,8 @@ def hold_out(dataset: Dataset, size: int) -> Dataset:
     chosen = _fixed_choice(len(dataset.train), size)
     keep = torch.ones(len(dataset.train), dtype=torch.bool)
     keep[chosen] = False
-    train = dataset.train
-    return Dataset(Split(train.inputs[keep], train.labels[keep], train.unit), dataset.test, dataset.meta,
-                   Split(train.inputs[chosen], train.labels[chosen], train.unit))
+    return Dataset(dataset.train.select(keep.nonzero().flatten()), dataset.test, dataset.meta,
+                   dataset.train.select(chosen), dataset.classes)
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -226,7 +249,7 @@ def batches(split: Split, batch_size: int, order: torch.Tensor | None = None, dr
     stop = n - n % batch_size if drop_last else n
     for i in range(start * batch_size, stop, batch_size):
         idx = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
-        x = split.inputs[idx].float()
+        x = split.read(idx).float()
         yield (x.div_(split.unit) if split.unit != 1 else x), split.labels[idx]
 
 
