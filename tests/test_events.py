@@ -61,13 +61,13 @@ def test_frames_are_cached_once_and_read_back(nmnist_root, monkeypatch):
 
 
 def test_a_killed_conversion_leaves_no_cache(nmnist_root, monkeypatch):
-    real = events._convert
+    real = events.bin_recordings
 
     def killed(*args, **kwargs):
         real(*args, **kwargs)
         raise KeyboardInterrupt  # as if killed after binning, before the file is complete
 
-    monkeypatch.setattr(events, "_convert", killed)
+    monkeypatch.setattr(events, "bin_recordings", killed)
     with pytest.raises(KeyboardInterrupt):
         events.event_dataset("NMNIST", str(nmnist_root), download=False, time_steps=5)
     binning = {"time_steps": 5, "time_window": None, "frames": "count", "downsample": 1}
@@ -79,7 +79,7 @@ def test_a_killed_conversion_leaves_no_cache(nmnist_root, monkeypatch):
             fh.write(b"PK half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(events, "_convert", real)
+    monkeypatch.setattr(events, "bin_recordings", real)
     monkeypatch.setattr(torch, "save", killed_while_writing)
     with pytest.raises(KeyboardInterrupt):
         events.event_dataset("NMNIST", str(nmnist_root), download=False, time_steps=5)

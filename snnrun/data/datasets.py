@@ -55,7 +55,9 @@ class DataSpec:
 
     def check(self, dataset: "Dataset", name: str) -> None:
         """Refuse a loaded dataset that differs from this description."""
-        for split_name, split in (("train", dataset.train), ("test", dataset.test)):
+        for split_name, split in (("train", dataset.train), ("test", dataset.test), ("validation", dataset.val)):
+            if split is None:
+                continue
             sample = tuple(split.inputs.shape[2 if self.temporal else 1:])
             if self.temporal and split.inputs.shape[1] != self.time_steps:
                 raise DataError(f"{name}: its {split_name} samples have {split.inputs.shape[1]} steps but "
@@ -249,8 +251,8 @@ def batches(split: Split, batch_size: int, order: torch.Tensor | None = None, dr
     stop = n - n % batch_size if drop_last else n
     for i in range(start * batch_size, stop, batch_size):
         idx = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
-        x = split.read(idx).float()
-        yield (x.div_(split.unit) if split.unit != 1 else x), split.labels[idx]
+        x = split.read(idx).float()  # may be the store itself (float32 inputs): never changed in place
+        yield (x / split.unit if split.unit != 1 else x), split.labels[idx]
 
 
 def epoch_order(n: int, seed: int, epoch: int, device) -> torch.Tensor:

@@ -19,6 +19,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -66,12 +67,24 @@ def _tonic():
     return tonic
 
 
-def frame_shape(name: str, downsample: int = 1) -> tuple[int, ...]:
-    """One frame of dataset ``name``: [P, H, W] for cameras, [channels] for SHD."""
-    width, height, polarities = SOURCES[name].sensor
-    if height == 1:
+def frame_shape(sensor: tuple[int, int, int], downsample: int = 1) -> tuple[int, ...]:
+    """One frame of a sensor (width, height, polarities): [P, H, W] for cameras, [channels] for a
+    one-row sensor of one polarity (SHD's cochlea)."""
+    width, height, polarities = sensor
+    if height == 1 and polarities == 1:
         return (width,)
     return (polarities, height // downsample, width // downsample)
+
+
+@dataclass(frozen=True)
+class Recordings:
+    """The recordings of one split: ``read(i)`` gives recording i's events and label, ``where(i)`` its file."""
+
+    title: str
+    sensor: tuple[int, int, int]
+    count: int
+    read: Callable[[int], tuple[np.ndarray, int]]
+    where: Callable[[int], str]
 
 
 def _present(location: Path, split: str, source: Source) -> bool:
@@ -113,18 +126,10 @@ def _open(name: str, root: Path, split: str, download: bool):
         raise _missing(name, location, split, cls, f"the download failed ({str(err).strip()})") from None
 
 
-def _recording(ds, index: int) -> str:
-    """The file behind recording ``index`` (N-MNIST and DVS Gesture keep one file per recording)."""
-    files = getattr(ds, "data", None)
-    if isinstance(files, list) and len(files) == len(ds) and isinstance(files[index], str):
-        return files[index]
-    return f"{ds.location_on_system} (recording {index})"
-
-
-def _binner(name: str, time_steps: int, time_window: float | None, downsample: int):
+def _binner(sensor: tuple[int, int, int], time_steps: int, time_window: float | None, downsample: int):
     import tonic.transforms as transforms
 
-    width, height, polarities = SOURCES[name].sensor
+    width, height, polarities = sensor
     size = (width // downsample, height // downsample, polarities) if height > 1 else (width, height, polarities)
     to_frame = (transforms.ToFrame(sensor_size=size, n_time_bins=time_steps) if time_window is None else
                 transforms.ToFrame(sensor_size=size, time_window=time_window, include_incomplete=True))
@@ -133,36 +138,36 @@ def _binner(name: str, time_steps: int, time_window: float | None, downsample: i
     return transforms.Compose([transforms.Downsample(spatial_factor=1 / downsample), to_frame])
 
 
-def _convert(ds, order: list[int], name: str, binning: dict, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bin the recordings ``order`` of ``ds`` into uint8 frames [N, T, *frame] and int64 labels [N]."""
-    time_steps, shape = binning["time_steps"], frame_shape(name, binning["downsample"])
-    binner = _binner(name, time_steps, binning["time_window"], binning["downsample"])
+def bin_recordings(recordings: Recordings, binning: dict, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bin every recording into uint8 frames [N, T, *frame] (counts saturate at 255) and int64 labels [N]."""
+    time_steps, shape = binning["time_steps"], frame_shape(recordings.sensor, binning["downsample"])
+    binner = _binner(recordings.sensor, time_steps, binning["time_window"], binning["downsample"])
     ceiling = 1 if binning["frames"] == "binary" else 255
-    inputs = torch.zeros((len(order), time_steps, *shape), dtype=torch.uint8)
-    labels = torch.zeros(len(order), dtype=torch.int64)
+    inputs = torch.zeros((recordings.count, time_steps, *shape), dtype=torch.uint8)
+    labels = torch.zeros(recordings.count, dtype=torch.int64)
     empty = lengths = 0
-    for row, index in enumerate(tqdm(order, desc=f"binning {name}", unit="rec", disable=not progress)):
+    for row in tqdm(range(recordings.count), desc=f"binning {recordings.title}", unit="rec", disable=not progress):
+        events, label = recordings.read(row)
         try:
-            events, label = ds[index]
             if binning["time_window"] is not None and len(events):  # only the first time_steps windows are kept
                 events = events[events["t"] < events["t"][0] + time_steps * binning["time_window"]]
             frames = binner(events) if len(events) else np.zeros((time_steps, *shape))
-        except Exception as err:  # tonic raises ValueError, IndexError, KeyError... on damaged files
-            raise DataError(f"{SOURCES[name].title}: cannot read {_recording(ds, index)}: {type(err).__name__}: "
-                            f"{str(err).strip()}. The file is truncated or not a {SOURCES[name].title} recording; "
-                            "delete it and download the dataset again.") from None
+        except Exception as err:  # tonic raises ValueError, IndexError, KeyError... on damaged recordings
+            raise DataError(f"{recordings.title}: cannot bin {recordings.where(row)}: {type(err).__name__}: "
+                            f"{str(err).strip()}. The file is truncated or not a {recordings.title} recording") from None
         frames = torch.from_numpy(np.asarray(frames)).reshape(-1, *shape)[:time_steps]
         inputs[row, :len(frames)] = frames.clamp(0, ceiling).to(torch.uint8)
         labels[row] = int(label)
         if row < 64:  # the first recordings tell whether the binning leaves the frames empty
             empty += int((inputs[row].flatten(1).amax(1) == 0).sum())
             lengths += int(events["t"][-1] - events["t"][0]) if len(events) else 0
-            if row == min(63, len(order) - 1) and empty > EMPTY_LIMIT * (row + 1) * time_steps:
-                raise DataError(_too_empty(name, binning, empty / ((row + 1) * time_steps), lengths / (row + 1), row + 1))
+            if row == min(63, recordings.count - 1) and empty > EMPTY_LIMIT * (row + 1) * time_steps:
+                raise DataError(_too_empty(recordings.title, binning, empty / ((row + 1) * time_steps),
+                                           lengths / (row + 1), row + 1))
     return inputs, labels
 
 
-def _too_empty(name: str, binning: dict, fraction: float, mean_us: float, count: int) -> str:
+def _too_empty(title: str, binning: dict, fraction: float, mean_us: float, count: int) -> str:
     t, window = binning["time_steps"], binning["time_window"]
     if window is None:
         how = (f"data.time_steps={t} equal bins of recordings that last {mean_us:,.0f} µs on average make "
@@ -171,8 +176,59 @@ def _too_empty(name: str, binning: dict, fraction: float, mean_us: float, count:
         how = (f"data.time_steps={t} windows of data.time_window={window:g} µs cover {t * window:,.0f} µs of recordings "
                f"that last {mean_us:,.0f} µs on average; use a data.time_window that fits the recordings, or "
                f"data.time_window=null to cut each recording into data.time_steps bins")
-    return (f"{SOURCES[name].title}: {100 * fraction:.0f} % of the frames of the first {count} recordings are empty "
+    return (f"{title}: {100 * fraction:.0f} % of the frames of the first {count} recordings are empty "
             f"(refused above {100 * EMPTY_LIMIT:.0f} %): {how}.")
+
+
+def cached(path: Path, key: dict) -> Split | None:
+    """The frames in the cache file ``path`` if it holds them binned under ``key`` (every binning option)."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise DataError(f"the cached frames {path} cannot be read ({str(err).strip().splitlines()[0]}); "
+                        "delete the file and snnrun bins the recordings again") from None
+    if saved.get("format") == CACHE_FORMAT and saved.get("binning") == key:
+        return Split(saved["inputs"], saved["labels"], unit=1.0)
+    return None
+
+
+def binned(path: Path | None, key: dict, title: str, shape: tuple[int, ...], make: Callable[[], tuple]) -> Split:
+    """The frames [N, *shape] that ``make()`` bins, written to the cache file ``path`` atomically under
+    ``key`` (``path`` None: not cached); refused before binning if they fit neither in memory nor on disk."""
+    size = int(np.prod(shape))
+    free = available_memory(torch.device("cpu"))
+    if free is not None and size > free:
+        raise DataError(f"{title}: {shape[0]:,} recordings of data.time_steps={shape[1]} frames of {list(shape[2:])} "
+                        f"take {size / 2**30:.1f} GiB, and this machine has {free / 2**30:.1f} GiB available; use "
+                        "fewer data.time_steps or a larger data.downsample")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        disk = shutil.disk_usage(path.parent).free
+        if size > disk:
+            raise DataError(f"{title}: the binned frames take {size / 2**30:.1f} GiB and {path.parent} has "
+                            f"{disk / 2**30:.1f} GiB free; free some space or set data.cache=false")
+    log.info("binning %s: %d recordings into %s frames -> %s", title, shape[0], list(shape[1:]), path or "memory")
+    inputs, labels = make()
+    if path is not None:
+        payload = {"format": CACHE_FORMAT, "binning": key, "inputs": inputs, "labels": labels}
+        write_atomic(path, lambda tmp: torch.save(payload, tmp))
+    return Split(inputs, labels, unit=1.0)
+
+
+def check_binning(time_steps, time_window, frames, downsample, sensor: tuple[int, int, int]) -> dict:
+    """The binning options, checked: -> the binning record that keys the cache."""
+    if not (isinstance(time_steps, int) and not isinstance(time_steps, bool) and time_steps > 0):
+        raise OptionError("time_steps", time_steps, "a positive integer (frames per recording)", 20)
+    if time_window is not None:
+        time_window = positive("time_window", time_window, example=10000)
+    one_of("frames", frames, ("count", "binary"))
+    width, height = sensor[:2]
+    if not (isinstance(downsample, int) and not isinstance(downsample, bool) and downsample >= 1
+            and (downsample == 1 or (height > 1 and width % downsample == 0 and height % downsample == 0))):
+        raise OptionError("downsample", downsample, f"1, or a divisor of the sensor's {width} x {height} pixels", 2)
+    return {"time_steps": time_steps, "time_window": time_window, "frames": frames, "downsample": downsample}
 
 
 def cache_path(root: Path, name: str, split: str, binning: dict) -> Path:
@@ -182,54 +238,37 @@ def cache_path(root: Path, name: str, split: str, binning: dict) -> Path:
 
 
 def _split(name: str, root: Path, split: str, download: bool, binning: dict, use_cache: bool) -> Split:
-    path = cache_path(root, name, split, binning)
-    if use_cache and path.is_file():
-        try:
-            cached = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as err:
-            raise DataError(f"the cached frames {path} cannot be read ({str(err).strip().splitlines()[0]}); "
-                            "delete the file and snnrun bins the recordings again") from None
-        if cached.get("format") == CACHE_FORMAT and cached.get("binning") == binning:
-            return Split(cached["inputs"], cached["labels"], unit=1.0)
+    path = cache_path(root, name, split, binning) if use_cache else None
+    source = SOURCES[name]
+    done = cached(path, binning) if path is not None else None
+    if done is not None:
+        return done
     ds = _open(name, root, split, download)
-    shape = (len(ds), binning["time_steps"], *frame_shape(name, binning["downsample"]))
-    size = int(np.prod(shape))
-    free = available_memory(torch.device("cpu"))
-    if free is not None and size > free:
-        raise DataError(f"{SOURCES[name].title} ({split}): {len(ds):,} recordings of data.time_steps={binning['time_steps']} "
-                        f"frames of {list(shape[2:])} take {size / 2**30:.1f} GiB, and this machine has "
-                        f"{free / 2**30:.1f} GiB available; use fewer data.time_steps or a larger data.downsample")
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        disk = shutil.disk_usage(path.parent).free
-        if size > disk:
-            raise DataError(f"{SOURCES[name].title} ({split}): the binned frames take {size / 2**30:.1f} GiB and "
-                            f"{path.parent} has {disk / 2**30:.1f} GiB free; free some space or set data.cache=false")
     files = getattr(ds, "data", None)  # one file per recording: sort them, so every machine caches the same order
     by_file = isinstance(files, list) and len(files) == len(ds) and all(isinstance(f, str) for f in files)
     order = sorted(range(len(ds)), key=lambda i: files[i]) if by_file else list(range(len(ds)))
-    log.info("binning %s (%s): %d recordings into %s frames -> %s", name, split, len(ds), list(shape[1:]),
-             path if use_cache else "memory")
-    inputs, labels = _convert(ds, order, name, binning, progress=sys.stderr.isatty())
-    if use_cache:
-        payload = {"format": CACHE_FORMAT, "binning": binning, "inputs": inputs, "labels": labels}
-        write_atomic(path, lambda tmp: torch.save(payload, tmp))
-    return Split(inputs, labels, unit=1.0)
+
+    def where(row: int) -> str:
+        return files[order[row]] if by_file else f"{ds.location_on_system} (recording {order[row]})"
+
+    def read(row: int):
+        try:
+            return ds[order[row]]
+        except Exception as err:  # tonic raises ValueError, IndexError, KeyError... on damaged files
+            raise DataError(f"{source.title}: cannot read {where(row)}: {type(err).__name__}: {str(err).strip()}. The "
+                            f"file is truncated or not a {source.title} recording; delete it and download the dataset "
+                            "again.") from None
+
+    recordings = Recordings(source.title, source.sensor, len(ds), read, where)
+    shape = (len(ds), binning["time_steps"], *frame_shape(source.sensor, binning["downsample"]))
+    return binned(path, binning, f"{source.title} ({split})", shape,
+                  lambda: bin_recordings(recordings, binning, progress=sys.stderr.isatty()))
 
 
 def event_dataset(name: str, root: str, download: bool = True, time_steps: int = 20, time_window: float | None = None,
                   frames: str = "count", downsample: int = 1, cache: bool = True) -> Dataset:
     """``name`` (NMNIST, SHD or DVSGesture) from ``root`` as frames [N, T, *frame], binned once and cached."""
     one_of("name", name, tuple(SOURCES))
-    if not (isinstance(time_steps, int) and not isinstance(time_steps, bool) and time_steps > 0):
-        raise OptionError("time_steps", time_steps, "a positive integer (frames per recording)", 20)
-    if time_window is not None:
-        time_window = positive("time_window", time_window, example=10000)
-    one_of("frames", frames, ("count", "binary"))
-    width, height = SOURCES[name].sensor[:2]
-    if not (isinstance(downsample, int) and not isinstance(downsample, bool) and downsample >= 1
-            and (downsample == 1 or (height > 1 and width % downsample == 0))):
-        raise OptionError("downsample", downsample, f"1, or a divisor of the camera's {width} pixels", 4)
-    binning = {"time_steps": time_steps, "time_window": time_window, "frames": frames, "downsample": downsample}
+    binning = check_binning(time_steps, time_window, frames, downsample, SOURCES[name].sensor)
     root_path = Path(root).expanduser()
     return Dataset(*(_split(name, root_path, split, download, binning, cache) for split in ("train", "test")))

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from ..core.architectures import ArchitectureError
 from ..core.backends import MODULES, runs_on
@@ -136,6 +137,27 @@ def _loader(data_cfg: DictConfig):
     return loader, inspect.signature(loader.func).parameters
 
 
+def describe_data(cfg: DictConfig) -> None:
+    """Fill in what a dataset read from the user's files declares (its loader's ``describe``: the
+    sample shape, T, the classes) into ``cfg.data``, so the run's config and checkpoints hold it.
+    A value the command gives that differs from the files is refused, naming both."""
+    loader, accepted = _loader(cfg.data)
+    describe = getattr(loader.func, "describe", None)
+    if describe is None:
+        return
+    with options_of("data", cfg.data):
+        found = describe(**{k: v for k, v in cfg.data.items() if k in accepted})
+    for key, value in found.items():
+        given = cfg.data.get(key)
+        if given is not None and OmegaConf.to_container(OmegaConf.create({"v": given}))["v"] != value:
+            raise ConfigError(f"data.{key}", given, f"{value!r}, what the data files hold (leave data.{key} out: it is "
+                              "read from them)", f"data={HydraConfig.get().runtime.choices.get('data', '<data>')}"
+                              if HydraConfig.initialized() else "data=tensors")
+    with open_dict(cfg), read_write(cfg):
+        for key, value in found.items():
+            cfg.data[key] = value
+
+
 def load_data(data_cfg: DictConfig, spec: DataSpec) -> datasets.Dataset:
     """Call the data config's loader with the keys it takes, and check the result against ``spec``."""
     loader, accepted = _loader(data_cfg)
@@ -212,6 +234,7 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
         raise ConfigError("neuron.backend", backend, f"auto or torch for this run: the {backend} kernels run float32 "
                           f"or float64 on {'a GPU' if backend == 'triton' else 'a CPU'} (this run: "
                           f"{cfg.model.get('precision', 'fp32')} on {device})", "neuron.backend=auto")
+    describe_data(cfg)
     with options_of("trainer", cfg.trainer):
         options = TrainerOptions.from_config(cfg)
     if options.num_threads:
@@ -251,6 +274,9 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
         dataset = load_data(cfg.data, spec)
     if state is not None:
         checkpoints.check_data(state, dataset, cfg.ckpt_path)
+    if val_size and dataset.val is not None:
+        raise ConfigError("data.val_size", val_size, "0: this dataset brings its own validation split (data.val_path)",
+                          "data.val_size=0")
     if val_size:
         _require(cfg, "data.val_size", lambda v: _is_int(v) and 0 <= v < len(dataset.train),
                  f"an integer from 0 to {len(dataset.train) - 1} (training samples held out for validation)",
