@@ -86,8 +86,8 @@ def read(path, option: str) -> tuple[torch.Tensor, torch.Tensor]:
                         "and .npz files (np.savez with arrays inputs and labels)")
     try:
         content = _read_pt(path) if path.suffix == ".pt" else _read_npz(path)
-    except DataError:
-        raise
+    except DataError as err:  # about the file: say which option names it
+        raise DataError(f"{option}={err}") from None
     except Exception as err:  # a truncated zip, a pickle of arbitrary objects, a foreign file...
         how = ("a dict of tensors saved with torch.save; snnrun loads .pt files with weights_only=True and never "
                "unpickles other objects" if path.suffix == ".pt" else "an archive written by np.savez of numeric arrays")

@@ -96,7 +96,8 @@ def evaluate(parts: Parts, split: Split, *, batch_size: int, time_steps: int, se
     }
 
 
-def traces(parts: Parts, split: Split, *, samples: int, time_steps: int, seed: int) -> dict | None:
+def traces(parts: Parts, split: Split, *, samples: int, time_steps: int, seed: int,
+           classes: tuple[str, ...] | None = None) -> dict | None:
     """Every spiking layer's spikes and the output membranes of the first ``samples`` of ``split``,
     as the evaluated network computes them (eval mode, evaluation's generator)."""
     k = min(samples, len(split))
@@ -115,6 +116,7 @@ def traces(parts: Parts, split: Split, *, samples: int, time_steps: int, seed: i
         "spikes": {name: s.cpu() for name, s in zip(model.layer_names, recorded) if name in spiking},
         "membrane": mem.cpu(),
         "labels": y.tolist(),
+        "classes": list(classes) if classes else None,  # the class names, where the data has them
         "threshold": float(torch.as_tensor(threshold).float().mean()) if threshold is not None else None,
     }
 
@@ -150,7 +152,8 @@ class Evaluator:
 
     def traces(self) -> dict | None:
         o = self.options
-        return traces(self.parts, self.data.test, samples=o.raster_samples, time_steps=o.time_steps, seed=o.seed)
+        return traces(self.parts, self.data.test, samples=o.raster_samples, time_steps=o.time_steps, seed=o.seed,
+                      classes=self.data.classes)
 
     def curve_point(self, step: int, logger) -> None:
         """A quick evaluation on ``curve_split`` for TensorBoard's curve/ tags; it selects nothing."""

@@ -20,7 +20,11 @@ def _panels(width: float, height: float, k: int, right: float):
     return fig, axes
 
 
-def raster_figure(spikes: torch.Tensor, labels: list[int], max_neurons: int = 512):
+def _name(label: int, classes: list[str] | None) -> str:
+    return f"{label} ({classes[label]})" if classes else str(label)
+
+
+def raster_figure(spikes: torch.Tensor, labels: list[int], max_neurons: int = 512, classes: list[str] | None = None):
     """One layer's spikes [T, K, *] for K samples -> a figure with a panel per sample: a mark at
     (time step, neuron) for every spike, the first ``max_neurons`` neurons of the layer."""
     t, k = spikes.shape[:2]
@@ -33,26 +37,28 @@ def raster_figure(spikes: torch.Tensor, labels: list[int], max_neurons: int = 51
         ax.set_xlim(-0.5, t - 0.5)
         ax.set_ylim(-0.5, n - 0.5)
         ax.set_xlabel("time step")
-        ax.set_title(f"sample {i}, label {labels[i]}", fontsize="medium")
+        ax.set_title(f"sample {i}, label {_name(labels[i], classes)}", fontsize="medium")
         if i == 0:
             ax.set_ylabel("neuron" + (f" (first {n} of {flat.shape[2]})" if flat.shape[2] > n else ""))
     return fig
 
 
-def membrane_figure(mem: torch.Tensor, labels: list[int], threshold: float | None = None):
+def membrane_figure(mem: torch.Tensor, labels: list[int], threshold: float | None = None,
+                    classes: list[str] | None = None):
     """The output membranes [T, K, C] of K samples -> a figure with a panel per sample: one
-    labelled line per class (the true class drawn thicker) and the threshold dashed."""
+    labelled line per class, named where the data names its classes (the true class drawn
+    thicker), and the threshold dashed."""
     values = mem.detach().double().cpu()
     values = values.masked_fill(~torch.isfinite(values), float("nan"))  # a blown-up run still gets a picture
     t, k, c = values.shape
     fig, axes = _panels(1.9 + 3.2 * k, 3.4, k, right=1.15)
     for i, ax in enumerate(axes):
         for j in range(c):
-            ax.plot(range(t), values[:, i, j].numpy(), label=str(j), linewidth=2.4 if j == labels[i] else 1.0)
+            ax.plot(range(t), values[:, i, j].numpy(), label=_name(j, classes), linewidth=2.4 if j == labels[i] else 1.0)
         if threshold is not None:
             ax.axhline(threshold, linestyle="--", color="grey", linewidth=1.0, label="threshold")
         ax.set_xlabel("time step")
-        ax.set_title(f"sample {i}, label {labels[i]}", fontsize="medium")
+        ax.set_title(f"sample {i}, label {_name(labels[i], classes)}", fontsize="medium")
         if i == 0:
             ax.set_ylabel("membrane potential U (V)")
     ax.legend(title="class", fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))

@@ -76,8 +76,9 @@ class RunLogger:
                 log.warning("step %d: no histogram for %s (%s)", step, name, err)
         if traces:
             for name, spikes in traces["spikes"].items():
-                w.add_figure(f"raster/{name}", raster_figure(spikes, traces["labels"]), step)
-            w.add_figure("membrane/output", membrane_figure(traces["membrane"], traces["labels"], traces["threshold"]), step)
+                w.add_figure(f"raster/{name}", raster_figure(spikes, traces["labels"], classes=traces.get("classes")), step)
+            w.add_figure("membrane/output", membrane_figure(traces["membrane"], traces["labels"], traces["threshold"],
+                                                          classes=traces.get("classes")), step)
         w.flush()
 
     def finish(self, results: dict) -> None:

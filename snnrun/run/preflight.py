@@ -65,16 +65,28 @@ def checkpoint_config(cfg: DictConfig, overrides: list[str], state: dict) -> Dic
     return merged
 
 
+class Refused(BaseException):
+    """A refused run, carried past Hydra's callback runner (which turns an ``Exception`` into a
+    warning and goes on to create the folder) to ``snnrun.train``, which raises ``error``."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
 class Preflight(Callback):
     """Hydra callback: assemble a single run before Hydra creates its folder or log; refuse it
     there when anything is wrong, else keep the assembly for the task (``take``)."""
 
     _assembly: Assembly | tuple | None = None  # an Assembly, or for task=export the checkpoint's (model, config)
+    exit_on_error = True  # the command exits with 2; snnrun.train/evaluate raise the error instead
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
             Preflight._assembly = prepare(config, list(config.hydra.overrides.task))
         except USER_ERRORS as err:
+            if not Preflight.exit_on_error:
+                raise Refused(err) from None
             print(f"snnrun: error: {err}", file=sys.stderr)
             sys.exit(2)
 

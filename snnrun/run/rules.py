@@ -59,7 +59,13 @@ def _is_int(v) -> bool:
 
 
 def check(cfg: DictConfig, processes: int = 1) -> None:
-    """The keys no constructor owns: run-level scalars, batch sizes, the learning rate, the trainer block."""
+    """The keys no constructor owns: run-level scalars, batch sizes, the learning rate, the trainer block;
+    and no key left at ``???`` (a value the chosen config needs from the command)."""
+    missing = sorted(k for k in OmegaConf.missing_keys(task_view(cfg)))
+    if missing:
+        raise ConfigError(missing[0], "???", "given: the chosen config has no default for it"
+                          + (f" (nor for {', '.join(missing[1:])})" if len(missing) > 1 else ""),
+                          " ".join(f"{k}=<value>" for k in missing))
     _require(cfg, "time_steps", lambda v: _is_int(v) and v > 0, "a positive integer", "time_steps=25")
     _require(cfg, "seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer", "seed=0")
     _require(cfg, "task", lambda v: v in ("train", "eval", "export"), "train, eval or export",
