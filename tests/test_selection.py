@@ -84,6 +84,12 @@ def test_each_run_records_when_it_first_reached_each_accuracy(tmp_path):
         else:
             assert reached[target]["step"] == first["step"] and 0 < reached[target]["wall_s"] <= results["wall_s"]
             assert reached[target]["wall_s"] == first["wall_s"]  # the clock of the evaluation that reached it
-    assert records[-1]["time_to_acc"] == reached
+    evaluations = [r for r in records if "time_to_acc" in r]
+    for i, record in enumerate(evaluations):  # each record: the targets reached so far, at their first evaluation
+        so_far = {t: next(e for e in evaluations[:i + 1] if e["test_acc"] >= float(t)) for t in ("0.98", "0.99", "0.995")
+                  if any(e["test_acc"] >= float(t) for e in evaluations[:i + 1])}
+        assert {t: v["step"] for t, v in record["time_to_acc"].items()} == {t: e["step"] for t, e in so_far.items()}
+        assert {t: v["wall_s"] for t, v in record["time_to_acc"].items()} == {t: e["wall_s"] for t, e in so_far.items()}
+    assert len(evaluations) == 12 and evaluations[-1]["time_to_acc"] == reached
     clock = [r["wall_s"] for r in records]  # every evaluation's time since training started: a curve over time
     assert clock == sorted(clock) and 0 < clock[0] and clock[-1] <= results["wall_s"]
