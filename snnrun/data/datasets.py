@@ -251,8 +251,8 @@ def batches(split: Split, batch_size: int, order: torch.Tensor | None = None, dr
     stop = n - n % batch_size if drop_last else n
     for i in range(start * batch_size, stop, batch_size):
         idx = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
-        x = split.read(idx).float()  # may be the store itself (float32 inputs): never changed in place
-        yield (x / split.unit if split.unit != 1 else x), split.labels[idx]
+        x = split.read(idx).to(torch.float32, copy=True)  # a copy: the store (a file's map) is never written
+        yield (x.div_(split.unit) if split.unit != 1 else x), split.labels[idx]
 
 
 def epoch_order(n: int, seed: int, epoch: int, device) -> torch.Tensor:

@@ -12,6 +12,8 @@ the network as stored, uint8 ones divided by 255 (pixels), unless ``unit`` says 
 
 from __future__ import annotations
 
+import mmap
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -54,15 +56,31 @@ def _npz_member(path: Path, archive: zipfile.ZipFile, key: str) -> np.ndarray:
         offset = raw.tell()
     if int(np.prod(shape)) == 0:
         return np.zeros(shape, dtype)
-    return np.memmap(path, dtype=dtype, mode="c", shape=shape, order="F" if fortran else "C", offset=offset)
+    # read-only and shared: the pages are the file's, charged to no process (a private map of a file bigger
+    # than memory is refused by the kernel's overcommit check), and the file can never be written through it
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=offset)
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():  # a read-only map: torch warns that it cannot be written, and nothing writes it
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def _read_npz(path: Path) -> dict:
     with zipfile.ZipFile(path) as archive:
-        return {key: torch.from_numpy(np.asarray(_npz_member(path, archive, key))) for key in KEYS}
+        return {key: _tensor(_npz_member(path, archive, key)) for key in KEYS}
 
 
 def _read_pt(path: Path) -> dict:
+    try:  # a shared map, as for .npz, where the file may be opened so; else torch's private map (charged)
+        with torch.serialization.set_default_mmap_options(mmap.MAP_SHARED):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (PermissionError, OSError):
+        pass
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as err:

@@ -33,6 +33,7 @@ from ..core.recurrent import ALIF, RLIF
 from ..core.synops import weight_layer
 from ..atomic import write_atomic
 from .nir_common import NIRError, _array, _f32, _nir
+from .nir_readers import READERS, adapt
 
 
 def exactness(model, precision: str) -> list[str]:
@@ -101,10 +102,15 @@ def _neuron_node(neuron, shape, dt: float, name: str):
     return nir.LIF(tau=tau, r=tau / dt, v_leak=zeros, v_threshold=theta, v_reset=zeros)
 
 
-def export(model, dt: float = 1e-4, approximate: bool = False, precision: str = "fp32", metadata: dict | None = None):
-    """The NIR graph of ``model`` -> (graph, approximations). Refuses (``NIRError``) what NIR cannot
+def export(model, dt: float = 1e-4, approximate: bool = False, precision: str = "fp32", metadata: dict | None = None,
+           reader: str = "nir"):
+    """The NIR graph of ``model`` -> (graph, approximations), in the form ``reader`` computes correctly
+    (``nir_readers``; "nir": the strict graph). Refuses (``NIRError``) what NIR or the reader cannot
     hold exactly unless ``approximate``; the approximations made are listed in the graph's metadata."""
     nir = _nir()
+    if reader not in READERS:
+        raise NIRError(f"export.reader={reader!r}: one of {', '.join(READERS)}")
+    dt = READERS[reader].dt or dt  # snnTorch assumes 1e-4 s, Sinabs counts tau in steps
     approximations = check_exact(model, precision, approximate)
     nodes = {"input": nir.Input(input_type=np.array(model.input_shape))}
     edges, previous, shape, folded = [], "input", tuple(model.input_shape), []
@@ -138,9 +144,15 @@ def export(model, dt: float = 1e-4, approximate: bool = False, precision: str = 
         previous = name
     nodes["output"] = nir.Output(output_type=np.array(shape))
     edges.append((previous, "output"))
+    graph = nir.NIRGraph(nodes=nodes, edges=edges)
+    if reader != "nir":
+        rewritten, changes = adapt(graph, reader, dt, approximate)
+        approximations = approximations + changes
     info = {"producer": "snnrun", "dt": dt, "discretisation": "forward Euler, one step of dt per time step",
+            "reader": reader, "read_with": READERS[reader].call,
             "approximations": approximations if approximate else [], "batch_norm_folded": folded, **(metadata or {})}
-    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata={"snnrun": json.dumps(info)})
+    metadata = {"snnrun": json.dumps(info)}
+    graph = rewritten.graph(metadata) if reader != "nir" else nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
     return graph, (approximations if approximate else [])
 
 

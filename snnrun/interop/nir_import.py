@@ -156,10 +156,12 @@ def _interpret(graph, dt: float) -> Imported:
                 raise NIRError(f"two weight layers follow each other without a neuron between them ({kind}); "
                                "snnrun's layers are weight -> pooling -> neuron")
             pending = _weight_layer(node)
-        elif isinstance(node, nir.AvgPool2d):
+        elif isinstance(node, (nir.AvgPool2d, nir.SumPool2d)):
             if pending is None or not pending.token[0].isdigit():
-                raise NIRError("average pooling must follow a convolution (snnrun's conv -> pool -> neuron)")
+                raise NIRError("pooling must follow a convolution (snnrun's conv -> pool -> neuron)")
             pending.pool = _pool_size(node)
+            if isinstance(node, nir.SumPool2d):  # a sum of k*k values is k*k times their average
+                pending.weight, pending.bias = pending.weight * pending.pool ** 2, pending.bias * pending.pool ** 2
         elif isinstance(node, (nir.LIF, nir.CubaLIF, nir.IF, nir.LI, nir.I)):
             if pending is None:
                 raise NIRError(f"a {kind} neuron without a weight layer before it")
@@ -176,6 +178,9 @@ def _interpret(graph, dt: float) -> Imported:
                            "Linear)")
     if pending is not None or not layers:
         raise NIRError("the graph ends without a neuron layer")
+    last = layers[-1].neuron
+    if isinstance(last, (nir.LIF, nir.IF)) and np.all(np.isinf(np.asarray(last.v_threshold))):
+        layers[-1].neuron = _never_fires(last)  # a LIF or IF that never fires is NIR's LI or I
     readout = "li" if isinstance(layers[-1].neuron, (nir.LI, nir.I)) else "same"
     hidden = {type(layer.neuron).__name__ for layer in (layers[:-1] if readout == "li" else layers)} or {"LIF"}
     if hidden & {"LI", "I"}:
@@ -197,6 +202,15 @@ def _interpret(graph, dt: float) -> Imported:
         neuron.update({"_target_": "snnrun.core.recurrent.RLIF", "recurrence": "one_to_one" if one_to_one[0] else "all_to_all"})
     arch = "-".join(layer.token + (f"-AP{layer.pool}" if layer.pool else "") for layer in layers)
     return Imported(arch, input_shape, neuron, readout, layers, dt)
+
+
+def _never_fires(node):
+    """A LIF (or IF) whose threshold is infinite as the LI (or I) it computes (readers without LI write these)."""
+    nir = _nir()
+    if isinstance(node, nir.IF) or np.all(np.asarray(node.tau, np.float64) >= 1e299):
+        return nir.I(r=np.asarray(node.r, np.float64) * (1.0 if isinstance(node, nir.IF) else
+                                                         1 / np.asarray(node.tau, np.float64)))
+    return nir.LI(tau=node.tau, r=node.r, v_leak=node.v_leak)
 
 
 def _weight_layer(node) -> Layer:
@@ -223,7 +237,7 @@ def _weight_layer(node) -> Layer:
 def _pool_size(node) -> int:
     k, s, p = (np.atleast_1d(np.asarray(v)).astype(int) for v in (node.kernel_size, node.stride, node.padding))
     if len(set(k.tolist())) != 1 or not np.array_equal(np.broadcast_to(s, k.shape), k) or np.any(p != 0):
-        raise NIRError(f"AvgPool2d(kernel {k.tolist()}, stride {s.tolist()}, padding {p.tolist()}); snnrun's AP{{k}} "
+        raise NIRError(f"{type(node).__name__}(kernel {k.tolist()}, stride {s.tolist()}, padding {p.tolist()}); snnrun's AP{{k}} "
                        "pools k x k with stride k and no padding")
     return int(k[0])
 

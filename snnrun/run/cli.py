@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from ..atomic import write_json_atomic
 from ..core import backends
 from ..interop import nir_export
-from . import checkpoints, distributed
+from ..interop.nir_readers import READERS
+from . import checkpoints, distributed, reader_check
 from .logger import RunLogger, flatten
 from .loop import Interrupted, Trainer, TrainingError
 from .preflight import Preflight, prepare
@@ -90,6 +91,8 @@ def run(cfg: DictConfig) -> float:
     assembly = prepared
     cfg = assembly.config if assembly.config is not None else cfg  # the checkpoint's, or the NIR graph's network
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.task == "check_nir":
+        return check_nir(cfg, assembly, run_dir)
     logger = RunLogger(run_dir, hyperparameters(cfg)) if world.main else None  # only rank 0 writes
     trainer = Trainer(assembly.parts, assembly.data, assembly.options, run_dir=run_dir, logger=logger,
                       config=OmegaConf.to_container(cfg, resolve=True), world=world)
@@ -126,24 +129,34 @@ def run(cfg: DictConfig) -> float:
     return results.get("best_val_acc", results["test_acc"])  # the objective: validation accuracy when there is a split
 
 
-def export(cfg: DictConfig, network) -> float:
-    """task=export: the checkpoint's network as a NIR graph, at export.path or next to the checkpoint."""
-    model, saved = network
+def export(cfg: DictConfig, built: tuple) -> float:
+    """task=export: the checkpoint's network as a NIR graph (built by the preflight for export.reader), at
+    export.path or next to the checkpoint."""
+    graph, approximations = built
     path = Path(cfg.export.path or Path(cfg.ckpt_path).expanduser().with_name("model.nir")).expanduser()
-    graph, approximations = nir_export.export(
-        model, dt=cfg.export.dt, approximate=cfg.export.approximate, precision=saved.model.get("precision", "fp32"),
-        metadata={"checkpoint": str(cfg.ckpt_path), "time_steps": saved.get("time_steps"),
-                  "input": "the first layer's input at each step: the "
-                           + ("dataset's frame" if saved.data.get("temporal") else f"{saved.encoder._target_} encoding")
-                           + f" of {saved.data.get('_target_')} samples", "config": OmegaConf.to_container(saved)})
     nir_export.write(graph, path)
     for item in approximations:
         log.warning("approximation: %s", item)
-    log.info("wrote %s (%d nodes%s)", path, len(graph.nodes),
-             f", {len(approximations)} approximations" if approximations else ", exact")
+    reader = READERS[cfg.export.get("reader", "nir")]
+    log.info("wrote %s (%d nodes%s) for %s: run it with %s", path, len(graph.nodes),
+             f", {len(approximations)} approximations" if approximations else ", exact", reader.title, reader.call)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     write_json_atomic(run_dir / "results.json", {"status": "ok", "task": "export", "ckpt_path": str(cfg.ckpt_path),
-                                                 "path": str(path), "approximations": approximations})
+                                                 "path": str(path), "reader": reader.name,
+                                                 "approximations": approximations})
+    return math.nan
+
+
+def check_nir(cfg: DictConfig, assembly, run_dir: Path) -> float:
+    """task=check_nir: the graph through export.reader against NIR's definition; results.json either way."""
+    results = reader_check.check(cfg, assembly)
+    if distributed.world().main:
+        write_json_atomic(run_dir / "results.json", results)
+    if results["status"] != "ok":
+        where = (f"it parts from NIR's definition at {results['first_parting']}" if results.get("runs") else
+                 f"it {'imports but cannot run' if results['imports'] else 'does not import'} the graph: {results['error']}")
+        raise reader_check.ReaderMismatch(f"{READERS[cfg.export.reader].title} does not compute {cfg.nir_path} as NIR "
+                                          f"defines it: {where} (details in {run_dir / 'results.json'})")
     return math.nan
 
 
@@ -168,7 +181,7 @@ def task(cfg: DictConfig) -> float:
         return run(cfg)
     except USER_ERRORS as err:
         return _fail(str(err), 2)
-    except TrainingError as err:
+    except (TrainingError, reader_check.ReaderMismatch) as err:
         return _fail(str(err), 1)
     except Interrupted as err:
         overrides = " ".join(HydraConfig.get().overrides.task)

@@ -78,7 +78,7 @@ class Preflight(Callback):
     """Hydra callback: assemble a single run before Hydra creates its folder or log; refuse it
     there when anything is wrong, else keep the assembly for the task (``take``)."""
 
-    _assembly: Assembly | tuple | None = None  # an Assembly, or for task=export the checkpoint's (model, config)
+    _assembly: Assembly | tuple | None = None  # an Assembly, or for task=export the (graph, approximations)
     exit_on_error = True  # the command exits with 2; snnrun.train/evaluate raise the error instead
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
@@ -96,18 +96,28 @@ class Preflight(Callback):
         return assembly
 
 
+def exported(cfg: DictConfig, model, saved: DictConfig) -> tuple:
+    """task=export: the checkpoint's network as the graph ``export.reader`` computes -> (graph, approximations)."""
+    return nir_export.export(
+        model, dt=cfg.export.dt, approximate=cfg.export.approximate, precision=saved.model.get("precision", "fp32"),
+        reader=cfg.export.get("reader", "nir"),
+        metadata={"checkpoint": str(cfg.ckpt_path), "time_steps": saved.get("time_steps"),
+                  "input": "the first layer's input at each step: the "
+                           + ("dataset's frame" if saved.data.get("temporal") else f"{saved.encoder._target_} encoding")
+                           + f" of {saved.data.get('_target_')} samples", "config": OmegaConf.to_container(saved)})
+
+
 def prepare(cfg: DictConfig, overrides: list[str]) -> Assembly | tuple:
-    """What the task needs: for task=export the checkpoint's (model, config), else the assembled run."""
+    """What the task needs: for task=export the graph and its approximations, else the assembled run."""
     state = None  # a checkpoint to evaluate or export, read once
     if cfg.task in ("eval", "export"):
         check(cfg)
         if cfg.get("ckpt_path"):
             state = checkpoints.load(cfg.ckpt_path)
             cfg = checkpoint_config(cfg, overrides, state)
-    if cfg.task == "export":
-        model, saved = network = checkpoint_network(cfg, state)
-        nir_export.check_exact(model, saved.model.get("precision", "fp32"), cfg.export.approximate)
-        return network
+    if cfg.task == "export":  # the graph is built here: what NIR or the reader cannot hold is refused before the folder
+        model, saved = checkpoint_network(cfg, state)
+        return exported(cfg, model, saved)
     assembly = assemble(cfg, state=state)
     if cfg.task == "eval" and cfg.get("ckpt_path"):
         assembly.config = cfg

@@ -15,6 +15,9 @@ from ..core.losses import READOUTS, SPIKE_READOUTS
 from ..core.options import is_number
 from ..data.datasets import DataError
 from ..interop.nir_common import NIRError
+from ..interop.nir_readers import READERS
+
+READER_NAMES = tuple(READERS)
 from .checkpoints import CheckpointError
 from .records import FIGURES
 
@@ -68,7 +71,7 @@ def check(cfg: DictConfig, processes: int = 1) -> None:
                           " ".join(f"{k}=<value>" for k in missing))
     _require(cfg, "time_steps", lambda v: _is_int(v) and v > 0, "a positive integer", "time_steps=25")
     _require(cfg, "seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer", "seed=0")
-    _require(cfg, "task", lambda v: v in ("train", "eval", "export"), "train, eval or export",
+    _require(cfg, "task", lambda v: v in ("train", "eval", "export", "check_nir"), "train, eval, export or check_nir",
              "task=eval ckpt_path=outputs/.../checkpoints/best.pt")
     _require(cfg, "readout", lambda v: v in READOUTS, " or ".join(READOUTS), "readout=membrane")
     _require(cfg, "data.batch_size", lambda v: _is_int(v) and v > 0, "a positive integer", "data.batch_size=128")
@@ -109,9 +112,18 @@ def check(cfg: DictConfig, processes: int = 1) -> None:
     if cfg.get("nir_path") and cfg.get("ckpt_path"):
         raise ConfigError("nir_path", cfg.nir_path, "null when ckpt_path is set (the network comes from one or the "
                           "other)", f"ckpt_path={cfg.ckpt_path}")
+    if cfg.task == "check_nir" and not cfg.get("nir_path"):
+        raise ConfigError("nir_path", None, "a NIR graph when task=check_nir (it runs through export.reader)",
+                          "task=check_nir nir_path=model.nir export.reader=snntorch")
     if cfg.get("export"):
         _require(cfg, "export.dt", lambda v: is_number(v) and v > 0,
                  "a positive number of seconds", "export.dt=1e-4")
+        _require(cfg, "export.reader", lambda v: v in READER_NAMES, " or ".join(READER_NAMES), "export.reader=snntorch")
+        if cfg.task == "check_nir":
+            _require(cfg, "export.reader", lambda v: v != "nir", "the reader to run the graph through: snntorch, "
+                     "norse or sinabs", "export.reader=snntorch")
+            _require(cfg, "export.check_samples", lambda v: _is_int(v) and v > 0, "a positive integer",
+                     "export.check_samples=64")
     if cfg.get("ckpt_path") and not Path(str(cfg.ckpt_path)).expanduser().is_file():
         raise ConfigError("ckpt_path", cfg.ckpt_path, "an existing checkpoint file",
                           "ckpt_path=outputs/2026-01-01/12-00-00/checkpoints/last.pt")
