@@ -19,7 +19,7 @@ from .nir_common import NIRError
 
 NEURONS = {  # the module classes whose outputs are a layer's spikes, per reader
     "snntorch": ("Leaky", "Synaptic", "RLeaky", "RSynaptic"),
-    "norse": ("LIFBoxCell", "IAFCell", "CubaLIFCell", "LIFCell", "LIBoxCell", "LICell"),
+    "norse": ("LIFBoxCell", "IAFCell", "LIFCell"),  # its CubaLIF is an LI synapse (not hooked) into a LIFBoxCell
     "sinabs": ("LIFSqueeze", "IAFSqueeze", "ExpLeakSqueeze", "LIF", "IAF", "ExpLeak"),
 }
 

@@ -69,15 +69,15 @@ def _load_neuron(neuron, layer: Layer, dt: float) -> None:
         neuron.log_threshold.copy_(torch.from_numpy(np.log(np.asarray(node.v_threshold, dtype=np.float64))).reshape(shape))
     if isinstance(neuron, Synaptic) and hasattr(node, "tau_syn"):
         neuron.alpha = float(1 - dt / float(np.asarray(node.tau_syn).flat[0]))
-    if layer.recurrent is not None:
-        w = np.asarray(layer.recurrent.weight, dtype=np.float32)
+    if layer.recurrent is not None:  # the loop's current enters through the same gain r*dt/tau as the layer's
+        w = (np.asarray(layer.recurrent.weight, dtype=np.float64) * layer.gain).astype(np.float32)
         if neuron.recurrence == "one_to_one":
             neuron.recurrent_weight.copy_(torch.from_numpy(np.diag(w).copy()))
         else:
             neuron.recurrent_weight.copy_(torch.from_numpy(w))
             bias = getattr(layer.recurrent, "bias", None)
             neuron.recurrent_bias.copy_(torch.from_numpy(np.zeros(len(w), np.float32) if bias is None
-                                                         else np.asarray(bias, np.float32)))
+                                                         else (np.asarray(bias, np.float64) * layer.gain).astype(np.float32)))
 
 
 def read(path: str | Path, dt: float = 1e-4) -> Imported:

@@ -211,7 +211,7 @@ def adapt(graph, reader: str, dt: float, approximate: bool) -> tuple:
                 rw.refuse(name, "a recurrent layer: its layers compute all steps in one call, so a loop never "
                                 "feeds back", "train a feed-forward network, or use export.reader=snntorch or norse")
             w_rec = rw.fold_recurrent_bias(name, node)
-            lif = rewrite(name, node.nodes["lif"])  # Norse: the loop's input passes the same gain as the layer's
+            lif = rewrite(name, node.nodes["lif"])  # Norse: the loop's current passes the layer's gain too
             rw.nodes[name] = nir.NIRGraph(nodes={**node.nodes, "lif": lif, "w_rec": w_rec}, edges=list(node.edges))
         elif not isinstance(node, (nir.Input, nir.Output)):
             rw.nodes[name] = rewrite(name, node)
