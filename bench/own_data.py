@@ -7,7 +7,7 @@
    the first step (reading, checks, NaN scan) and the process's peak anonymous and file-backed
    resident memory are printed.
 
-    python bench/own_data.py --data ../shared/data --steps 200 --big-gib 28 --work /tmp/own_data
+    python bench/own_data.py --data $SNNRUN_DATA --steps 200 --big-gib 28 --work /tmp/own_data
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ def big_file(work: Path, gib: float, steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="the folder that holds MNIST/raw")
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("SNNRUN_DATA", "data")),
+                        help="the folder that holds MNIST/raw (default: $SNNRUN_DATA, else ./data)")
     parser.add_argument("--steps", type=int, default=200, help="training steps of each MNIST run")
     parser.add_argument("--big-gib", type=float, default=28.0, help="size of the big file (0: skip)")
     parser.add_argument("--big-steps", type=int, default=50)
