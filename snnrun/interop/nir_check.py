@@ -32,7 +32,8 @@ class Trace:
     membrane: torch.Tensor | None = None  # the last layer's membrane [T, B, C] where it never fires
 
 
-def _import(reader: str, graph, dt: float, steps: int):
+def import_graph(reader: str, graph, dt: float, steps: int):
+    """The reader's module for ``graph``, built by the reader's own importer (its stdout chatter swallowed)."""
     with contextlib.redirect_stdout(io.StringIO()):
         if reader == "snntorch":
             from snntorch.import_nir import import_from_nir
@@ -60,11 +61,6 @@ def _hooks(net, reader: str, calls: list):
         calls.append((id(module), spikes.detach().clone(), None if membrane is None else membrane.detach().clone()))
 
     return [m.register_forward_hook(record) for m in net.modules() if type(m).__name__ in NEURONS[reader]]
-
-
-def import_graph(reader: str, graph, dt: float, steps: int):
-    """The reader's module for ``graph``, built by the reader's own importer (its stdout chatter swallowed)."""
-    return _import(reader, graph, dt, steps)
 
 
 def run_reader(reader: str, net, x: torch.Tensor) -> Trace:

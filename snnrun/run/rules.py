@@ -16,10 +16,10 @@ from ..core.options import is_number
 from ..data.datasets import DataError
 from ..interop.nir_common import NIRError
 from ..interop.nir_readers import READERS
-
-READER_NAMES = tuple(READERS)
 from .checkpoints import CheckpointError
 from .records import FIGURES
+
+READER_NAMES = tuple(READERS)
 
 
 class ConfigError(ValueError):
