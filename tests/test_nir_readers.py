@@ -1,5 +1,6 @@
 """export.reader profiles: each network exported for a reader, read back from the file by that
-reader's own importer, unpatched (the `nir-readers` extra), and run on generated input, against NIR's
+reader's own importer, unpatched (the `nir-readers` extra), and run on a real MNIST batch (generated
+input where MNIST is absent), against NIR's
 definition of the same file (snnrun's simulation of it); refusals; task=check_nir end to end; the
 compatibility table in docs/nir.md is the one these tests establish."""
 
@@ -16,7 +17,7 @@ from snnrun.interop import nir_check, nir_export, nir_import  # noqa: E402
 from snnrun.interop.nir_common import NIRError  # noqa: E402
 from snnrun.core.architectures import SpikingNetwork  # noqa: E402
 from snnrun.core.neurons import LIF  # noqa: E402
-from tests.conftest import read_results, snnrun  # noqa: E402
+from tests.conftest import HAS_MNIST, SHARED_DATA, read_results, snnrun  # noqa: E402
 from tests.test_nir import NETWORKS, all_spikes, build, drive, rebuild  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "nir.md"
@@ -39,10 +40,21 @@ def exported(name, reader, tmp_path, approximate=False):
     return net, path, approximations
 
 
+def mnist_batch(shape, samples: int = 6) -> torch.Tensor:
+    """A real MNIST test batch as the network's input at each step: [1, 28, 28] images repeated over 20
+    steps (direct coding), or for [28] inputs the image's 28 rows, one per step."""
+    from torchvision.datasets import MNIST
+
+    images = MNIST(str(SHARED_DATA), train=False, download=False).data[:samples].float() / 255
+    if len(shape) == 1:
+        return images.transpose(0, 1) * 3.0  # [28 steps, B, 28 pixels]
+    return images[:, None].unsqueeze(0).expand(20, samples, 1, 28, 28) * 1.5
+
+
 def reference(path, net):
     """NIR's definition of the file: the snnrun network it describes, on the drive of ``net``."""
     again = rebuild(nir_import.read(path))
-    x = drive(net.input_shape)
+    x = mnist_batch(net.input_shape) if HAS_MNIST else drive(net.input_shape)
     spikes, membrane = all_spikes(again, x)
     names = [n for n in again.layer_names if n in again.spiking_layers]
     fires = again.readout_neuron != "li"
