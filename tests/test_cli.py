@@ -147,6 +147,7 @@ def test_the_step_by_step_neuron_trains_the_same_network_as_the_fused_op(tmp_pat
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_csnn_on_real_mnist(tmp_path):
     snnrun("model=csnn", "surrogate=fast_sigmoid", "trainer.max_steps=30", "optimizer.lr=2e-3",

@@ -181,7 +181,7 @@ def test_nmnist_trains_end_to_end_and_refuses_a_conflicting_t(nmnist_root, tmp_p
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("preset", ["nmnist_csnn", "shd_lif", "shd_alif"])
+@pytest.mark.parametrize("preset", [pytest.param("nmnist_csnn", marks=pytest.mark.slow), "shd_lif", "shd_alif"])
 def test_the_event_presets_train(preset, nmnist_root, tmp_path):
     root = nmnist_root if preset == "nmnist_csnn" else write_shd(tmp_path / "data", n_train=40, n_test=10)
     snnrun(f"experiment={preset}", f"data.root={root}", "data.download=false", "data.time_steps=8",

@@ -15,6 +15,7 @@ nir = pytest.importorskip("nir")
 
 from snnrun.interop import nir_check, nir_export, nir_import  # noqa: E402
 from snnrun.interop.nir_common import NIRError  # noqa: E402
+from snnrun.run.rules import ConfigError, check  # noqa: E402
 from snnrun.core.architectures import SpikingNetwork  # noqa: E402
 from snnrun.core.neurons import LIF  # noqa: E402
 from tests.conftest import HAS_MNIST, SHARED_DATA, read_results, snnrun  # noqa: E402
@@ -165,10 +166,17 @@ def test_check_nir_from_the_command_line(tmp_path):
                  cwd=tmp_path, check=False)
     assert bad.returncode == 1 and "Norse 1.1 does not compute strict.nir as NIR defines it" in bad.stderr
     assert read_results(tmp_path / "chk2")["status"] in ("not_imported", "not_run")
-    for args, message in ((["export.reader=nir"], "export.reader must be the reader to run the graph through"),
-                          (["export.reader=loihi"], "export.reader must be nir or snntorch or norse or sinabs"),
-                          ([], None)):
-        proc = snnrun("task=check_nir", *(["nir_path=net.nir"] if args else []), *args, *SMALL[:5],
-                      "hydra.run.dir=refused", cwd=tmp_path, check=False)
-        assert proc.returncode == 2 and not (tmp_path / "refused").exists()
-        assert (message or "nir_path must be a NIR graph when task=check_nir") in proc.stderr
+    refused = snnrun("task=check_nir", "nir_path=net.nir", "export.reader=nir", *SMALL[:5], "hydra.run.dir=refused",
+                     cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and not (tmp_path / "refused").exists()
+    assert "export.reader must be the reader to run the graph through" in refused.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nir_path=net.nir", "export.reader=loihi"], "export.reader must be nir or snntorch or norse or sinabs"),
+    (["export.reader=snntorch"], "nir_path must be a NIR graph when task=check_nir"),
+    (["nir_path=net.nir", "export.reader=norse", "export.check_samples=0"], "export.check_samples must be a positive"),
+])
+def test_check_nir_options_are_refused_by_name(compose, args, message):
+    with pytest.raises(ConfigError, match=message):
+        check(compose("task=check_nir", *args))

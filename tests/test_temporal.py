@@ -58,6 +58,7 @@ def test_time_steps_follow_the_data_and_a_conflict_is_refused(compose, mnist_roo
                          "+data.modes.columns.time_steps=28"))
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_smnist_trains_resumes_evaluates_and_draws(mnist_root, tmp_path):
     common = ["data=smnist", f"data.root={mnist_root}", "data.download=false", "data.batch_size=16",
@@ -75,6 +76,7 @@ def test_smnist_trains_resumes_evaluates_and_draws(mnist_root, tmp_path):
     assert read_results(tmp_path / "ev")["test_acc"] == results["test_acc"]
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_a_psmnist_checkpoint_keeps_its_permutation(mnist_root, tmp_path):
     common = ["data=psmnist", f"data.root={mnist_root}", "data.download=false", "data.batch_size=16",
