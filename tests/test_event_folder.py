@@ -59,7 +59,7 @@ def test_recordings_are_binned_through_tonic_with_their_folder_labels(tmp_path):
 def test_the_cache_is_reused_and_binned_again_when_the_folder_changes(tmp_path):
     root = write_folder(tmp_path / "rec")
     folder_data.event_folder(root, [12, 12, 2], time_steps=4)
-    cache = root / "snnrun_cache" / "train.pt"
+    cache = root / "snnrun_cache" / "T4-bins-count-ds1" / "train.pt"
     stamp = cache.stat().st_mtime_ns
     again = folder_data.event_folder(root, [12, 12, 2], time_steps=4)
     assert cache.stat().st_mtime_ns == stamp and len(again.train) == 36
@@ -68,6 +68,9 @@ def test_the_cache_is_reused_and_binned_again_when_the_folder_changes(tmp_path):
     assert cache.stat().st_mtime_ns != stamp and len(grown.train) == 37
     other = folder_data.event_folder(root, [12, 12, 2], time_steps=2, frames="binary")
     assert other.train.inputs.shape[1] == 2 and other.train.inputs.max() == 1
+    assert (root / "snnrun_cache" / "T2-bins-binary-ds1" / "train.pt").is_file()  # one cache per binning
+    (root / "train" / ".ipynb_checkpoints").mkdir()  # hidden folders are not classes
+    assert folder_data.event_folder(root, [12, 12, 2], time_steps=4).classes == tuple(NAMES)
 
 
 def test_the_folder_describes_the_run(tmp_path, compose):
@@ -117,6 +120,12 @@ def corrupt(root, case):
         (root / "test" / "down").mkdir()
         np.save(root / "test" / "down" / "a.npy", events)
         return root / "test" / "down", r"a class that .* does not have \(its classes: \['left', 'right', 'up'\]\)"
+    if case == "empty test":
+        for d in (root / "test").iterdir():
+            for f in d.iterdir():
+                f.unlink()
+            d.rmdir()
+        return root / "test", "holds no class folder"
     if case == "no test":
         for f in (root / "test").rglob("*.npy"):
             f.unlink()
@@ -127,7 +136,8 @@ def corrupt(root, case):
     raise AssertionError(case)
 
 
-CASES = ["fields", "outside", "polarity", "time", "garbage", "pickled", "empty class", "unknown class", "no test"]
+CASES = ["fields", "outside", "polarity", "time", "garbage", "pickled", "empty class", "unknown class", "empty test",
+         "no test"]
 
 
 @pytest.mark.parametrize("case", CASES)

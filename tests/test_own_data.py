@@ -77,9 +77,11 @@ def test_temporal_files_bring_their_own_time_steps_and_uint8_inputs_keep_their_c
     cfg = compose(*paths(train, test, "data.temporal=true"), *NET)
     assembly = assemble(cfg)
     assert cfg.data.time_steps == 6 and cfg.time_steps == 6 and cfg.data.input_shape == [4]
-    assert assembly.data.train.unit == 255.0  # uint8 reads as pixels unless data.unit says otherwise
-    cfg = compose(*paths(train, test, "data.temporal=true", "data.unit=1"), *NET)
-    assert assemble(cfg).data.train.unit == 1.0
+    assert assembly.data.train.unit == 1.0  # uint8 sequences are counts; static uint8 inputs are pixels
+    cfg = compose(*paths(train, test, "data.temporal=true", "data.unit=4"), *NET)
+    assert assemble(cfg).data.train.unit == 4.0
+    images = save(tmp_path / "images.npz", (np.arange(60 * 16) % 256).astype(np.uint8).reshape(60, 16), np.arange(60) % 3)
+    assert assemble(compose(*paths(images, images), *NET)).data.train.unit == 255.0
 
 
 def test_a_validation_file_is_the_validation_split(files, tmp_path, compose):

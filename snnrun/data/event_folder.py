@@ -5,7 +5,8 @@ Each recording is a structured array with fields x, y, t, p (tonic's event layou
 non-decreasing; a one-row sensor may leave y out) from a sensor of ``sensor_size`` = [W, H, P].
 The classes are the training folder's sorted sub-folder names. Recordings are binned like
 ``nmnist`` (same options) and cached in ``<path>/snnrun_cache``, keyed by the binning, the
-sensor and every file's name, size and modification time, so a changed folder is binned again.
+sensor and every file's name, size and modification time, so a changed folder is binned again
+(one cache per binning, so a sweep over the binning keeps each). Hidden folders are not classes.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ def _classes(path: Path) -> list[str]:
         if not (path / split).is_dir():
             raise DataError(f"data.path={path} has no {split}/ folder; it must hold train/<class>/*.npy and "
                             "test/<class>/*.npy")
-    names = sorted(d.name for d in (path / "train").iterdir() if d.is_dir() and d.name != "snnrun_cache")
+    names = sorted(d.name for d in (path / "train").iterdir() if d.is_dir() and not d.name.startswith("."))
     if len(names) < 2:
         raise DataError(f"{path / 'train'} holds {len(names)} class folder(s) {names}; a classifier needs at least 2")
     for split in ("train", "test"):
-        for folder in sorted(d for d in (path / split).iterdir() if d.is_dir()):
+        folders = sorted(d for d in (path / split).iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not folders:
+            raise DataError(f"{path / split} holds no class folder; it must hold {split}/<class>/*.npy")
+        for folder in folders:
             if folder.name not in names:
                 raise DataError(f"{folder} is a class that {path / 'train'} does not have (its classes: {names})")
             if not any(folder.glob("*.npy")):
@@ -97,7 +101,8 @@ def event_folder(path, sensor_size, time_steps: int = 20, time_window: float | N
     for split in ("train", "test"):
         files = _files(root, split, names)
         key = {**binning, "sensor": list(sensor), "classes": names, "files": _fingerprint(files)}
-        where = root / "snnrun_cache" / f"{split}.pt" if cache else None
+        binned_as = f"T{time_steps}-{'bins' if time_window is None else f'window{time_window:g}us'}-{frames}-ds{downsample}"
+        where = root / "snnrun_cache" / binned_as / f"{split}.pt" if cache else None
         done = cached(where, key) if where is not None else None
         if done is None:
             recordings = Recordings(f"{root.name} ({split})", sensor, len(files),

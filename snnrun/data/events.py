@@ -204,7 +204,11 @@ def binned(path: Path | None, key: dict, title: str, shape: tuple[int, ...], mak
                         f"take {size / 2**30:.1f} GiB, and this machine has {free / 2**30:.1f} GiB available; use "
                         "fewer data.time_steps or a larger data.downsample")
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DataError(f"{title}: cannot create the cache folder {path.parent} ({err.strerror}); make it "
+                            "writable, or set data.cache=false to bin in memory at every run") from None
         disk = shutil.disk_usage(path.parent).free
         if size > disk:
             raise DataError(f"{title}: the binned frames take {size / 2**30:.1f} GiB and {path.parent} has "
@@ -213,7 +217,11 @@ def binned(path: Path | None, key: dict, title: str, shape: tuple[int, ...], mak
     inputs, labels = make()
     if path is not None:
         payload = {"format": CACHE_FORMAT, "binning": key, "inputs": inputs, "labels": labels}
-        write_atomic(path, lambda tmp: torch.save(payload, tmp))
+        try:
+            write_atomic(path, lambda tmp: torch.save(payload, tmp))
+        except OSError as err:
+            raise DataError(f"{title}: cannot write the cache {path} ({err.strerror}); free some space or make the "
+                            "folder writable, or set data.cache=false") from None
     return Split(inputs, labels, unit=1.0)
 
 

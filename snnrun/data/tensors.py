@@ -6,8 +6,8 @@ A ``.npz`` file holds arrays ``inputs`` and ``labels`` (``np.savez``); its store
 memory-mapped in place, compressed ones (``np.savez_compressed``) are read into memory.
 ``inputs`` is [N, *shape] (static: images or features, through the encoder) or, with
 ``temporal``, [N, T, *features] (the sequence itself); ``labels`` are N integers from 0. The
-shape, T and the number of classes are read from the files (``describe``). Float inputs reach
-the network as stored, uint8 ones divided by 255 (pixels), unless ``unit`` says otherwise.
+shape, T and the number of classes are read from the files (``describe``). Inputs reach the
+network as stored, but static uint8 ones (pixels) divided by 255, unless ``unit`` says otherwise.
 """
 
 from __future__ import annotations
@@ -73,9 +73,11 @@ def _read_npz(path: Path) -> dict:
 
 
 def _read_pt(path: Path) -> dict:
-    try:  # a shared map, as for .npz, where the file may be opened so; else torch's private map (charged)
-        with torch.serialization.set_default_mmap_options(mmap.MAP_SHARED):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    shared = getattr(torch.serialization, "set_default_mmap_options", None)
+    try:  # a shared map, as for .npz, where torch (>= 2.5) and the file allow it; else torch's private map (charged)
+        if isinstance(shared, type):  # a context manager since torch 2.5 (before, a global setting)
+            with shared(mmap.MAP_SHARED):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (PermissionError, OSError):
         pass
     except RuntimeError as err:
@@ -125,9 +127,9 @@ def _check_layout(inputs: torch.Tensor, path: Path, temporal: bool) -> None:
         layout = "[N, T, *features] (data.temporal=true)" if temporal else "[N, *shape] (data.temporal=false)"
         raise DataError(f"{path}: inputs of shape {list(inputs.shape)} are not {layout}"
                         + ("; a static [N, features] tensor needs data.temporal=false" if temporal else ""))
-    if inputs.dtype.is_complex or inputs.dtype == torch.bool:
-        raise DataError(f"{path}: inputs of dtype {inputs.dtype} are not numbers the network can take; "
-                        "store float or integer inputs")
+    if inputs.dtype.is_complex or inputs.dtype == torch.bool or inputs.layout != torch.strided:
+        raise DataError(f"{path}: inputs of dtype {inputs.dtype} ({inputs.layout}) are not numbers the network can "
+                        "take; store a dense tensor of floats or integers")
 
 
 def _check_finite(inputs: torch.Tensor, path: Path) -> None:
@@ -156,11 +158,18 @@ def _labels(labels: torch.Tensor, inputs: torch.Tensor, path: Path) -> torch.Ten
             index = int((~whole).nonzero()[0])
             raise DataError(f"{path}: labels[{index}] is {labels[index].item()}, not an integer; labels are class "
                             "numbers from 0")
+    if labels.dtype in (torch.uint16, torch.uint32, torch.uint64):  # torch compares these only after a cast
+        labels = labels.to(torch.float64 if labels.dtype == torch.uint64 else torch.int64)
     negative = labels < 0
     if negative.any():
         index = int(negative.nonzero()[0])
         raise DataError(f"{path}: labels[{index}] is {labels[index].item()}; labels are class numbers from 0")
-    return labels.long()
+    if len(labels) == 0:
+        raise DataError(f"{path} holds no samples; every split needs at least one")
+    if float(labels.max()) >= 2**62:
+        index = int(labels.argmax())
+        raise DataError(f"{path}: labels[{index}] is {labels[index].item():.0f}; labels are class numbers 0..C-1")
+    return labels.long().clone()  # a copy: the file's map is never written through
 
 
 def _opened(train_path, test_path, val_path, temporal: bool) -> tuple[list, int]:
@@ -184,12 +193,20 @@ def _opened(train_path, test_path, val_path, temporal: bool) -> tuple[list, int]
             what = "T and the shape of one step" if temporal else "the shape"
             raise DataError(f"{path}: its samples are {list(inputs.shape[1:])} but those of {first} are "
                             f"{list(reference.shape[1:])}; every split must have {what} of the training samples")
-    classes = int(labels.max()) + 1 if len(labels) else 0
-    counts = torch.bincount(labels, minlength=classes)
-    empty = (counts == 0).nonzero().flatten().tolist()
+    classes = int(labels.max()) + 1
+    if classes > len(labels):  # some class is empty: say which, without counting up to an outlier label
+        present, empty = set(labels.unique().tolist()), []
+        for c in range(classes):
+            if c not in present:
+                empty.append(c)
+                if len(empty) == 10:
+                    break
+    else:
+        empty = (torch.bincount(labels, minlength=classes) == 0).nonzero().flatten().tolist()[:10]
     if classes < 2 or empty:
-        raise DataError(f"{first}: " + (f"classes {empty} have no training sample, though the labels run to "
-                                        f"{classes - 1}; number the classes 0..C-1 and leave none empty" if empty else
+        raise DataError(f"{first}: " + (f"classes {empty}{' …' if len(empty) == 10 else ''} have no training sample, "
+                                        f"though the labels run to {classes - 1}; number the classes 0..C-1 and leave "
+                                        "none empty" if empty else
                                         "every label is the same; a classifier needs at least 2 classes"))
     for path, _, other in others:
         if len(other) and int(other.max()) >= classes:
@@ -214,8 +231,9 @@ def tensor_dataset(train_path, test_path, val_path=None, temporal: bool = False,
     splits, _ = _opened(train_path, test_path, val_path, temporal)
     for path, inputs, _ in splits:
         _check_finite(inputs, path)
-    made = [Split(inputs, labels, unit if unit is not None else 255.0 if inputs.dtype == torch.uint8 else 1.0)
-            for _, inputs, labels in splits]
+    pixels = not temporal  # uint8 images are pixels (/255); uint8 sequences are counts (as is)
+    made = [Split(inputs, labels, unit if unit is not None else 255.0 if pixels and inputs.dtype == torch.uint8
+                  else 1.0) for _, inputs, labels in splits]
     return Dataset(made[0], made[1], val=made[2] if len(made) > 2 else None)
 
 
