@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 import snnrun
 from snnrun.data import tensors
 from snnrun.data.datasets import DataError
 from snnrun.run.assembly import assemble
+from snnrun.run.checkpoints import CheckpointError
 from snnrun.run.rules import ConfigError
 from tests.conftest import read_results, snnrun as run_cli
 
@@ -225,6 +227,21 @@ def test_snnrun_train_and_evaluate_from_python(tmp_path, monkeypatch):
     assert again.results["test_acc"] == results["test_acc"] and again.run_dir != run_dir
 
 
+def test_a_resume_on_other_training_files_is_refused(tmp_path, files, monkeypatch, compose):
+    monkeypatch.chdir(tmp_path)
+    _, run_dir = snnrun.train(paths(files["train"], files["test"], "trainer.max_steps=2", *NET))
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    assemble(compose(*paths(files["train"], files["test"], f"ckpt_path={ckpt}"), *NET))  # the same files resume
+    x, y = features(120)
+    for train in (save(tmp_path / "reordered.npz", x[::-1].copy(), y[::-1].copy()),
+                  save(tmp_path / "fewer.npz", x[:90], y[:90])):
+        with pytest.raises(CheckpointError, match=r"another data training set .*\(data.train_path, data.val_path\)"):
+            assemble(compose(*paths(train, files["test"], f"ckpt_path={ckpt}"), *NET))
+    val = save(tmp_path / "val.npz", *features(24, 2))
+    with pytest.raises(CheckpointError, match="another data training set"):
+        assemble(compose(*paths(files["train"], files["test"], f"data.val_path={val}", f"ckpt_path={ckpt}"), *NET))
+
+
 def test_snnrun_train_raises_the_commands_error_and_writes_nothing(tmp_path, files, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (x, y), _ = bad_inputs(tmp_path)["negative"]
@@ -236,3 +253,30 @@ def test_snnrun_train_raises_the_commands_error_and_writes_nothing(tmp_path, fil
     with pytest.raises(ValueError, match="leave task= out"):
         snnrun.train(["task=eval"])
     assert not (tmp_path / "outputs").exists()
+
+
+def test_data_the_gpu_cannot_hold_is_refused_before_it_is_moved(files, monkeypatch):
+    from snnrun.data import datasets
+    from snnrun.run.assembly import check_data_fits
+
+    data = tensors.tensor_dataset(files["train"], files["test"])
+    monkeypatch.setattr(datasets, "available_memory", lambda device: 1000)
+    with pytest.raises(DataError, match=r"the data takes 0.0 GiB and cuda has 0.0 GiB free; .* device=cpu"):
+        check_data_fits(data, torch.device("cuda"))
+    check_data_fits(data, torch.device("cpu"))  # on the CPU the store stays where it is (a file's map)
+
+
+def test_a_bug_while_preparing_is_raised_by_the_task_not_prepared_twice(monkeypatch):
+    from snnrun.run import preflight
+
+    calls = []
+
+    def broken(cfg, overrides):
+        calls.append(1)
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(preflight, "prepare", broken)
+    preflight.Preflight().on_run_start(config=OmegaConf.create({"hydra": {"overrides": {"task": []}}}))
+    with pytest.raises(RuntimeError, match="a bug"):
+        preflight.Preflight.take()
+    assert calls == [1] and preflight.Preflight.take() is None

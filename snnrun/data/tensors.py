@@ -234,7 +234,12 @@ def tensor_dataset(train_path, test_path, val_path=None, temporal: bool = False,
     pixels = not temporal  # uint8 images are pixels (/255); uint8 sequences are counts (as is)
     made = [Split(inputs, labels, unit if unit is not None else 255.0 if pixels and inputs.dtype == torch.uint8
                   else 1.0) for _, inputs, labels in splits]
-    return Dataset(made[0], made[1], val=made[2] if len(made) > 2 else None)
+    train, val = made[0], made[2] if len(made) > 2 else None
+    # what a resume checks: the training and validation samples are the ones the checkpoint was trained on
+    weights = torch.arange(1, len(train) + 1, dtype=torch.float64)
+    fingerprint = torch.tensor([len(train), len(val) if val is not None else 0, float((train.labels * weights).sum())],
+                               dtype=torch.float64)
+    return Dataset(train, made[1], meta={"training_set": fingerprint}, val=val)
 
 
 tensor_dataset.describe = describe

@@ -18,6 +18,7 @@ import torch
 from ..core.neurons import Synaptic
 from ..core.synops import weight_layer
 from .nir_common import NIRError, _nir
+from .nir_readers import NO_LEAK_TAU
 
 @dataclass
 class Layer:
@@ -207,7 +208,7 @@ def _interpret(graph, dt: float) -> Imported:
 def _never_fires(node):
     """A LIF (or IF) whose threshold is infinite as the LI (or I) it computes (readers without LI write these)."""
     nir = _nir()
-    if isinstance(node, nir.IF) or np.all(np.asarray(node.tau, np.float64) >= 1e299):
+    if isinstance(node, nir.IF) or np.all(np.asarray(node.tau, np.float64) >= NO_LEAK_TAU):
         return nir.I(r=np.asarray(node.r, np.float64) * (1.0 if isinstance(node, nir.IF) else
                                                          1 / np.asarray(node.tau, np.float64)))
     return nir.LI(tau=node.tau, r=node.r, v_leak=node.v_leak)

@@ -65,6 +65,25 @@ def _uniform(values) -> bool:
     return bool(np.all(flat == flat[0]))
 
 
+NO_LEAK_TAU, NO_LEAK_R = 1e300, 1e304  # a LIF of tau = 1e300 s leaks nothing in float64; r*dt/tau = 1 at dt = 1e-4
+
+
+def _no_leak(threshold, shape_like):
+    """NIR's IF (or, with an infinite threshold, its integrator I) as a LIF of no leak, for snnTorch."""
+    ones = np.ones_like(np.asarray(shape_like, np.float64))
+    return _nir().LIF(tau=NO_LEAK_TAU * ones, r=NO_LEAK_R * ones, v_leak=0 * ones, v_threshold=threshold * ones,
+                      v_reset=0 * ones)
+
+
+def _sum_pool(rw, name: str, node):
+    """AvgPool2d as SumPool2d of the conv before it divided by k*k (for readers that drop average pooling)."""
+    nir = _nir()
+    prev = rw.weight_before(name, (nir.Conv2d,))
+    k = np.asarray(node.kernel_size)
+    rw.nodes[prev] = _rescale(rw.nodes[prev], 1.0 / float(np.prod(k)))
+    return nir.SumPool2d(kernel_size=k, stride=node.stride, padding=node.padding)
+
+
 def _rescale(node, factor):
     """An Affine or Conv2d with each output's weight and bias times ``factor`` (a number or one per output)."""
     nir = _nir()
@@ -130,13 +149,10 @@ def _snntorch(rw: _Rewrite, name: str, node):
     if isinstance(node, (nir.LIF, nir.IF)) and not _uniform(node.v_threshold):
         rw.refuse(name, "per-neuron thresholds; its importer takes one threshold per layer (the first neuron's)",
                   "train with one threshold per layer (neuron.per_neuron=false)")
-    if isinstance(node, nir.IF):  # snnTorch reads IF as a leaky neuron with subtract reset: an IF as a LIF of no leak
-        ones = np.ones_like(np.asarray(node.v_threshold, np.float64))
-        return nir.LIF(tau=1e300 * ones, r=1e304 * ones, v_leak=0 * ones, v_threshold=node.v_threshold,
-                       v_reset=0 * ones)
-    if isinstance(node, nir.I):
-        ones = np.ones_like(np.asarray(node.r, np.float64))
-        return nir.LIF(tau=1e300 * ones, r=1e304 * ones, v_leak=0 * ones, v_threshold=np.inf * ones, v_reset=0 * ones)
+    if isinstance(node, (nir.IF, nir.I)):  # snnTorch reads IF as a leaky neuron with subtract reset: a LIF of no leak
+        if not np.allclose(np.asarray(node.r, np.float64) * 1e-4, 1.0):
+            rw.refuse(name, f"an {type(node).__name__} whose input gain r*dt is not 1", "export with export.reader=nir")
+        return _no_leak(np.asarray(node.v_threshold, np.float64) if isinstance(node, nir.IF) else np.inf, node.r)
     if isinstance(node, nir.LI):  # no LI node in its importer: a LIF that never fires is the same neuron
         tau = np.asarray(node.tau, np.float64)
         return nir.LIF(tau=tau, r=node.r, v_leak=node.v_leak, v_threshold=np.full(tau.shape, np.inf),
@@ -159,11 +175,8 @@ def _norse(rw: _Rewrite, name: str, node, dt: float):
         rw.nodes[prev] = _rescale(rw.nodes[prev], np.asarray(node.r, np.float64))
         return nir.LIF(tau=tau, r=np.ones_like(tau), v_leak=node.v_leak, v_threshold=np.full(tau.shape, np.inf),
                        v_reset=np.zeros(tau.shape))
-    if isinstance(node, nir.AvgPool2d):  # dropped by Norse's reader: a sum pool of the conv divided by k*k
-        prev = rw.weight_before(name, (nir.Conv2d,))
-        k = np.asarray(node.kernel_size)
-        rw.nodes[prev] = _rescale(rw.nodes[prev], 1.0 / float(np.prod(k)))
-        return nir.SumPool2d(kernel_size=k, stride=node.stride, padding=node.padding)
+    if isinstance(node, nir.AvgPool2d):  # dropped by Norse's reader
+        return _sum_pool(rw, name, node)
     return node
 
 
@@ -176,7 +189,8 @@ def _sinabs(rw: _Rewrite, name: str, node, dt: float):
             rw.refuse(name, "spiking neurons after a convolution: its reader refuses their [C, H, W] parameter arrays",
                       "export a dense network, or use export.reader=snntorch or norse")
         rw.approximation(name, "its LIF/IF fire several spikes per step at v >= theta and reset by subtraction "
-                               "(MultiSpike, MembraneSubtract), where snnrun fires one spike at U > theta and resets to 0")
+                               "(MultiSpike, MembraneSubtract), and its IF clamps v at -theta, where snnrun fires one "
+                               "spike at U > theta and resets to 0")
     if isinstance(node, nir.LIF):  # decay exp(-1/tau) per step, the input unscaled: tau = -1/ln(beta) steps, r = 1
         beta = 1 - dt / np.asarray(node.tau, np.float64)
         return nir.LIF(tau=-1 / np.log(beta), r=np.ones_like(beta), v_leak=node.v_leak, v_threshold=node.v_threshold,
@@ -188,10 +202,7 @@ def _sinabs(rw: _Rewrite, name: str, node, dt: float):
         rw.refuse(name, "an integrator (I) readout, which its reader has no node for", "use model.readout_neuron=li "
                   "with beta < 1")
     if isinstance(node, nir.AvgPool2d):
-        prev = rw.weight_before(name, (nir.Conv2d,))
-        k = np.asarray(node.kernel_size)
-        rw.nodes[prev] = _rescale(rw.nodes[prev], 1.0 / float(np.prod(k)))
-        return nir.SumPool2d(kernel_size=k, stride=node.stride, padding=node.padding)
+        return _sum_pool(rw, name, node)
     return node
 
 

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
+import torch
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
@@ -65,11 +66,14 @@ def _run(overrides: list[str]) -> Result:
         folder.append(Path(HydraConfig.get().runtime.output_dir))
         return run(cfg)
 
+    threads = torch.get_num_threads()  # trainer.num_threads sets it for the run, not for the caller
     with initialize_config_dir(config_dir=config_dir(), version_base=None, job_name="snnrun"), _raising():
         try:
             GlobalHydra.instance().hydra.run(config_name="config", task_function=task, overrides=overrides)
         except Refused as refused:
             raise refused.error from None
+        finally:
+            torch.set_num_threads(threads)
     run_dir = folder[0]
     return Result(json.loads((run_dir / "results.json").read_text()), run_dir)
 

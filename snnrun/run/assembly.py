@@ -167,6 +167,19 @@ def load_data(data_cfg: DictConfig, spec: DataSpec) -> datasets.Dataset:
     return dataset
 
 
+def check_data_fits(dataset: datasets.Dataset, device: torch.device) -> None:
+    """The splits stay on the training device: refuse data (a memory-mapped file, say) that the GPU cannot hold."""
+    if device.type != "cuda":
+        return
+    stores = {id(s.inputs): s.inputs for s in (dataset.train, dataset.test, dataset.val) if s is not None}
+    size = sum(t.numel() * t.element_size() for t in stores.values())
+    free = datasets.available_memory(device)
+    if free is not None and size > 0.9 * free:
+        raise datasets.DataError(f"the data takes {size / 2**30:.1f} GiB and {device} has {free / 2**30:.1f} GiB free; "
+                                 "snnrun keeps the splits on the training device: train on device=cpu (which maps a "
+                                 "large file instead of loading it), or use a smaller dataset")
+
+
 def network_of(cfg: DictConfig, imported: nir_import.Imported, spec: DataSpec) -> DictConfig:
     """The run's config with the model and neuron that a NIR graph describes (the other groups stay)."""
     if tuple(imported.input_shape) != tuple(spec.input_shape):
@@ -285,6 +298,7 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
     if len(dataset.train) < options.batch_size:
         raise ConfigError("data.batch_size", options.batch_size, f"at most the {len(dataset.train)} training samples",
                           f"data.batch_size={len(dataset.train)}")
+    check_data_fits(dataset, device)
     model = model.to(device)
     dataset = dataset.to(device)
     optimizer = _guarded("optimizer", cfg.optimizer, _part(cfg, "optimizer"))(model.parameters())

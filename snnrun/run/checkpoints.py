@@ -120,9 +120,11 @@ def check_data(state: dict, dataset, path) -> None:
     for key, tensor in dataset.meta.items():
         if key in saved and not torch.equal(saved[key], tensor):
             seed = state.get("config", {}).get("data", {}).get("permutation_seed")
-            raise CheckpointError(f"ckpt_path={path} was trained with another data {key} than this configuration's"
-                                  + (f"; use the one it was trained with: data.permutation_seed={seed}"
-                                     if key == "permutation" else ""))
+            raise CheckpointError(f"ckpt_path={path} was trained with another data {key.replace('_', ' ')} than this "
+                                  "configuration's" + (f"; use the one it was trained with: data.permutation_seed={seed}"
+                                                       if key == "permutation" else "; resume with the files it was "
+                                                       "trained on (data.train_path, data.val_path)"
+                                                       if key == "training_set" else ""))
 
 
 @contextmanager

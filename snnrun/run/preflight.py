@@ -79,6 +79,7 @@ class Preflight(Callback):
     there when anything is wrong, else keep the assembly for the task (``take``)."""
 
     _assembly: Assembly | tuple | None = None  # an Assembly, or for task=export the (graph, approximations)
+    _failure: Exception | None = None  # what preparing raised that is not a user error
     exit_on_error = True  # the command exits with 2; snnrun.train/evaluate raise the error instead
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
@@ -89,9 +90,14 @@ class Preflight(Callback):
                 raise Refused(err) from None
             print(f"snnrun: error: {err}", file=sys.stderr)
             sys.exit(2)
+        except Exception as err:  # a bug: Hydra's runner would only warn; the task raises it, preparing nothing twice
+            Preflight._failure = err
 
     @staticmethod
     def take() -> Assembly | tuple | None:
+        failure, Preflight._failure = Preflight._failure, None
+        if failure is not None:
+            raise failure
         assembly, Preflight._assembly = Preflight._assembly, None
         return assembly
 
