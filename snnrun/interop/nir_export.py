@@ -144,15 +144,13 @@ def export(model, dt: float = 1e-4, approximate: bool = False, precision: str = 
         previous = name
     nodes["output"] = nir.Output(output_type=np.array(shape))
     edges.append((previous, "output"))
-    graph = nir.NIRGraph(nodes=nodes, edges=edges)
     if reader != "nir":
-        rewritten, changes = adapt(graph, reader, dt, approximate)
+        nodes, edges, changes = adapt(nodes, edges, reader, dt, approximate)
         approximations = approximations + changes
     info = {"producer": "snnrun", "dt": dt, "discretisation": "forward Euler, one step of dt per time step",
             "reader": reader, "read_with": READERS[reader].call,
             "approximations": approximations if approximate else [], "batch_norm_folded": folded, **(metadata or {})}
-    metadata = {"snnrun": json.dumps(info)}
-    graph = rewritten.graph(metadata) if reader != "nir" else nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
+    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata={"snnrun": json.dumps(info)})
     return graph, (approximations if approximate else [])
 
 

@@ -101,8 +101,8 @@ def _rescale(node, factor):
 class _Rewrite:
     """The strict graph's chain, rewritten in place for one reader."""
 
-    def __init__(self, graph, reader: str, approximate: bool):
-        self.nodes, self.edges = dict(graph.nodes), list(graph.edges)
+    def __init__(self, nodes: dict, edges: list, reader: str, approximate: bool):
+        self.nodes, self.edges = dict(nodes), list(edges)
         self.before = {b: a for a, b in self.edges}
         self.reader, self.approximate = reader, approximate
         self.approximations: list[str] = []
@@ -136,12 +136,11 @@ class _Rewrite:
             w_rec = nir.Linear(weight=w_rec.weight)
         return w_rec
 
-    def graph(self, metadata):
-        nir = _nir()
+    def padded(self) -> tuple[dict, list]:
+        """The nodes and edges with zero-padded block numbers."""
         width = max(2, len(str(sum(1 for n in self.nodes if n.endswith((".neuron", ".rnn"))))))
         nodes = {_padded(n, width): node for n, node in self.nodes.items()}
-        edges = [(_padded(a, width), _padded(b, width)) for a, b in self.edges]
-        return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
+        return nodes, [(_padded(a, width), _padded(b, width)) for a, b in self.edges]
 
 
 def _snntorch(rw: _Rewrite, name: str, node):
@@ -206,11 +205,11 @@ def _sinabs(rw: _Rewrite, name: str, node, dt: float):
     return node
 
 
-def adapt(graph, reader: str, dt: float, approximate: bool) -> tuple:
-    """The strict graph ``graph`` (written at ``dt``) rewritten for ``reader`` -> (nodes-and-edges
-    rewrite, approximations); refuses (NIRError) what the reader cannot hold."""
+def adapt(nodes: dict, edges: list, reader: str, dt: float, approximate: bool) -> tuple[dict, list, list[str]]:
+    """The strict graph's ``nodes`` and ``edges`` (written at ``dt``) rewritten for ``reader`` -> (nodes,
+    edges, approximations); refuses (NIRError) what the reader cannot hold."""
     nir = _nir()
-    rw = _Rewrite(graph, reader, approximate)
+    rw = _Rewrite(nodes, edges, reader, approximate)
     rewrite = {"snntorch": lambda n, node: _snntorch(rw, n, node), "norse": lambda n, node: _norse(rw, n, node, dt),
                "sinabs": lambda n, node: _sinabs(rw, n, node, dt)}[reader]
     for name in list(rw.nodes):
@@ -226,4 +225,4 @@ def adapt(graph, reader: str, dt: float, approximate: bool) -> tuple:
             rw.nodes[name] = nir.NIRGraph(nodes={**node.nodes, "lif": lif, "w_rec": w_rec}, edges=list(node.edges))
         elif not isinstance(node, (nir.Input, nir.Output)):
             rw.nodes[name] = rewrite(name, node)
-    return rw, rw.approximations
+    return (*rw.padded(), rw.approximations)

@@ -147,9 +147,10 @@ def describe_data(cfg: DictConfig) -> None:
         return
     with options_of("data", cfg.data):
         found = describe(**{k: v for k, v in cfg.data.items() if k in accepted})
+    declared = OmegaConf.to_container(cfg.data, resolve=True)
     for key, value in found.items():
-        given = cfg.data.get(key)
-        if given is not None and OmegaConf.to_container(OmegaConf.create({"v": given}))["v"] != value:
+        given = declared.get(key)
+        if given is not None and given != value:
             raise ConfigError(f"data.{key}", given, f"{value!r}, what the data files hold (leave data.{key} out: it is "
                               "read from them)", f"data={HydraConfig.get().runtime.choices.get('data', '<data>')}"
                               if HydraConfig.initialized() else "data=tensors")
