@@ -1,7 +1,7 @@
 """Neuron layers and the pixel-wise network on each backend, beside snnTorch and SpikingJelly, in one command.
 
     python bench/kernels.py [--workloads lif alif_pixels smnist_pixels on sweep network]
-                            [--rounds 3] [--threads 2] [--on-neurons 512]
+                            [--rounds 3] [--threads 2] [--on-neurons 512] [--device cpu|cuda]
 
 Workloads (forward + backward; every variant of a workload gets the same input and the same
 gradient on its spikes, and the variants take turns round after round; medians are reported):
@@ -19,8 +19,15 @@ gradient on its spikes, and the variants take turns round after round; medians a
     network        training steps of experiment=smnist_pixels_alif, whole network, per backend, each in a
                    fresh process; ``--before PATH`` adds an earlier snnrun checkout as the baseline row
 
+On ``--device cuda`` the kernel rows are Triton's (``neuron.backend=triton``) and SpikingJelly's LIF
+runs once per CUDA implementation it has (its own CUDA kernel and its Triton kernel, chosen by
+``SJ_LIF_CUDA_IMPLEMENTATION`` when it is imported, so each in a fresh process that times its rounds
+in a row); ``on`` defaults to 16,384 neurons there; ``network`` is CPU-only (``bench/throughput.py
+--device cuda`` times the networks on a GPU).
+
 The first call of each variant is timed apart ("first call"): for numba it loads the kernels
-from numba's on-disk cache, or compiles them when the cache is cold. Writes bench/results/kernels.md.
+from numba's on-disk cache, or compiles them when the cache is cold (Triton: the same with its
+cache). Writes bench/results/kernels.md.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 LIF_SHAPE, PIXELS = (100, 64, 4096), (784, 64, 128)
+DEVICE = torch.device("cpu")  # --device; every variant's tensors and modules live there
+SJ_CUDA = ("cuda", "triton")  # SpikingJelly 2.0's CUDA implementations of its LIF
 
 
 def cpu_name() -> str:
@@ -51,8 +60,8 @@ def cpu_name() -> str:
 def layer_step(run, shape, seed=0):
     """forward + backward of ``run`` on a fixed current, with a fixed gradient on its spikes."""
     g = torch.Generator().manual_seed(seed)
-    current = torch.randn(shape, generator=g) * 0.5 + 0.3
-    grad = torch.randn(shape, generator=g)
+    current = (torch.randn(shape, generator=g) * 0.5 + 0.3).to(DEVICE)
+    grad = torch.randn(shape, generator=g).to(DEVICE)
 
     def step():
         x = current.detach().requires_grad_()
@@ -65,7 +74,7 @@ def snnrun_lif(backend):
     from snnrun.core.neurons import LIF
     from snnrun.core.surrogates import ATan
 
-    layer = LIF(beta=0.9, surrogate=ATan(), backend=backend)
+    layer = LIF(beta=0.9, surrogate=ATan(), backend=backend).to(DEVICE)
     return lambda x: layer(x)[0]
 
 
@@ -80,11 +89,14 @@ def snnrun_alif(backend, n, recurrence="one_to_one"):
     else:
         layer = ALIF(beta=0.9, tau_adapt=200.0, adaptation=1.8, threshold=0.5, recurrent=True,
                      recurrence="one_to_one", shape=(n,), per_neuron=True, learn_beta=True, backend=backend)
+    layer.to(DEVICE)
     return lambda x: layer(x)[0]
 
 
 def snntorch_loop(layer, recurrent=False):
     """snnTorch's idiom at its fastest: the layer stepped over x.unbind(0)."""
+    layer.to(DEVICE)
+
     def run(x):
         out = []
         if recurrent:
@@ -106,7 +118,7 @@ def spikingjelly_lif():
     from spikingjelly.activation_based import neuron, surrogate
 
     layer = neuron.LIFNode(tau=10.0, decay_input=False, v_reset=None, surrogate_function=surrogate.ATan(),
-                           detach_reset=True, step_mode="m")
+                           detach_reset=True, step_mode="m").to(DEVICE)
 
     def run(x):
         layer.reset()
@@ -147,8 +159,37 @@ def preallocated(shape):
 
 def linear_lif(lif_run, n):
     torch.manual_seed(0)
-    linear = torch.nn.Linear(n, n)
+    linear = torch.nn.Linear(n, n).to(DEVICE)
     return lambda x: lif_run(linear(x))
+
+
+def kernel_backend() -> str:
+    return "triton" if DEVICE.type == "cuda" else "numba"
+
+
+def spikingjelly_rows(workload, args):
+    """SpikingJelly's LIF on each of its CUDA implementations, each in a fresh process:
+    name -> (first call, [seconds per round])."""
+    rows = {}
+    for impl in SJ_CUDA if DEVICE.type == "cuda" and args.spikingjelly and workload in ("lif", "on") else ():
+        cmd = [sys.executable, __file__, "--probe-spikingjelly", workload, "--device", "cuda", "--rounds",
+               str(args.rounds), "--iters", str(args.iters), "--on-neurons", str(args.on_neurons)]
+        env = {**os.environ, "SJ_LIF_CUDA_IMPLEMENTATION": impl}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if out.returncode:
+            print(f"SpikingJelly {impl}: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            continue
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        rows[f"SpikingJelly 2.0 LIFNode ({impl})"] = got["first"], got["seconds"]
+    return rows
+
+
+def probe_spikingjelly(args):
+    run = spikingjelly_lif()
+    step = (layer_step(run, LIF_SHAPE) if args.probe_spikingjelly == "lif"
+            else layer_step(linear_lif(run, args.on_neurons), (500, 16, args.on_neurons)))
+    first = timed(step, 1)
+    print(json.dumps({"first": first, "seconds": [timed(step, args.iters) for _ in range(args.rounds)]}))
 
 
 def variants(workload, args):
@@ -160,18 +201,19 @@ def variants(workload, args):
             from snntorch import surrogate
 
             out["snnTorch 1.0 Leaky"] = snntorch_loop(snn.Leaky(beta=0.9, spike_grad=surrogate.atan()))
-        if args.spikingjelly:
+        if args.spikingjelly and DEVICE.type == "cpu":
             out["SpikingJelly 2.0 LIFNode (torch)"] = spikingjelly_lif()
         out["snnrun lif, torch loop"] = snnrun_lif("torch")
-        out["snnrun lif, numba kernel"] = snnrun_lif("numba")
-        return {**preallocated(LIF_SHAPE), **{k: layer_step(v, LIF_SHAPE) for k, v in out.items()}}
+        out[f"snnrun lif, {kernel_backend()} kernel"] = snnrun_lif(kernel_backend())
+        floor = preallocated(LIF_SHAPE) if DEVICE.type == "cpu" else {}
+        return {**floor, **{k: layer_step(v, LIF_SHAPE) for k, v in out.items()}}
     if workload == "alif_pixels":
         return {f"snnrun alif RFC128 one-to-one, {b}": layer_step(snnrun_alif(b, 128), PIXELS)
-                for b in ("torch", "numba")}
+                for b in ("torch", kernel_backend())}
     if workload == "smnist_pixels":
         from snnrun.core.parallel import PSN
 
-        out["snnrun alif one-to-one, numba"] = snnrun_alif("numba", 128)
+        out[f"snnrun alif one-to-one, {kernel_backend()}"] = snnrun_alif(kernel_backend(), 128)
         out["snnrun rlif all-to-all, torch"] = snnrun_alif("torch", 128, "all_to_all")
         if args.snntorch:
             import snntorch as snn
@@ -180,12 +222,12 @@ def variants(workload, args):
             torch.manual_seed(0)
             rleaky = snn.RLeaky(beta=0.9, linear_features=128, spike_grad=surrogate.atan())
             out["snnTorch 1.0 RLeaky all-to-all"] = snntorch_loop(rleaky, recurrent=True)
-        psn = PSN(time_steps=784, window=784)
+        psn = PSN(time_steps=784, window=784).to(DEVICE)
         out["snnrun psn causal (window 784)"] = lambda x: psn(x)[0]
         if args.spikingjelly:
             from spikingjelly.activation_based import neuron
 
-            sj = neuron.PSN(T=784)
+            sj = neuron.PSN(T=784).to(DEVICE)
             out["SpikingJelly 2.0 PSN (T 784)"] = lambda x: sj(x.flatten(1)).reshape(x.shape)
         return {k: layer_step(v, PIXELS) for k, v in out.items()}
     if workload == "on":
@@ -196,10 +238,10 @@ def variants(workload, args):
 
             out["snnTorch 1.0"] = linear_lif(snntorch_loop(snn.Leaky(beta=0.9, spike_grad=surrogate.atan())),
                                              args.on_neurons)
-        if args.spikingjelly:
+        if args.spikingjelly and DEVICE.type == "cpu":
             out["SpikingJelly 2.0 (torch)"] = linear_lif(spikingjelly_lif(), args.on_neurons)
         out["snnrun torch loop"] = linear_lif(snnrun_lif("torch"), args.on_neurons)
-        out["snnrun numba kernel"] = linear_lif(snnrun_lif("numba"), args.on_neurons)
+        out[f"snnrun {kernel_backend()} kernel"] = linear_lif(snnrun_lif(kernel_backend()), args.on_neurons)
         return {k: layer_step(v, shape) for k, v in out.items()}
     raise ValueError(workload)
 
@@ -262,18 +304,28 @@ def network_step(backend):
 
 
 def timed(step, iters):
+    sync()
     tic = time.perf_counter()
     for _ in range(iters):
         step()
+    sync()
     return (time.perf_counter() - tic) / iters
 
 
-def measure(steps, args):
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(steps, args, external=None):
+    """Medians of ``steps`` taking turns round after round; ``external``: rows timed elsewhere, merged in."""
     first = {name: timed(step, 1) for name, step in steps.items()}
     times = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name, step in steps.items():
             times[name].append(timed(step, args.iters))
+    for name, (once, seconds) in (external or {}).items():
+        first[name], times[name] = once, seconds
     return first, {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -283,7 +335,7 @@ def sweep(args):
     for batch in args.batches:
         cells = []
         for width in args.widths:
-            step = layer_step(snnrun_alif("numba", width), (784, batch, width))
+            step = layer_step(snnrun_alif(kernel_backend(), width), (784, batch, width))
             step()
             cells.append(f"{batch / statistics.median(timed(step, args.iters) for _ in range(args.rounds)):,.0f}")
         rows.append(f"| {batch} | " + " | ".join(cells) + " |")
@@ -297,33 +349,41 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iters", type=int, default=3, help="steps per timing")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--on-neurons", type=int, default=512)
+    parser.add_argument("--on-neurons", type=int, help="default 512 on the CPU, 16,384 on a GPU")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--before", help="an earlier snnrun checkout: the network workload's baseline row")
     parser.add_argument("--probe-network", help=argparse.SUPPRESS)
+    parser.add_argument("--probe-spikingjelly", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(HERE / "results" / "kernels.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    if DEVICE.type == "cuda" and "network" in args.workloads:
+        parser.error("the network workload runs on the CPU; bench/throughput.py --device cuda times the networks")
+    args.on_neurons = args.on_neurons or (16384 if DEVICE.type == "cuda" else 512)
     from snnrun.run.cli import keep_freed_memory
 
     keep_freed_memory()  # as the snnrun command does, for every variant alike
     if args.probe_network:
         return probe_network(args)
-    args.snntorch = _imports("snntorch")
     args.spikingjelly = _imports("spikingjelly.activation_based.neuron")
-    import numba
-
-    lines = [f"{time.strftime('%Y-%m-%d')}, {cpu_name()} (torch CPU capability "
-             f"{torch.backends.cpu.get_cpu_capability()}), {args.threads} threads; torch {torch.__version__}, "
-             f"numba {numba.__version__}; {args.iters} steps per timing x {args.rounds} alternating rounds, "
-             "median.", ""]
+    if args.probe_spikingjelly:
+        return probe_spikingjelly(args)
+    args.snntorch = _imports("snntorch")
+    lines = [f"{time.strftime('%Y-%m-%d')}, {machine(args)}; {args.iters} steps per timing x {args.rounds} "
+             "alternating rounds, median.", ""]
     for workload in args.workloads:
         if workload == "sweep":
             lines += ["", "alif_pixels (one-to-one alif, T = 784) on numba, training samples/s (forward + backward):",
                       "", *sweep(args)]
             continue
-        first, median = network_rows(args) if workload == "network" else measure(variants(workload, args), args)
+        first, median = (network_rows(args) if workload == "network" else
+                         measure(variants(workload, args), args, spikingjelly_rows(workload, args)))
         base = next(iter(median.values()))
         batch = {"lif": 64, "alif_pixels": 64, "smnist_pixels": 64, "on": 16, "network": 64}[workload]
         lines += ["", f"**{workload}**", "", "| variant | first call (s) | ms per step | samples/s | vs first row |",
@@ -335,6 +395,18 @@ def main():
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)
+
+
+def machine(args) -> str:
+    where = (f"{cpu_name()} (torch CPU capability {torch.backends.cpu.get_cpu_capability()}), "
+             f"{args.threads} threads")
+    if DEVICE.type == "cuda":
+        import triton
+
+        return f"{torch.cuda.get_device_name()} ({where}); torch {torch.__version__}, Triton {triton.__version__}"
+    import numba
+
+    return f"{where}; torch {torch.__version__}, numba {numba.__version__}"
 
 
 def _imports(module: str) -> bool:
