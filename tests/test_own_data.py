@@ -208,6 +208,17 @@ def test_the_command_trains_on_npz_files_and_records_what_they_hold(files, tmp_p
 
 
 @pytest.mark.e2e
+def test_a_sweeps_jobs_record_what_the_files_hold_in_their_config(files, tmp_path):
+    run_cli("-m", *paths(files["train"], files["test"]), *NET, "time_steps=4", "trainer.max_steps=2", "seed=0,1",
+            "hydra.sweep.dir=sweep", cwd=tmp_path)
+    for job in ("0", "1"):
+        saved = yaml.safe_load((tmp_path / "sweep" / job / ".hydra" / "config.yaml").read_text())
+        assert saved["data"]["input_shape"] == [12] and saved["data"]["num_classes"] == 3
+        assert saved["seed"] == int(job) and "hydra" not in saved
+        assert read_results(tmp_path / "sweep" / job)["status"] == "ok"
+
+
+@pytest.mark.e2e
 def test_a_bad_file_is_refused_by_the_command_before_any_run_folder(tmp_path, files):
     (x, y), _ = bad_inputs(tmp_path)["nan"]
     bad = save(tmp_path / "bad.npz", x, y)

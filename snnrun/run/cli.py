@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ..atomic import write_json_atomic
+from ..atomic import write_atomic, write_json_atomic
 from ..core import backends
 from ..interop import nir_export
 from ..interop.nir_readers import READERS
@@ -85,7 +85,11 @@ def run(cfg: DictConfig) -> float:
     validation split the final test accuracy (the objective of optimising sweepers)."""
     world = distributed.world()
     # a single run was prepared before its folder existed; a sweep's job prepares here
-    prepared = Preflight.take() or prepare(cfg, list(HydraConfig.get().overrides.task))
+    prepared = Preflight.take()
+    if prepared is None:
+        prepared = prepare(cfg, list(HydraConfig.get().overrides.task))
+        if world.main:
+            save_job_config(cfg)
     if cfg.task == "export":
         return export(cfg, prepared)
     assembly = prepared
@@ -127,6 +131,15 @@ def run(cfg: DictConfig) -> float:
     if logger:
         logger.finish({**results, "backend": used, "threads": torch.get_num_threads(), "processes": world.size})
     return results.get("best_val_acc", results["test_acc"])  # the objective: validation accuracy when there is a split
+
+
+def save_job_config(cfg: DictConfig) -> None:
+    """A sweep's job: Hydra saved .hydra/config.yaml before the job prepared; save it again with what
+    preparing filled in (the shape, T and classes that data files declare)."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.output_subdir is not None:
+        path = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml"
+        write_atomic(path, OmegaConf.to_yaml(cfg))
 
 
 def export(cfg: DictConfig, built: tuple) -> float:
