@@ -1,6 +1,8 @@
 """data=tensors: a user's .pt/.npz files, read (memory-mapped), described, checked and trained on
 through the command and through snnrun.train; every refusal names the file, the index or field, and the fix."""
 
+import io
+import logging
 import zipfile
 
 import numpy as np
@@ -231,9 +233,18 @@ def test_snnrun_train_and_evaluate_from_python(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train = save(tmp_path / "train.pt", *sequences(60))
     test = save(tmp_path / "test.pt", *sequences(15, seed=1))
+    root = logging.getLogger()
+    callers = logging.StreamHandler(io.StringIO())
+    monkeypatch.setattr(root, "handlers", [callers])
+    monkeypatch.setattr(root, "level", logging.WARNING)
     results, run_dir = snnrun.train(paths(train, test, "data.temporal=true", "data.unit=1", *NET))
     assert results == read_results(run_dir) and results["status"] == "ok" and run_dir.parent.parent.name == "outputs"
     assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
+    assert root.handlers == [callers] and root.level == logging.WARNING  # the caller's logging, given back
+    logged = (run_dir / "snnrun.log").read_text()
+    logging.getLogger("snnrun").warning("after the run")
+    assert "run folder" in logged and (run_dir / "snnrun.log").read_text() == logged
+    assert "after the run" in callers.stream.getvalue()
     again = snnrun.evaluate(run_dir / "checkpoints" / "last.pt")
     assert again.results["test_acc"] == results["test_acc"] and again.run_dir != run_dir
 

@@ -5,11 +5,15 @@ checks before any run folder exists, and write the same folder (config, log, Ten
 checkpoints, results.json). A bad input raises the ``ConfigError``, ``DataError``,
 ``CheckpointError`` or ``NIRError`` whose message the command prints, instead of exiting;
 a run that fails raises ``TrainingError`` (or ``Interrupted``) with its last checkpoint intact.
+Hydra's logging (the run's snnrun.log, the console) lasts for the run: the caller's logging and
+thread count are given back after it. The allocator setting the command makes (``keep_freed_memory``)
+stays for the process: glibc cannot report the previous one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +45,22 @@ def _raising():
         Preflight.exit_on_error = True
 
 
+@contextmanager
+def _callers_logging():
+    """Hydra configures the root logger for the run (a handler writing the run's snnrun.log, one for the
+    console); close those afterwards and give the caller's handlers and level back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def _listed(overrides: Sequence[str]) -> list[str]:
     if isinstance(overrides, str):
         raise TypeError("overrides is a list of strings, e.g. ['data=mnist', 'trainer.epochs=2'], not one string")
@@ -67,7 +87,8 @@ def _run(overrides: list[str]) -> Result:
         return run(cfg)
 
     threads = torch.get_num_threads()  # trainer.num_threads sets it for the run, not for the caller
-    with initialize_config_dir(config_dir=config_dir(), version_base=None, job_name="snnrun"), _raising():
+    with initialize_config_dir(config_dir=config_dir(), version_base=None, job_name="snnrun"), _raising(), \
+            _callers_logging():
         try:
             GlobalHydra.instance().hydra.run(config_name="config", task_function=task, overrides=overrides)
         except Refused as refused:
