@@ -45,6 +45,21 @@ def _derivative(KIND: tl.constexpr, p0, p1, p2, p3, p4, p5, x):
 
 
 @triton.jit
+def _block(m, BLOCK: tl.constexpr):
+    """This program's neurons: their offsets in a row, the mask of those that exist, and M in 64 bits (rows
+    are addressed as t * M + offset, which may pass 2^31)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < m, m.to(tl.int64)
+
+
+@triton.jit
+def _surrogate_constants(consts):
+    """The surrogate's constants p0..p5 and its scale, the first seven of ``consts``."""
+    return (tl.load(consts + 0), tl.load(consts + 1), tl.load(consts + 2), tl.load(consts + 3), tl.load(consts + 4),
+            tl.load(consts + 5), tl.load(consts + 6))
+
+
+@triton.jit
 def _linked(t, steps, tbptt):
     """Whether a[t+1] reaches step t's state: t+1 exists and does not start a chunk of truncated BPTT."""
     return (t < steps - 1) & ((tbptt == 0) | ((t + 1) % tl.maximum(tbptt, 1) != 0))
@@ -53,9 +68,7 @@ def _linked(t, steps, tbptt):
 @triton.jit
 def _lif_forward(cur, beta, thr, mem, spk, steps, m, RESET: tl.constexpr, RECTIFY: tl.constexpr,
                  BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < m
-    m64 = m.to(tl.int64)  # rows are addressed in 64 bits: T*M may pass 2^31
+    offs, mask, m64 = _block(m, BLOCK)
     be = tl.load(beta + offs, mask=mask, other=0.0)
     th = tl.load(thr + offs, mask=mask, other=1.0)
     u = tl.zeros([BLOCK], dtype=be.dtype)
@@ -78,15 +91,11 @@ def _lif_forward(cur, beta, thr, mem, spk, steps, m, RESET: tl.constexpr, RECTIF
 
 
 @triton.jit
-def _lif_backward(mem, grad_spk, grad_mem, beta, thr, grad_in, acc_beta, acc_th, consts, steps, m, tbptt, RESET: tl.constexpr, RESET_PATH: tl.constexpr, KIND: tl.constexpr,
-                  HAS_GS: tl.constexpr, HAS_GM: tl.constexpr, NEED_BETA: tl.constexpr, NEED_TH: tl.constexpr,
+def _lif_backward(mem, grad_spk, grad_mem, beta, thr, grad_in, acc_beta, acc_th, consts, steps, m, tbptt,
+                  RESET: tl.constexpr, RESET_PATH: tl.constexpr, KIND: tl.constexpr, HAS_GS: tl.constexpr, HAS_GM: tl.constexpr, NEED_BETA: tl.constexpr, NEED_TH: tl.constexpr,
                   BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < m
-    m64 = m.to(tl.int64)  # rows are addressed in 64 bits: T*M may pass 2^31
-    p0, p1, p2 = tl.load(consts + 0), tl.load(consts + 1), tl.load(consts + 2)
-    p3, p4, p5 = tl.load(consts + 3), tl.load(consts + 4), tl.load(consts + 5)
-    scale = tl.load(consts + 6)
+    offs, mask, m64 = _block(m, BLOCK)
+    p0, p1, p2, p3, p4, p5, scale = _surrogate_constants(consts)
     be = tl.load(beta + offs, mask=mask, other=0.0)
     th = tl.load(thr + offs, mask=mask, other=1.0)
     nxt = tl.zeros([BLOCK], dtype=be.dtype)
@@ -133,9 +142,7 @@ def _lif_backward(mem, grad_spk, grad_mem, beta, thr, grad_in, acc_beta, acc_th,
 
 @triton.jit
 def _leaky_forward(cur, out, consts, steps, m, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < m
-    m64 = m.to(tl.int64)  # rows are addressed in 64 bits: T*M may pass 2^31
+    offs, mask, m64 = _block(m, BLOCK)
     alpha = tl.load(consts)
     j = tl.zeros([BLOCK], dtype=tl.load(cur + offs, mask=mask, other=0.0).dtype)
     for t in range(0, steps):
@@ -146,9 +153,7 @@ def _leaky_forward(cur, out, consts, steps, m, BLOCK: tl.constexpr):
 
 @triton.jit
 def _leaky_backward(grad, out, consts, steps, m, tbptt, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < m
-    m64 = m.to(tl.int64)  # rows are addressed in 64 bits: T*M may pass 2^31
+    offs, mask, m64 = _block(m, BLOCK)
     alpha = tl.load(consts)
     nxt = tl.zeros([BLOCK], dtype=tl.load(grad + offs, mask=mask, other=0.0).dtype)
     for i in range(0, steps):
@@ -162,9 +167,7 @@ def _leaky_backward(grad, out, consts, steps, m, tbptt, BLOCK: tl.constexpr):
 @triton.jit
 def _recurrent_forward(cur, beta, th0, weight, mem, spk, thr, consts, steps, m, RESET: tl.constexpr,
                        RECTIFY: tl.constexpr, ONE_TO_ONE: tl.constexpr, ADAPTIVE: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < m
-    m64 = m.to(tl.int64)  # rows are addressed in 64 bits: T*M may pass 2^31
+    offs, mask, m64 = _block(m, BLOCK)
     rho, rho_c, jump = tl.load(consts + 0), tl.load(consts + 1), tl.load(consts + 2)
     be = tl.load(beta + offs, mask=mask, other=0.0)
     th = tl.load(th0 + offs, mask=mask, other=1.0)
@@ -209,12 +212,8 @@ def _recurrent_backward(mem, thr, grad_spk, grad_mem, beta, th0, weight, grad_in
                         DETACH_RESET: tl.constexpr, KIND: tl.constexpr, ONE_TO_ONE: tl.constexpr,
                         ADAPTIVE: tl.constexpr, HAS_GS: tl.constexpr, HAS_GM: tl.constexpr, NEED_BETA: tl.constexpr,
                         NEED_TH: tl.constexpr, NEED_W: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < m
-    m64 = m.to(tl.int64)  # rows are addressed in 64 bits: T*M may pass 2^31
-    p0, p1, p2 = tl.load(consts + 0), tl.load(consts + 1), tl.load(consts + 2)
-    p3, p4, p5 = tl.load(consts + 3), tl.load(consts + 4), tl.load(consts + 5)
-    scale = tl.load(consts + 6)
+    offs, mask, m64 = _block(m, BLOCK)
+    p0, p1, p2, p3, p4, p5, scale = _surrogate_constants(consts)
     rho, rho_c, jump = tl.load(consts + 7), tl.load(consts + 8), tl.load(consts + 9)
     be = tl.load(beta + offs, mask=mask, other=0.0)
     th = tl.load(th0 + offs, mask=mask, other=1.0)
