@@ -29,12 +29,8 @@ class ReaderMismatch(RuntimeError):
 
 
 def _steps(encoder, x: torch.Tensor, time_steps: int, generator) -> torch.Tensor:
-    """The network's input at each step, [T, B, ...], as a run feeds it."""
-    if encoder is None:
-        return x.transpose(0, 1)
-    if encoder.static:
-        return x.unsqueeze(0).expand(time_steps, *x.shape)
-    return encoder(x, time_steps, generator)
+    """The network's input at each step, [T, B, ...], as a run feeds it (a static encoder's as its broadcast)."""
+    return x.transpose(0, 1) if encoder is None else encoder(x, time_steps, generator)
 
 
 def _failed(result: dict, status: str, what: str, err: Exception, title: str, path) -> dict:
