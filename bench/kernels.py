@@ -275,9 +275,8 @@ def probe_network(args):
     print(json.dumps({"first": first, "seconds": timed(step, args.iters)}))
 
 
-def network_step(backend):
-    """One training step of experiment=smnist_pixels_alif (its network, loss and optimiser, built as the
-    snnrun command builds them) on a fixed batch of 784-step sequences."""
+def pixels_network(backend=None):
+    """experiment=smnist_pixels_alif's config and network, built as the snnrun command builds them (seed 0)."""
     from hydra import compose, initialize_config_dir
 
     from snnrun.run.assembly import _part
@@ -287,8 +286,16 @@ def network_step(backend):
         cfg = compose("config", overrides=["experiment=smnist_pixels_alif"]
                       + ([f"neuron.backend={backend}"] if backend else []))
     torch.manual_seed(0)
-    model = _part(cfg, "model", input_shape=(1,), num_classes=10, neuron=_part(cfg, "neuron"),
-                  surrogate=_part(cfg, "surrogate"))
+    return cfg, _part(cfg, "model", input_shape=(1,), num_classes=10, neuron=_part(cfg, "neuron"),
+                      surrogate=_part(cfg, "surrogate"))
+
+
+def network_step(backend):
+    """One training step of experiment=smnist_pixels_alif (its network, loss and optimiser) on a fixed batch
+    of 784-step sequences."""
+    from snnrun.run.assembly import _part
+
+    cfg, model = pixels_network(backend)
     loss_fn, optimizer = _part(cfg, "loss"), _part(cfg, "optimizer")(model.parameters())
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(784, 64, 1, generator=g), torch.randint(0, 10, (64,), generator=g)
@@ -379,7 +386,8 @@ def main():
              "alternating rounds, median.", ""]
     for workload in args.workloads:
         if workload == "sweep":
-            lines += ["", "alif_pixels (one-to-one alif, T = 784) on numba, training samples/s (forward + backward):",
+            lines += ["", f"alif_pixels (one-to-one alif, T = 784) on {kernel_backend()}, training samples/s "
+                      "(forward + backward):",
                       "", *sweep(args)]
             continue
         first, median = (network_rows(args) if workload == "network" else

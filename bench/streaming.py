@@ -27,20 +27,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from kernels import cpu_name  # noqa: E402
-
-
-def network():
-    from hydra import compose, initialize_config_dir
-
-    from snnrun.run.assembly import _part
-    from snnrun.run.cli import config_dir
-
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=smnist_pixels_alif"])
-    torch.manual_seed(0)
-    return _part(cfg, "model", input_shape=(1,), num_classes=10, neuron=_part(cfg, "neuron"),
-                 surrogate=_part(cfg, "surrogate")).eval()
+from kernels import cpu_name, pixels_network  # noqa: E402
 
 
 def stream(model, x):
@@ -67,7 +54,7 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = network()
+    model = pixels_network()[1].eval()
     print(f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, {args.threads} thread(s), torch {torch.__version__}; "
           f"median of {args.rounds}\n")
     print("| batch | stream: µs per step | whole sequence: ms per forward | stream, 784 steps: ms | "
