@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from . import backends
 from .neurons import LI, Graded
 from .options import one_of, positive
 
@@ -82,6 +83,10 @@ def parse(arch: str) -> list[tuple[str, str, tuple]]:
     return layers
 
 
+GATHER_BELOW = 0.15  # input density under which gathering the non-zero inputs beats a dense product (measured)
+FEW_INPUTS = 16  # a linear layer on this many inputs or fewer (a pixel) gathers them whatever their density
+
+
 class _Block(nn.Module):
     """A weight layer, its batch norm and pooling (``stateless``), then a spiking ``neuron``, whose
     spikes ``dropout`` zeroes in training with one mask for all time steps."""
@@ -102,10 +107,30 @@ class _Block(nn.Module):
         current = self.stateless(x)
         return current.to(torch.promote_types(current.dtype, torch.float32))  # neurons integrate in fp32
 
-    def current(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the stateless layers to every step at once: [T, B, ...] -> [T, B, ...]."""
+    def current(self, x: torch.Tensor, density: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the stateless layers to every step at once: [T, B, ...] -> [T, B, ...]. ``density``: the
+        fraction of x that is non-zero, where known (the previous layer's firing rate, a 0-d tensor)."""
         t, b = x.shape[:2]
+        if self.gathers(x, density):
+            from . import numba_linear
+
+            return numba_linear.linear(x.reshape(t * b, -1), self.stateless[-1]).reshape(t, b, *self.out_shape)
         return self.apply_stateless(x.reshape(t * b, *x.shape[2:])).reshape(t, b, *self.out_shape)
+
+    def gathers(self, x: torch.Tensor, density: torch.Tensor | None) -> bool:
+        """Whether the numba kernels of ``numba_linear`` run this block's linear layer: on a CPU, without BN
+        or bf16, where its neuron layer runs numba (``neuron.backend=numba``, or ``auto`` on float32 with numba
+        installed), and where the input is sparse (fewer than ``GATHER_BELOW`` non-zero) or only a few values."""
+        backend = getattr(self.neuron, "backend", "torch")
+        linear = self.stateless[-1]
+        if not (isinstance(linear, nn.Linear) and all(isinstance(m, (nn.Flatten, nn.Linear)) for m in self.stateless)
+                and x.device.type == "cpu" and x.dtype == linear.weight.dtype
+                and not torch.is_autocast_enabled(x.device.type)):
+            return False
+        if not ((backend == "numba" and x.dtype in backends.KERNEL_DTYPES)
+                or (backend == "auto" and x.dtype == torch.float32 and backends.unavailable("numba") is None)):
+            return False
+        return linear.in_features <= FEW_INPUTS or (density is not None and density.item() < GATHER_BELOW)
 
     def drop(self, spk: torch.Tensor, rows: tuple[int, slice] | None = None) -> torch.Tensor:
         """Inverted dropout on [T, B, ...] spikes: the same neurons of a sample are silenced at every
@@ -293,7 +318,7 @@ class SpikingNetwork(nn.Module):
                     current = block.apply_stateless(x)
                     current = current.unsqueeze(0).expand(time_steps, *current.shape)
                 else:
-                    current = block.current(x)
+                    current = block.current(x, rates[-1] if rates else None)
             if self.counter is not None:
                 self.counter.add_mixing(i, current)
             spk, mem = block.neuron(current)

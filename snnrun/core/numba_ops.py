@@ -274,7 +274,7 @@ def recurrent_backward(kind: int):
 
 # -- the bridge from torch ----------------------------------------------------------------------
 
-def _threads() -> None:
+def set_threads() -> None:
     """As many numba threads as torch uses (``trainer.num_threads``), within numba's pool."""
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
@@ -315,7 +315,7 @@ def _accumulator(needed: bool, m: int, dtype) -> np.ndarray:
 
 
 def run_lif_forward(current, beta, threshold, reset, rectify):
-    _threads()
+    set_threads()
     mem, spk = _empty(current), _empty(current)
     lif_forward(RESET_CODES[reset], rectify)(_flat(current), _per_element(beta, current[0]),
                                              _per_element(threshold, current[0]), _target(mem), _target(spk),
@@ -325,7 +325,7 @@ def run_lif_forward(current, beta, threshold, reset, rectify):
 
 def run_lif_backward(mem, grad_spk, grad_mem, beta, threshold, surrogate, reset, reset_path, tbptt, need_beta, need_th):
     """(dL/dI [T, *], dL/dbeta per element [B, *] or None, dL/dtheta per element or None)."""
-    _threads()
+    set_threads()
     u = _flat(mem)
     kind, p = surrogate_code(surrogate, u.dtype)
     grad_in = _empty(mem)
@@ -339,7 +339,7 @@ def run_lif_backward(mem, grad_spk, grad_mem, beta, threshold, surrogate, reset,
 
 
 def run_leaky_forward(current, alpha):
-    _threads()
+    set_threads()
     out = _empty(current)
     x = _flat(current)
     leaky_forward(x, x.dtype.type(alpha), _target(out), block_size(x.shape[1]))  # alpha in the data's dtype
@@ -347,7 +347,7 @@ def run_leaky_forward(current, alpha):
 
 
 def run_leaky_backward(grad, alpha, tbptt):
-    _threads()
+    set_threads()
     out = _empty(grad)
     g = _flat(grad)
     leaky_backward(g, g.dtype.type(alpha), tbptt, _target(out), block_size(g.shape[1]))
@@ -356,7 +356,7 @@ def run_leaky_backward(grad, alpha, tbptt):
 
 def run_recurrent_forward(current, beta, threshold, weight, reset, rectify, rho, jump):
     """(S, U, theta[t] or None) of rlif/alif with one-to-one (``weight`` [n]) or no recurrence (None)."""
-    _threads()
+    set_threads()
     mem, spk = _empty(current), _empty(current)
     thr = _empty(current) if jump != 0 else None
     w = _per_element(weight, current[0]) if weight is not None else np.empty(0, dtype=_flat(current).dtype)
@@ -370,7 +370,7 @@ def run_recurrent_forward(current, beta, threshold, weight, reset, rectify, rho,
 def run_recurrent_backward(mem, thr, grad_spk, grad_mem, beta, threshold, weight, surrogate, reset, detach_reset,
                            rho, jump, tbptt, need_beta, need_th, need_w):
     """(dL/dI, and per element [B, *]: dL/dbeta, dL/dtheta0, dL/dv, each None where not needed)."""
-    _threads()
+    set_threads()
     u = _flat(mem)
     kind, p = surrogate_code(surrogate, u.dtype)
     grad_in = _empty(mem)
