@@ -165,15 +165,14 @@ def leaky_backward(grad, alpha, tbptt, out, block):
 
 
 @lru_cache(maxsize=None)
-def recurrent_forward(adaptive: bool):
-    """The rlif/alif forward kernel, ``adaptive`` compiled in (as a runtime flag the loop ran 2x slower)."""
+def recurrent_forward(adaptive: bool, reset: int, rectify: bool, one_to_one: bool):
+    """The rlif/alif forward kernel with its options compiled in (as runtime flags the loop ran 2x slower)."""
 
     @njit(parallel=True, cache=True)
-    def kernel(cur, beta, th0, weight, reset, rectify, rho, rho_c, jump, mem, spk, thr, block):
+    def kernel(cur, beta, th0, weight, rho, rho_c, jump, mem, spk, thr, block):
         """One-to-one (``weight`` [M]) or no recurrence (``weight`` empty); ``thr`` [T, M] gets theta[t] (alif).
         ``rho``, ``rho_c`` = 1 - rho and ``jump`` come in the arrays' dtype, as torch computes them."""
         steps, m = cur.shape
-        one_to_one = weight.shape[0] > 0
         for b in prange((m + block - 1) // block):
             lo = b * block
             n = min(m, lo + block) - lo
@@ -207,18 +206,18 @@ def recurrent_forward(adaptive: bool):
 
 
 @lru_cache(maxsize=None)
-def recurrent_backward(kind: int):
-    """The rlif/alif backward kernel with surrogate ``kind`` compiled in as a constant (a branch on it in the
-    inner loop kept the loop from vectorising: measured 8x slower); each kind is cached on disk."""
+def recurrent_backward(kind: int, adaptive: bool, reset: int, detach_reset: bool, one_to_one: bool,
+                       need_beta: bool, need_th: bool, need_w: bool):
+    """The rlif/alif backward kernel with the surrogate ``kind``, the options and the gradients wanted compiled in
+    (a runtime branch on the kind in the inner loop kept it from vectorising: measured 8x slower; the options as
+    runtime flags: 1.6x); each combination is compiled on first use and cached on disk."""
 
     @njit(parallel=True, cache=True)
-    def recurrent_backward(mem, thr, grad_spk, grad_mem, beta, th0, weight, p, reset, detach_reset, rho, rho_c, jump,
-                           tbptt, grad_in, acc_beta, acc_th, acc_w, block):
+    def kernel(mem, thr, grad_spk, grad_mem, beta, th0, weight, p, rho, rho_c, jump, tbptt, grad_in, acc_beta,
+               acc_th, acc_w, block):
         """The adjoints g[t] = dL/dU[t] and e[t] = dL/da[t] of recurrent._RecurrentSequence, by blocks."""
         steps, m = mem.shape
         has_gs, has_gm = grad_spk.shape[0] > 1, grad_mem.shape[0] > 1
-        need_beta, need_th, need_w = acc_beta.shape[0] > 0, acc_th.shape[0] > 0, acc_w.shape[0] > 0
-        one_to_one, adaptive = weight.shape[0] > 0, jump != 0
         p0, p1, p2, p3, p4, p5, scale = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
         for b in prange((m + block - 1) // block):
             lo = b * block
@@ -269,7 +268,7 @@ def recurrent_backward(kind: int):
                         e_next[k] = e + rho * e_next[k] if linked else e
                     nxt[k], out[k] = g, g
 
-    return recurrent_backward
+    return kernel
 
 
 # -- the bridge from torch ----------------------------------------------------------------------
@@ -281,9 +280,10 @@ def set_threads() -> None:
 
 def block_size(m: int) -> int:
     """Neurons per block for M per step: long rows (a block walks T rows M apart, so each row is one
-    contiguous run for the prefetcher and one page for the TLB), yet four blocks per thread. Measured on
-    [100, 64*4096], one thread: blocks of 512 took 35.6 + 24.1 ms forward + backward, of 8192 19.2 + 18.7."""
-    per_block = -(-m // (4 * numba.get_num_threads()))
+    contiguous run for the prefetcher and one page for the TLB), yet a block for every thread. Measured on
+    [100, 64*4096], one thread: blocks of 512 took 35.6 + 24.1 ms forward + backward, of 8192 19.2 + 18.7; an
+    alif forward on [784, 64*128], two threads: 4.37 ms in blocks of 1024 (four per thread), 3.46 in 4096."""
+    per_block = -(-m // numba.get_num_threads())
     return min(MAX_BLOCK, max(MIN_BLOCK, -(-per_block // 64) * 64))
 
 
@@ -360,9 +360,9 @@ def run_recurrent_forward(current, beta, threshold, weight, reset, rectify, rho,
     mem, spk = _empty(current), _empty(current)
     thr = _empty(current) if jump != 0 else None
     w = _per_element(weight, current[0]) if weight is not None else np.empty(0, dtype=_flat(current).dtype)
-    recurrent_forward(jump != 0)(
-        _flat(current), _per_element(beta, current[0]), _per_element(threshold, current[0]), w, RESET_CODES[reset],
-        rectify, *(w.dtype.type(v) for v in (rho, 1 - rho, jump)), _target(mem), _target(spk),
+    recurrent_forward(jump != 0, RESET_CODES[reset], rectify, weight is not None)(
+        _flat(current), _per_element(beta, current[0]), _per_element(threshold, current[0]), w,
+        *(w.dtype.type(v) for v in (rho, 1 - rho, jump)), _target(mem), _target(spk),
         _target(thr) if thr is not None else np.empty((0, 0), dtype=w.dtype), block_size(mem[0].numel()))
     return spk, mem, thr
 
@@ -376,10 +376,11 @@ def run_recurrent_backward(mem, thr, grad_spk, grad_mem, beta, threshold, weight
     grad_in = _empty(mem)
     accs = [_accumulator(need, u.shape[1], u.dtype) for need in (need_beta, need_th, need_w)]
     w = _per_element(weight, mem[0]) if weight is not None else np.empty(0, dtype=u.dtype)
-    recurrent_backward(kind)(
+    recurrent_backward(kind, jump != 0, RESET_CODES[reset], detach_reset, weight is not None, need_beta, need_th,
+                       need_w)(
         u, _flat(thr) if thr is not None else np.empty((0, 0), dtype=u.dtype), _optional(grad_spk, u),
-        _optional(grad_mem, u), _per_element(beta, mem[0]), _per_element(threshold, mem[0]), w, p, RESET_CODES[reset],
-        detach_reset, *(u.dtype.type(v) for v in (rho, 1 - rho, jump)), tbptt, _target(grad_in), *accs,
+        _optional(grad_mem, u), _per_element(beta, mem[0]), _per_element(threshold, mem[0]), w, p,
+        *(u.dtype.type(v) for v in (rho, 1 - rho, jump)), tbptt, _target(grad_in), *accs,
         block_size(u.shape[1]))
     shape = mem[0].shape
     return (grad_in, *(torch.from_numpy(a).reshape(shape) if need else None
