@@ -25,6 +25,7 @@ from numba import njit, prange
 from .backends import RESET_CODES, flat, per_element, surrogate_code
 
 MIN_BLOCK, MAX_BLOCK = 512, 8192  # neurons per block (block_size)
+CHECKPOINT = 8  # alif: the forward pass keeps a[t] every this many steps, not theta[t] at every step
 SUBTRACT, ZERO, NONE = (RESET_CODES[r] for r in ("subtract", "zero", "none"))
 
 ONE, NOUGHT = np.float32(1.0), np.float32(0.0)  # exact in float32 and float64: arithmetic keeps the arrays' dtype
@@ -169,8 +170,9 @@ def recurrent_forward(adaptive: bool, reset: int, rectify: bool, one_to_one: boo
     """The rlif/alif forward kernel with its options compiled in (as runtime flags the loop ran 2x slower)."""
 
     @njit(parallel=True, cache=True)
-    def kernel(cur, beta, th0, weight, rho, rho_c, jump, mem, spk, thr, block):
-        """One-to-one (``weight`` [M]) or no recurrence (``weight`` empty); ``thr`` [T, M] gets theta[t] (alif).
+    def kernel(cur, beta, th0, weight, rho, rho_c, jump, mem, spk, adapt_at, block):
+        """One-to-one (``weight`` [M]) or no recurrence (``weight`` empty); ``adapt_at`` [ceil(T/C), M] gets the
+        adaptation a[t] at every CHECKPOINT-th step (alif), from which the backward pass recomputes theta[t].
         ``rho``, ``rho_c`` = 1 - rho and ``jump`` come in the arrays' dtype, as torch computes them."""
         steps, m = cur.shape
         for b in prange((m + block - 1) // block):
@@ -181,7 +183,6 @@ def recurrent_forward(adaptive: bool, reset: int, rectify: bool, one_to_one: boo
             be, th, w = beta[lo:lo + n], th0[lo:lo + n], weight[lo:lo + n]
             for t in range(steps):
                 c, mo, so = cur[t, lo:lo + n], mem[t, lo:lo + n], spk[t, lo:lo + n]
-                tr = thr[t, lo:lo + n] if adaptive else th
                 for k in range(n):
                     sp = s[k]
                     x = u[k] * be[k]
@@ -198,9 +199,11 @@ def recurrent_forward(adaptive: bool, reset: int, rectify: bool, one_to_one: boo
                     if adaptive:
                         adapt[k] = adapt[k] * rho + rho_c * sp
                         theta = th[k] + jump * adapt[k]
-                        theta_prev[k], tr[k] = theta, theta
+                        theta_prev[k] = theta
                     y = ONE if x > theta else NOUGHT
                     u[k], s[k], mo[k], so[k] = x, y, x, y
+                if adaptive and t % CHECKPOINT == 0:
+                    adapt_at[t // CHECKPOINT, lo:lo + n] = adapt
 
     return kernel
 
@@ -213,9 +216,11 @@ def recurrent_backward(kind: int, adaptive: bool, reset: int, detach_reset: bool
     runtime flags: 1.6x); each combination is compiled on first use and cached on disk."""
 
     @njit(parallel=True, cache=True)
-    def kernel(mem, thr, grad_spk, grad_mem, beta, th0, weight, p, rho, rho_c, jump, tbptt, grad_in, acc_beta,
+    def kernel(mem, adapt_at, grad_spk, grad_mem, beta, th0, weight, p, rho, rho_c, jump, tbptt, grad_in, acc_beta,
                acc_th, acc_w, block):
-        """The adjoints g[t] = dL/dU[t] and e[t] = dL/da[t] of recurrent._RecurrentSequence, by blocks."""
+        """The adjoints g[t] = dL/dU[t] and e[t] = dL/da[t] of recurrent._RecurrentSequence, by blocks, in chunks
+        of CHECKPOINT steps: a chunk first recomputes its a[t] (alif) from the forward pass's checkpoint and its
+        U (S[t-1] = U[t-1] > theta[t-1]), with the forward pass's arithmetic, so theta[t] is the same to the bit."""
         steps, m = mem.shape
         has_gs, has_gm = grad_spk.shape[0] > 1, grad_mem.shape[0] > 1
         p0, p1, p2, p3, p4, p5, scale = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
@@ -223,50 +228,61 @@ def recurrent_backward(kind: int, adaptive: bool, reset: int, detach_reset: bool
             lo = b * block
             n = min(m, lo + block) - lo
             nxt, e_next = np.zeros(n, dtype=mem.dtype), np.zeros(n, dtype=mem.dtype)
+            adapt = np.zeros((CHECKPOINT if adaptive else 1, n), dtype=mem.dtype)  # a[t0..t1) of the chunk
             be, th, w = beta[lo:lo + n], th0[lo:lo + n], weight[lo:lo + n]
             ab, at, aw = acc_beta[lo:lo + n], acc_th[lo:lo + n], acc_w[lo:lo + n]
-            for t in range(steps - 1, -1, -1):
-                has_next = t < steps - 1
-                linked = has_next and not _truncated(t + 1, tbptt)
-                uu, out = mem[t, lo:lo + n], grad_in[t, lo:lo + n]
-                tr = thr[t if adaptive else 0, lo:lo + n] if adaptive else th
-                gs_row = grad_spk[t if has_gs else 0, lo:lo + n]
-                gm_row = grad_mem[t if has_gm else 0, lo:lo + n]
-                for k in range(n):
-                    u, theta = uu[k], tr[k]
-                    spiked = u > theta
-                    nx = nxt[k] if has_next else NOUGHT
-                    gs = gs_row[k]
-                    if linked:
-                        if one_to_one:
-                            gs = gs + nx * w[k]
+            for chunk in range((steps - 1) // CHECKPOINT, -1, -1):
+                t0 = chunk * CHECKPOINT
+                t1 = min(steps, t0 + CHECKPOINT)
+                if adaptive:
+                    adapt[0] = adapt_at[chunk, lo:lo + n]
+                    for t in range(t0 + 1, t1):
+                        before, a_prev, a_now = mem[t - 1, lo:lo + n], adapt[t - 1 - t0], adapt[t - t0]
+                        for k in range(n):
+                            sp = ONE if before[k] > th[k] + jump * a_prev[k] else NOUGHT
+                            a_now[k] = a_prev[k] * rho + rho_c * sp
+                for t in range(t1 - 1, t0 - 1, -1):
+                    has_next = t < steps - 1
+                    linked = has_next and not _truncated(t + 1, tbptt)
+                    uu, out, a_t = mem[t, lo:lo + n], grad_in[t, lo:lo + n], adapt[t - t0 if adaptive else 0]
+                    gs_row = grad_spk[t if has_gs else 0, lo:lo + n]
+                    gm_row = grad_mem[t if has_gm else 0, lo:lo + n]
+                    for k in range(n):
+                        u = uu[k]
+                        theta = th[k] + jump * a_t[k] if adaptive else th[k]
+                        spiked = u > theta
+                        nx = nxt[k] if has_next else NOUGHT
+                        gs = gs_row[k]
+                        if linked:
+                            if one_to_one:
+                                gs = gs + nx * w[k]
+                            if adaptive:
+                                gs = gs + rho_c * e_next[k]
+                            if not detach_reset and reset == SUBTRACT:
+                                gs = gs - nx * theta
+                            elif not detach_reset and reset == ZERO:
+                                gs = gs - nx * u * be[k]
+                        g = scale * derivative(kind, p0, p1, p2, p3, p4, p5, u - theta) * gs
+                        g_theta = -g
+                        if has_next and reset == SUBTRACT and spiked:
+                            g_theta = g_theta - nx
+                        if need_th:
+                            at[k] += g_theta
+                        if has_next and not linked and reset == SUBTRACT:
+                            g_theta = -g  # a[t] is detached where step t+1 starts a chunk; theta0 is not
+                        g = g + gm_row[k]
+                        if has_next:
+                            kept = not (reset == ZERO and spiked)
+                            if need_beta and kept:
+                                ab[k] += nx * u
+                            if need_w and spiked:
+                                aw[k] += nx
+                            if linked and kept:
+                                g = g + nx * be[k]
                         if adaptive:
-                            gs = gs + rho_c * e_next[k]
-                        if not detach_reset and reset == SUBTRACT:
-                            gs = gs - nx * theta
-                        elif not detach_reset and reset == ZERO:
-                            gs = gs - nx * u * be[k]
-                    g = scale * derivative(kind, p0, p1, p2, p3, p4, p5, u - theta) * gs
-                    g_theta = -g
-                    if has_next and reset == SUBTRACT and spiked:
-                        g_theta = g_theta - nx
-                    if need_th:
-                        at[k] += g_theta
-                    if has_next and not linked and reset == SUBTRACT:
-                        g_theta = -g  # a[t] is detached where step t+1 starts a chunk; theta0 is not
-                    g = g + gm_row[k]
-                    if has_next:
-                        kept = not (reset == ZERO and spiked)
-                        if need_beta and kept:
-                            ab[k] += nx * u
-                        if need_w and spiked:
-                            aw[k] += nx
-                        if linked and kept:
-                            g = g + nx * be[k]
-                    if adaptive:
-                        e = g_theta * jump
-                        e_next[k] = e + rho * e_next[k] if linked else e
-                    nxt[k], out[k] = g, g
+                            e = g_theta * jump
+                            e_next[k] = e + rho * e_next[k] if linked else e
+                        nxt[k], out[k] = g, g
 
     return kernel
 
@@ -355,19 +371,21 @@ def run_leaky_backward(grad, alpha, tbptt):
 
 
 def run_recurrent_forward(current, beta, threshold, weight, reset, rectify, rho, jump):
-    """(S, U, theta[t] or None) of rlif/alif with one-to-one (``weight`` [n]) or no recurrence (None)."""
+    """(S, U, the adaptation at every CHECKPOINT-th step or None) of rlif/alif with one-to-one (``weight`` [n])
+    or no recurrence (None)."""
     set_threads()
     mem, spk = _empty(current), _empty(current)
-    thr = _empty(current) if jump != 0 else None
+    adapt_at = torch.empty(-(-current.shape[0] // CHECKPOINT), *current.shape[1:], dtype=current.dtype) \
+        if jump != 0 else None
     w = _per_element(weight, current[0]) if weight is not None else np.empty(0, dtype=_flat(current).dtype)
     recurrent_forward(jump != 0, RESET_CODES[reset], rectify, weight is not None)(
         _flat(current), _per_element(beta, current[0]), _per_element(threshold, current[0]), w,
         *(w.dtype.type(v) for v in (rho, 1 - rho, jump)), _target(mem), _target(spk),
-        _target(thr) if thr is not None else np.empty((0, 0), dtype=w.dtype), block_size(mem[0].numel()))
-    return spk, mem, thr
+        _target(adapt_at) if adapt_at is not None else np.empty((0, 0), dtype=w.dtype), block_size(mem[0].numel()))
+    return spk, mem, adapt_at
 
 
-def run_recurrent_backward(mem, thr, grad_spk, grad_mem, beta, threshold, weight, surrogate, reset, detach_reset,
+def run_recurrent_backward(mem, adapt_at, grad_spk, grad_mem, beta, threshold, weight, surrogate, reset, detach_reset,
                            rho, jump, tbptt, need_beta, need_th, need_w):
     """(dL/dI, and per element [B, *]: dL/dbeta, dL/dtheta0, dL/dv, each None where not needed)."""
     set_threads()
@@ -378,7 +396,7 @@ def run_recurrent_backward(mem, thr, grad_spk, grad_mem, beta, threshold, weight
     w = _per_element(weight, mem[0]) if weight is not None else np.empty(0, dtype=u.dtype)
     recurrent_backward(kind, jump != 0, RESET_CODES[reset], detach_reset, weight is not None, need_beta, need_th,
                        need_w)(
-        u, _flat(thr) if thr is not None else np.empty((0, 0), dtype=u.dtype), _optional(grad_spk, u),
+        u, _flat(adapt_at) if adapt_at is not None else np.empty((0, 0), dtype=u.dtype), _optional(grad_spk, u),
         _optional(grad_mem, u), _per_element(beta, mem[0]), _per_element(threshold, mem[0]), w, p,
         *(u.dtype.type(v) for v in (rho, 1 - rho, jump)), tbptt, _target(grad_in), *accs,
         block_size(u.shape[1]))

@@ -48,7 +48,8 @@ class _RecurrentSequence(torch.autograd.Function):
         e[t] = b * dL/dtheta[t] + rho e[t+1],  dL/dtheta[t] = -sigma' dL/dS[t] - S[t] g[t+1] (subtract)
 
     dL/dI[t] = g[t]; dL/dW = sum_t g[t]^T S[t-1] (one product after the loop); dL/dc = sum_t g[t].
-    Saved: U and, for alif, theta[t]; S = U > theta[t] is recomputed. Truncated BPTT (``tbptt`` = k):
+    Saved: U and, for alif, theta[t] (the numba kernels keep a[t] at every 16th step and recompute the
+    rest); S = U > theta[t] is recomputed. Truncated BPTT (``tbptt`` = k):
     where t+1 starts a chunk, g[t+1] and e[t+1] reach no state of step t (U, S, a); the parameters'
     terms of step t+1 (beta's U[t], theta0's S[t] through the reset, W's S[t]) are kept.
     """
@@ -59,9 +60,9 @@ class _RecurrentSequence(torch.autograd.Function):
         ctx.options = surrogate, reset, detach_reset, recurrence, rho, jump, tbptt, backend  # rectifier passes through
         ctx.set_materialize_grads(False)
         if backend != "torch":  # one-to-one or no recurrence (backends.check)
-            spk, mem, thr = kernels(backend).run_recurrent_forward(current, beta, threshold, weight, reset, rectify,
-                                                                   rho, jump)
-            ctx.save_for_backward(mem, thr, beta, threshold, weight)
+            spk, mem, kept = kernels(backend).run_recurrent_forward(current, beta, threshold, weight, reset, rectify,
+                                                                    rho, jump)  # kept: what its backward needs of theta
+            ctx.save_for_backward(mem, kept, beta, threshold, weight)
             return spk, mem
         mem, spk = torch.empty_like(current), torch.empty_like(current)
         adaptive = jump != 0
