@@ -48,8 +48,8 @@ class _RecurrentSequence(torch.autograd.Function):
         e[t] = b * dL/dtheta[t] + rho e[t+1],  dL/dtheta[t] = -sigma' dL/dS[t] - S[t] g[t+1] (subtract)
 
     dL/dI[t] = g[t]; dL/dW = sum_t g[t]^T S[t-1] (one product after the loop); dL/dc = sum_t g[t].
-    Saved: U and, for alif, theta[t] (the numba kernels keep a[t] at every 16th step and recompute the
-    rest); S = U > theta[t] is recomputed. Truncated BPTT (``tbptt`` = k):
+    Saved: U and, for alif, theta[t] (the numba kernels keep a[t] every ``numba_ops.CHECKPOINT`` = 8 steps and
+    recompute the rest); S = U > theta[t] is recomputed. Truncated BPTT (``tbptt`` = k):
     where t+1 starts a chunk, g[t+1] and e[t+1] reach no state of step t (U, S, a); the parameters'
     terms of step t+1 (beta's U[t], theta0's S[t] through the reset, W's S[t]) are kept.
     """
