@@ -127,8 +127,7 @@ class _Block(nn.Module):
                 and x.device.type == "cpu" and x.dtype == linear.weight.dtype
                 and not torch.is_autocast_enabled(x.device.type)):
             return False
-        if not ((backend == "numba" and x.dtype in backends.KERNEL_DTYPES)
-                or (backend == "auto" and x.dtype == torch.float32 and backends.unavailable("numba") is None)):
+        if not backends.numba_runs(backend, x.dtype):
             return False
         return linear.in_features <= FEW_INPUTS or (density is not None and density.item() < GATHER_BELOW)
 

@@ -117,6 +117,14 @@ def kernel_knows(surrogate) -> bool:
     return type(surrogate) in SURROGATES
 
 
+def numba_runs(backend: str, dtype: torch.dtype) -> bool:
+    """Whether ``backend`` takes the numba kernels for a ``dtype`` tensor on a CPU, the surrogate and the
+    recurrence aside: ``numba`` in float32 or float64, ``auto`` in float32 where numba imports."""
+    if backend == "numba":
+        return dtype in KERNEL_DTYPES
+    return backend == "auto" and dtype == torch.float32 and unavailable("numba") is None
+
+
 def choose(backend: str, current: torch.Tensor, surrogate, one_to_one: bool = True) -> str:
     """The backend that runs this call."""
     if backend == "auto":
@@ -126,7 +134,7 @@ def choose(backend: str, current: torch.Tensor, surrogate, one_to_one: bool = Tr
             return "torch"  # a conv layer's channels-last current: a kernel would copy it, and its gradients
         if current.is_cuda:
             return "triton" if unavailable("triton") is None else "torch"
-        return "numba" if current.device.type == "cpu" and unavailable("numba") is None else "torch"
+        return "numba" if current.device.type == "cpu" and numba_runs("auto", current.dtype) else "torch"
     if backend != "torch" and (not runs_on(backend, current.device) or current.dtype not in KERNEL_DTYPES):
         where = "a GPU" if backend == "triton" else "a CPU"
         raise RuntimeError(f"neuron.backend={backend} runs float32 or float64 on {where}, not {current.dtype} on "
