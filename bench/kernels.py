@@ -141,7 +141,7 @@ def preallocated(shape):
     beta, thr = np.full(cur.shape[1], 0.9, np.float32), np.ones(cur.shape[1], np.float32)
     kind, p = numba_ops.surrogate_code(surrogates.ATan(), np.float32)
     forward = numba_ops.lif_forward(numba_ops.SUBTRACT, False)
-    backward = numba_ops.lif_backward(kind, numba_ops.SUBTRACT, False, False, False)
+    backward = numba_ops.lif_backward(kind, numba_ops.SUBTRACT, False, False, False, True, False)
     none, no_acc = np.zeros((1, cur.shape[1]), np.float32), np.empty(0, np.float32)
 
     def copies():

@@ -116,21 +116,24 @@ def test_recurrent_kernels_equal_the_torch_op(dtype, cls, recurrence, reset, det
 
 
 @pytest.mark.parametrize("used", ["spikes", "membranes"])
-@pytest.mark.parametrize("cls", [RLIF, ALIF])
-def test_recurrent_kernels_with_one_output_used(cls, used):
+@pytest.mark.parametrize("cls", [neurons.LIF, RLIF, ALIF])
+def test_kernels_with_one_output_used(cls, used):
     """Only dL/dS comes from above (a hidden layer) or only dL/dU (a membrane readout): the kernels compile
     the missing one out, and the gradients still equal the torch op's."""
-    extra = {"tau_adapt": 5.0, "adaptation": 0.7} if cls is ALIF else {}
     torch.manual_seed(0)
     current = torch.randn(T, B, 6, dtype=torch.float64) * 0.8 + 0.4
     weight = torch.randn(T, B, 6, dtype=torch.float64)
     grads = []
     for backend in ("torch", "numba"):
         torch.manual_seed(1)
-        layer = cls(beta=0.8, recurrence="one_to_one", recurrent=True, shape=(6,), learn_beta=True,
-                    learn_threshold=True, per_neuron=True, backend=backend, **extra).double()
-        with torch.no_grad():
-            layer.recurrent_weight.uniform_(-1, 1)
+        common = dict(beta=0.8, shape=(6,), learn_beta=True, learn_threshold=True, per_neuron=True, backend=backend)
+        if cls is neurons.LIF:
+            layer = cls(**common).double()
+        else:
+            extra = {"tau_adapt": 5.0, "adaptation": 0.7} if cls is ALIF else {}
+            layer = cls(recurrence="one_to_one", recurrent=True, **common, **extra).double()
+            with torch.no_grad():
+                layer.recurrent_weight.uniform_(-1, 1)
         x = current.clone().requires_grad_()
         spk, mem = layer(x)
         ((spk if used == "spikes" else mem) * weight).sum().backward()

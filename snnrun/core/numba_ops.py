@@ -90,16 +90,17 @@ def lif_forward(reset: int, rectify: bool):
 
 
 @lru_cache(maxsize=None)
-def lif_backward(kind: int, reset: int, reset_path: bool, need_beta: bool, need_th: bool):
+def lif_backward(kind: int, reset: int, reset_path: bool, need_beta: bool, need_th: bool, has_gs: bool,
+                 has_gm: bool):
     """The lif backward kernel with the surrogate, the reset and the gradients wanted compiled in: as
-    runtime flags they kept the inner loop from vectorising (measured 3x slower)."""
+    runtime flags they kept the inner loop from vectorising (measured 3x slower). ``has_gs``, ``has_gm``:
+    whether dL/dS and dL/dU come from above (else their argument is one row, unread)."""
 
     @njit(parallel=True, cache=True)
     def kernel(mem, grad_spk, grad_mem, beta, thr, p, tbptt, grad_in, acc_beta, acc_th, block):
         """a[t] = sigma'(U[t]-theta)*dL/dS[t] + dL/dU[t] + K[t]*a[t+1] (see sequences.LIFSequence); ``grad_spk``
-        and ``grad_mem`` are [T, M], or one row of zeros where there is none; acc_* per element, or empty."""
+        and ``grad_mem`` are [T, M], or one row where there is none; acc_* per element, or empty."""
         steps, m = mem.shape
-        has_gs, has_gm = grad_spk.shape[0] > 1, grad_mem.shape[0] > 1  # else one row of zeros
         p0, p1, p2, p3, p4, p5, scale = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
         for b in prange((m + block - 1) // block):
             lo = b * block
@@ -115,13 +116,14 @@ def lif_backward(kind: int, reset: int, reset_path: bool, need_beta: bool, need_
                 for k in range(n):
                     u, thk = uu[k], th[k]
                     nx = nxt[k] if linked else NOUGHT
-                    gs = gs_row[k]
+                    gs = gs_row[k] if has_gs else NOUGHT
                     if reset_path:
                         gs = gs - (nx * thk if reset == SUBTRACT else nx * u * be[k])
                     a = scale * derivative(kind, p0, p1, p2, p3, p4, p5, u - thk) * gs
                     if need_th:
                         at[k] -= a
-                    a = a + gm_row[k]
+                    if has_gm:
+                        a = a + gm_row[k]
                     if reset == ZERO:
                         a = a + (NOUGHT if u > thk else nx * be[k])
                     else:
@@ -214,7 +216,7 @@ def recurrent_forward(adaptive: bool, reset: int, rectify: bool, one_to_one: boo
 
 @lru_cache(maxsize=None)
 def recurrent_backward(kind: int, adaptive: bool, reset: int, detach_reset: bool, one_to_one: bool,
-                       need_beta: bool, need_th: bool, need_w: bool, has_gs: bool = True, has_gm: bool = False):
+                       need_beta: bool, need_th: bool, need_w: bool, has_gs: bool, has_gm: bool):
     """The rlif/alif backward kernel with the surrogate ``kind``, the options and the gradients wanted compiled in
     (a runtime branch on the kind in the inner loop kept it from vectorising: measured 8x slower; the options as
     runtime flags: 1.5x, in the pixel-wise network); each combination is compiled on first use and cached on disk.
@@ -327,7 +329,7 @@ def _per_element(param: torch.Tensor, like: torch.Tensor) -> np.ndarray:
 
 
 def _optional(grad: torch.Tensor | None, like: np.ndarray) -> np.ndarray:
-    """A gradient as [T, M], or where there is none one row of zeros (the kernels read row 0 then)."""
+    """A gradient as [T, M], or where there is none one row of zeros (the kernels compile its reads out then)."""
     return _flat(grad) if grad is not None else np.zeros((1, like.shape[1]), dtype=like.dtype)
 
 
@@ -351,7 +353,7 @@ def run_lif_backward(mem, grad_spk, grad_mem, beta, threshold, surrogate, reset,
     kind, p = surrogate_code(surrogate, u.dtype)
     grad_in = _empty(mem)
     acc_beta, acc_th = _accumulator(need_beta, u.shape[1], u.dtype), _accumulator(need_th, u.shape[1], u.dtype)
-    lif_backward(kind, RESET_CODES[reset], reset_path, need_beta, need_th)(
+    lif_backward(kind, RESET_CODES[reset], reset_path, need_beta, need_th, grad_spk is not None, grad_mem is not None)(
         u, _optional(grad_spk, u), _optional(grad_mem, u), _per_element(beta, mem[0]), _per_element(threshold, mem[0]),
         p, tbptt, _target(grad_in), acc_beta, acc_th, block_size(u.shape[1]))
     shape = mem[0].shape
