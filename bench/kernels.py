@@ -17,7 +17,7 @@ gradient on its spikes, and the variants take turns round after round; medians a
                    (n = 16,384 there, on GPUs; ``--on-neurons``, 512 by default here)
     sweep          alif_pixels on the fastest backend against batch size and width: samples/s
     network        training steps of experiment=smnist_pixels_alif, whole network, per backend, each in a
-                   fresh process; ``--before PATH`` adds an earlier snnrun checkout as the baseline row
+                   fresh process; ``--before PATH [PATH ...]`` adds earlier snnrun checkouts as the first rows
 
 On ``--device cuda`` the kernel rows are Triton's (``neuron.backend=triton``) and SpikingJelly's LIF
 runs once per CUDA implementation it has (its own CUDA kernel and its Triton kernel, chosen by
@@ -247,9 +247,9 @@ def variants(workload, args):
 
 
 def network_rows(args):
-    """Training steps of smnist_pixels_alif, each variant timed in its own process (``--before``: an earlier
-    snnrun checkout, the baseline), variants taking turns round after round."""
-    trees = ([("before: " + _describe(args.before), args.before, None)] if args.before else []) + [
+    """Training steps of smnist_pixels_alif, each variant timed in its own process (``--before``: earlier
+    snnrun checkouts, the first the baseline), variants taking turns round after round."""
+    trees = [("before: " + _describe(tree), tree, None) for tree in args.before or ()] + [
         ("now, neuron.backend=torch", str(HERE.parent), "torch"), ("now, neuron.backend=numba", str(HERE.parent), "numba")]
     times = {label: [] for label, _, _ in trees}
     first = {}
@@ -360,7 +360,8 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
-    parser.add_argument("--before", help="an earlier snnrun checkout: the network workload's baseline row")
+    parser.add_argument("--before", nargs="+", help="earlier snnrun checkouts: the network workload's first rows "
+                        "(the first is the baseline)")
     parser.add_argument("--probe-network", help=argparse.SUPPRESS)
     parser.add_argument("--probe-spikingjelly", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(HERE / "results" / "kernels.md"))

@@ -144,6 +144,61 @@ def test_kernels_with_one_output_used(cls, used):
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10 * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cls, recurrence", [(RLIF, "one_to_one"), (ALIF, "one_to_one"), (ALIF, None)])
+@pytest.mark.parametrize("reset, detach_reset, tbptt", [("subtract", True, 0), ("zero", False, 5)])
+def test_a_projected_input_equals_the_linear_layer_then_the_torch_op(dtype, cls, recurrence, reset, detach_reset,
+                                                                     tbptt):
+    """One input per step (a pixel) projected in the numba kernel, I = c + x w, against torch's c + x w fed to
+    the torch op: the same spikes and membranes, and the same gradients of w, c and the layer's parameters. (The
+    projection touches only the current and its gradient: the options' other combinations are the kernels' own.)"""
+    n = 7
+    extra = {"tau_adapt": 5.0, "adaptation": 0.7} if cls is ALIF else {}
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(T, B, generator=g, dtype=torch.float64).to(dtype)
+    x[x < 0.3] = 0  # dark pixels: the current is c alone
+    upstream = torch.randn(2, T, B, n, generator=g, dtype=torch.float64).to(dtype)
+    out = []
+    for backend in ("torch", "numba"):
+        torch.manual_seed(1)
+        layer = cls(beta=0.8, reset=reset, recurrence=recurrence or "one_to_one", recurrent=recurrence is not None,
+                    shape=(n,), learn_beta=True, learn_threshold=True, per_neuron=True, detach_reset=detach_reset,
+                    backend=backend, **extra).to(dtype)
+        neurons.truncate(layer, tbptt)
+        w = (torch.randn(n, dtype=torch.float64) * 1.5).to(dtype).requires_grad_()
+        c = (torch.randn(n, dtype=torch.float64) * 0.3 + 0.3).to(dtype).requires_grad_()
+        if recurrence:
+            with torch.no_grad():
+                layer.recurrent_weight.uniform_(-1, 1)
+        assert layer.takes_projection(x) == (backend == "numba")
+        spk, mem = layer(x, projection=(w, c)) if backend == "numba" else layer(c + x[..., None] * w)
+        ((spk * upstream[0]).sum() + (mem * upstream[1]).sum()).backward()
+        grads = {"w": w.grad, "c": c.grad, **{k: p.grad for k, p in layer.named_parameters()}}
+        out.append((spk.detach(), mem.detach(), grads))
+    (spk_ref, mem_ref, ref), (spk, mem, got) = out
+    assert torch.equal(spk, spk_ref) and 0 < spk.mean() < 1
+    ulp = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(mem, mem_ref, rtol=ulp, atol=ulp)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert got.keys() == ref.keys()
+    for name in ref:
+        assert ref[name].abs().sum() > 0, name
+        torch.testing.assert_close(got[name], ref[name], rtol=tol, atol=tol * ref[name].abs().max().item())
+
+
+def test_a_projection_is_refused_where_the_kernel_cannot_take_it():
+    x = torch.rand(T, B)
+    w, c = torch.randn(4), torch.zeros(4)
+    for layer in (ALIF(shape=(4,), backend="torch"), RLIF(recurrence="all_to_all", recurrent=True, shape=(4,)),
+                  ALIF(shape=(4,), fused=False)):
+        assert not layer.takes_projection(x)
+        with pytest.raises(ValueError, match="numba kernel only"):
+            layer(x, projection=(w, c))
+    layer = ALIF(shape=(4,))
+    assert layer.takes_projection(x) and not layer.takes_projection(x.double().requires_grad_())
+    assert not layer.takes_projection(x.requires_grad_())  # dL/dx is never computed by the kernel
+
+
 def test_a_layer_of_neurons_in_several_blocks():
     """More neurons than one block of the kernel (512): the blocks split the work and meet nowhere."""
     def make(backend):

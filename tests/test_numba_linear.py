@@ -98,6 +98,32 @@ def test_a_networks_sparse_layers_gather_where_its_neurons_run_numba():
     assert pixel.blocks[0].gathers(torch.rand(5, 3, 1), None)  # one input: gathered whatever its density
 
 
+def test_a_pixel_layer_is_projected_in_its_kernel_where_it_runs_numba():
+    """RFC24's linear layer on one input per step runs inside the alif kernel on numba; the network gives the
+    same spikes, membranes and parameter gradients as on torch."""
+    x = torch.rand(9, 4, 1)
+    x[x < 0.4] = 0
+    out = []
+    for backend in ("torch", "numba"):
+        torch.manual_seed(0)
+        net = SpikingNetwork("RFC24-FC10", (1,), 10, partial(ALIF, recurrence="one_to_one", beta=0.8, backend=backend,
+                                                             adaptation=0.5, learn_beta=True, per_neuron=True))
+        first = net.blocks[0]
+        assert first.projects(x) == (backend == "numba") and not net.blocks[1].projects(torch.rand(9, 4, 24))
+        spk, mem = net(x)
+        (mem.sum() + spk.sum()).backward()
+        out.append((spk, mem, {n: p.grad for n, p in net.named_parameters()}))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not first.projects(x)
+        assert not first.projects(x.double()) and not first.projects(x.clone().requires_grad_())
+    (spk_ref, mem_ref, g_ref), (spk, mem, g) = out
+    assert torch.equal(spk, spk_ref)
+    torch.testing.assert_close(mem, mem_ref, rtol=1e-5, atol=1e-6)
+    for name in g_ref:
+        assert g_ref[name].abs().sum() > 0, name
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-5, atol=1e-5 * g_ref[name].abs().max().item())
+
+
 def test_a_network_on_numba_equals_it_on_torch(monkeypatch):
     """Same weights, same input: the same spikes, outputs and parameter gradients with gathered layers."""
     from snnrun.core import numba_linear

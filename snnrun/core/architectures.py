@@ -131,6 +131,21 @@ class _Block(nn.Module):
             return False
         return linear.in_features <= FEW_INPUTS or (density is not None and density.item() < GATHER_BELOW)
 
+    def projects(self, x: torch.Tensor) -> bool:
+        """Whether the neuron layer computes this block's linear layer itself: one input per step (a pixel),
+        no BN or bf16, and a neuron whose numba kernel takes it (``RLIF.takes_projection``). The kernel then
+        never stores the current [T, B, n] nor its gradient."""
+        linear = self.stateless[-1]
+        return (len(self.stateless) == 1 and isinstance(linear, nn.Linear) and linear.in_features == 1
+                and x.dim() == 3 and x.dtype == linear.weight.dtype and not torch.is_autocast_enabled(x.device.type)
+                and hasattr(self.neuron, "takes_projection") and self.neuron.takes_projection(x[..., 0]))
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S, U) of the neuron layer on x [T, B, 1], its current c + x w computed in its kernel (``projects``)."""
+        linear = self.stateless[-1]
+        bias = linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
+        return self.neuron(x[..., 0], projection=(linear.weight[:, 0], bias))
+
     def drop(self, spk: torch.Tensor, rows: tuple[int, slice] | None = None) -> torch.Tensor:
         """Inverted dropout on [T, B, ...] spikes: the same neurons of a sample are silenced at every
         step (a mask drawn per step would only thin the spike trains), the rest scaled by 1/(1-p).
@@ -312,15 +327,18 @@ class SpikingNetwork(nn.Module):
         for i, block in enumerate(self.blocks):
             if self.counter is not None:
                 self.counter.add(i, x, static=i == 0 and time_steps is not None)
-            with bf16:
-                if i == 0 and time_steps is not None:
-                    current = block.apply_stateless(x)
-                    current = current.unsqueeze(0).expand(time_steps, *current.shape)
-                else:
-                    current = block.current(x, rates[-1] if rates else None)
-            if self.counter is not None:
-                self.counter.add_mixing(i, current)
-            spk, mem = block.neuron(current)
+            if self.counter is None and time_steps is None and block.projects(x):
+                spk, mem = block.project(x)
+            else:
+                with bf16:
+                    if i == 0 and time_steps is not None:
+                        current = block.apply_stateless(x)
+                        current = current.unsqueeze(0).expand(time_steps, *current.shape)
+                    else:
+                        current = block.current(x, rates[-1] if rates else None)
+                if self.counter is not None:
+                    self.counter.add_mixing(i, current)
+                spk, mem = block.neuron(current)
             if self.counter is not None and getattr(block.neuron, "recurrence", None):
                 self.counter.add_recurrent(i, spk)
             out = spk.detach()

@@ -168,24 +168,34 @@ def leaky_backward(grad, alpha, tbptt, out, block):
 
 
 @lru_cache(maxsize=None)
-def recurrent_forward(adaptive: bool, reset: int, rectify: bool, one_to_one: bool):
-    """The rlif/alif forward kernel with its options compiled in (``adaptive`` as a runtime flag: 2x slower)."""
+def recurrent_forward(adaptive: bool, reset: int, rectify: bool, one_to_one: bool, projected: bool):
+    """The rlif/alif forward kernel with its options compiled in (``adaptive`` as a runtime flag: 2x slower).
+    ``projected``: the current is I = x w_in + c_in from one input x per sample and step, computed in the kernel."""
 
     @njit(parallel=True, cache=True)
-    def kernel(cur, beta, th0, weight, rho, rho_c, jump, mem, spk, adapt_at, block):
+    def kernel(cur, beta, th0, weight, w_in, c_in, rows, rho, rho_c, jump, mem, spk, adapt_at, block):
         """One-to-one (``weight`` [M]) or no recurrence (``weight`` empty); ``adapt_at`` [ceil(T/C), M] gets the
         adaptation a[t] at every CHECKPOINT-th step (alif), from which the backward pass recomputes theta[t].
         ``rho``, ``rho_c`` = 1 - rho and ``jump`` come in the arrays' dtype, as torch computes them. A block's state
         is U and a; S[t-1] and theta[t-1] are recomputed from them with the same arithmetic (bit for bit), which
-        stores two arrays fewer per step."""
-        steps, m = cur.shape
+        stores two arrays fewer per step. Projected: ``cur`` is x [T, B], ``rows`` [M] each element's sample and
+        ``w_in``, ``c_in`` [M] (else all three empty); I = c_in + x w_in as the linear layer computes it."""
+        steps, m = mem.shape
         for b in prange((m + block - 1) // block):
             lo = b * block
             n = min(m, lo + block) - lo
-            u, adapt = np.zeros(n, dtype=cur.dtype), np.zeros(n, dtype=cur.dtype)
+            u, adapt = np.zeros(n, dtype=mem.dtype), np.zeros(n, dtype=mem.dtype)
             be, th, w = beta[lo:lo + n], th0[lo:lo + n], weight[lo:lo + n]
+            wi, ci, r = w_in[lo:lo + n], c_in[lo:lo + n], rows[lo:lo + n]
+            c = np.empty(n if projected else 0, dtype=mem.dtype)  # projected: the block's current of step t
             for t in range(steps):
-                c, mo, so = cur[t, lo:lo + n], mem[t, lo:lo + n], spk[t, lo:lo + n]
+                if projected:
+                    xt = cur[t]
+                    for k in range(n):  # a gather loop of its own: in the loop below it kept it from vectorising
+                        c[k] = ci[k] + xt[r[k]] * wi[k]
+                else:
+                    c = cur[t, lo:lo + n]
+                mo, so = mem[t, lo:lo + n], spk[t, lo:lo + n]
                 for k in range(n):
                     a = adapt[k]
                     theta_prev = th[k] + jump * a if adaptive else th[k]  # theta[t-1], as step t-1 computed it
@@ -216,18 +226,20 @@ def recurrent_forward(adaptive: bool, reset: int, rectify: bool, one_to_one: boo
 
 @lru_cache(maxsize=None)
 def recurrent_backward(kind: int, adaptive: bool, reset: int, detach_reset: bool, one_to_one: bool,
-                       need_beta: bool, need_th: bool, need_w: bool, has_gs: bool, has_gm: bool):
+                       need_beta: bool, need_th: bool, need_w: bool, has_gs: bool, has_gm: bool, projected: bool):
     """The rlif/alif backward kernel with the surrogate ``kind``, the options and the gradients wanted compiled in
     (a runtime branch on the kind in the inner loop kept it from vectorising: measured 8x slower; the options as
     runtime flags: 1.5x, in the pixel-wise network); each combination is compiled on first use and cached on disk.
-    ``has_gs``, ``has_gm``: whether dL/dS and dL/dU come from above (else their argument is one row, unread)."""
+    ``has_gs``, ``has_gm``: whether dL/dS and dL/dU come from above (else their argument is one row, unread).
+    ``projected``: dL/dI goes straight into the projection's gradients (dL/dw_in += g x, dL/dc_in += g), unstored."""
 
     @njit(parallel=True, cache=True)
     def kernel(mem, adapt_at, grad_spk, grad_mem, beta, th0, weight, p, rho, rho_c, jump, tbptt, grad_in, acc_beta,
-               acc_th, acc_w, block):
+               acc_th, acc_w, x_in, rows, acc_win, acc_cin, block):
         """The adjoints g[t] = dL/dU[t] and e[t] = dL/da[t] of recurrent._RecurrentSequence, by blocks, in chunks
         of CHECKPOINT steps: a chunk first recomputes its a[t] (alif) from the forward pass's checkpoint and its
-        U (S[t-1] = U[t-1] > theta[t-1]), with the forward pass's arithmetic, so theta[t] is the same to the bit."""
+        U (S[t-1] = U[t-1] > theta[t-1]), with the forward pass's arithmetic, so theta[t] is the same to the bit.
+        Projected: ``x_in`` [T, B] and ``rows`` as in the forward kernel, ``grad_in`` one row, unwritten."""
         steps, m = mem.shape
         p0, p1, p2, p3, p4, p5, scale = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
         for b in prange((m + block - 1) // block):
@@ -237,6 +249,7 @@ def recurrent_backward(kind: int, adaptive: bool, reset: int, detach_reset: bool
             adapt = np.zeros((CHECKPOINT if adaptive else 1, n), dtype=mem.dtype)  # a[t0..t1) of the chunk
             be, th, w = beta[lo:lo + n], th0[lo:lo + n], weight[lo:lo + n]
             ab, at, aw = acc_beta[lo:lo + n], acc_th[lo:lo + n], acc_w[lo:lo + n]
+            awi, aci, r = acc_win[lo:lo + n], acc_cin[lo:lo + n], rows[lo:lo + n]
             for chunk in range((steps - 1) // CHECKPOINT, -1, -1):
                 t0 = chunk * CHECKPOINT
                 t1 = min(steps, t0 + CHECKPOINT)
@@ -250,7 +263,8 @@ def recurrent_backward(kind: int, adaptive: bool, reset: int, detach_reset: bool
                 for t in range(t1 - 1, t0 - 1, -1):
                     has_next = t < steps - 1
                     linked = has_next and not _truncated(t + 1, tbptt)
-                    uu, out, a_t = mem[t, lo:lo + n], grad_in[t, lo:lo + n], adapt[t - t0 if adaptive else 0]
+                    uu, a_t = mem[t, lo:lo + n], adapt[t - t0 if adaptive else 0]
+                    out = grad_in[0 if projected else t, lo:lo + n]  # projected: one row, the block's g[t]
                     gs_row = grad_spk[t if has_gs else 0, lo:lo + n]
                     gm_row = grad_mem[t if has_gm else 0, lo:lo + n]
                     for k in range(n):
@@ -290,6 +304,11 @@ def recurrent_backward(kind: int, adaptive: bool, reset: int, detach_reset: bool
                             e = g_theta * jump
                             e_next[k] = e + rho * e_next[k] if linked else e
                         nxt[k], out[k] = g, g
+                    if projected:  # dL/dw_in += g x, dL/dc_in += g: a gather loop of its own, as in the forward
+                        xt = x_in[t]
+                        for k in range(n):
+                            awi[k] += out[k] * xt[r[k]]
+                            aci[k] += out[k]
 
     return kernel
 
@@ -377,36 +396,50 @@ def run_leaky_backward(grad, alpha, tbptt):
     return out
 
 
-def run_recurrent_forward(current, beta, threshold, weight, reset, rectify, rho, jump):
+def _rows(x: torch.Tensor, n: int) -> np.ndarray:
+    """Each element's sample, [B * n], for a projected kernel (x [T, B]); empty otherwise."""
+    return np.repeat(np.arange(x.shape[1], dtype=np.int64), n) if x is not None else np.empty(0, dtype=np.int64)
+
+
+def run_recurrent_forward(current, beta, threshold, weight, reset, rectify, rho, jump, projection=None):
     """(S, U, the adaptation at every CHECKPOINT-th step or None) of rlif/alif with one-to-one (``weight`` [n])
-    or no recurrence (None)."""
+    or no recurrence (None). ``projection`` = (w_in, c_in), each [n]: ``current`` is then one input per sample and
+    step, x [T, B], and the layer's current I = c_in + x w_in, computed in the kernel."""
     set_threads()
-    mem, spk = _empty(current), _empty(current)
-    adapt_at = torch.empty(-(-current.shape[0] // CHECKPOINT), *current.shape[1:], dtype=current.dtype) \
-        if jump != 0 else None
-    w = _per_element(weight, current[0]) if weight is not None else np.empty(0, dtype=_flat(current).dtype)
-    recurrent_forward(jump != 0, RESET_CODES[reset], rectify, weight is not None)(
-        _flat(current), _per_element(beta, current[0]), _per_element(threshold, current[0]), w,
+    x = current if projection is not None else None
+    shape = (*current.shape, projection[0].shape[0]) if x is not None else current.shape
+    mem, spk = torch.empty(shape, dtype=current.dtype), torch.empty(shape, dtype=current.dtype)
+    like = mem[0]
+    adapt_at = torch.empty(-(-shape[0] // CHECKPOINT), *shape[1:], dtype=current.dtype) if jump != 0 else None
+    none = np.empty(0, dtype=_flat(current).dtype)
+    w = _per_element(weight, like) if weight is not None else none
+    w_in, c_in = (_per_element(v, like) for v in projection) if x is not None else (none, none)
+    recurrent_forward(jump != 0, RESET_CODES[reset], rectify, weight is not None, x is not None)(
+        _flat(current), _per_element(beta, like), _per_element(threshold, like), w, w_in, c_in, _rows(x, shape[-1]),
         *(w.dtype.type(v) for v in (rho, 1 - rho, jump)), _target(mem), _target(spk),
-        _target(adapt_at) if adapt_at is not None else np.empty((0, 0), dtype=w.dtype), block_size(mem[0].numel()))
+        _target(adapt_at) if adapt_at is not None else np.empty((0, 0), dtype=w.dtype), block_size(like.numel()))
     return spk, mem, adapt_at
 
 
 def run_recurrent_backward(mem, adapt_at, grad_spk, grad_mem, beta, threshold, weight, surrogate, reset, detach_reset,
-                           rho, jump, tbptt, need_beta, need_th, need_w):
-    """(dL/dI, and per element [B, *]: dL/dbeta, dL/dtheta0, dL/dv, each None where not needed)."""
+                           rho, jump, tbptt, need_beta, need_th, need_w, x=None):
+    """(dL/dI, and per element [B, *]: dL/dbeta, dL/dtheta0, dL/dv, each None where not needed). Projected (``x``
+    the forward pass's [T, B] input): (None, ..., dL/dw_in, dL/dc_in per element) instead, dL/dI never stored."""
     set_threads()
     u = _flat(mem)
     kind, p = surrogate_code(surrogate, u.dtype)
-    grad_in = _empty(mem)
-    accs = [_accumulator(need, u.shape[1], u.dtype) for need in (need_beta, need_th, need_w)]
+    projected = x is not None
+    grad_in = torch.empty(1, *mem.shape[1:], dtype=mem.dtype) if projected else _empty(mem)
+    wanted = (need_beta, need_th, need_w) + (projected, projected)
+    accs = [_accumulator(need, u.shape[1], u.dtype) for need in wanted]
     w = _per_element(weight, mem[0]) if weight is not None else np.empty(0, dtype=u.dtype)
     recurrent_backward(kind, jump != 0, RESET_CODES[reset], detach_reset, weight is not None, need_beta, need_th,
-                       need_w, grad_spk is not None, grad_mem is not None)(
+                       need_w, grad_spk is not None, grad_mem is not None, projected)(
         u, _flat(adapt_at) if adapt_at is not None else np.empty((0, 0), dtype=u.dtype), _optional(grad_spk, u),
         _optional(grad_mem, u), _per_element(beta, mem[0]), _per_element(threshold, mem[0]), w, p,
-        *(u.dtype.type(v) for v in (rho, 1 - rho, jump)), tbptt, _target(grad_in), *accs,
+        *(u.dtype.type(v) for v in (rho, 1 - rho, jump)), tbptt, _target(grad_in), *accs[:3],
+        _flat(x) if projected else np.zeros((1, 1), dtype=u.dtype), _rows(x, mem.shape[-1]), *accs[3:],
         block_size(u.shape[1]))
     shape = mem[0].shape
-    return (grad_in, *(torch.from_numpy(a).reshape(shape) if need else None
-                       for a, need in zip(accs, (need_beta, need_th, need_w))))
+    return (None if projected else grad_in, *(torch.from_numpy(a).reshape(shape) if need else None
+                                              for a, need in zip(accs, wanted)))

@@ -56,9 +56,14 @@ class _RecurrentSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current, beta, threshold, weight, bias, surrogate, reset, detach_reset, rectify, recurrence,
-                rho, jump, tbptt=0, backend="torch"):
+                rho, jump, tbptt=0, backend="torch", w_in=None, c_in=None):
         ctx.options = surrogate, reset, detach_reset, recurrence, rho, jump, tbptt, backend  # rectifier passes through
         ctx.set_materialize_grads(False)
+        if w_in is not None:  # numba only (_Block.projects): current is x [T, B], the kernel computes c_in + x w_in
+            spk, mem, kept = kernels(backend).run_recurrent_forward(current, beta, threshold, weight, reset, rectify,
+                                                                    rho, jump, (w_in, c_in))
+            ctx.save_for_backward(mem, kept, beta, threshold, weight, current, w_in, c_in)
+            return spk, mem
         if backend != "torch":  # one-to-one or no recurrence (backends.check)
             spk, mem, kept = kernels(backend).run_recurrent_forward(current, beta, threshold, weight, reset, rectify,
                                                                     rho, jump)  # kept: what its backward needs of theta
@@ -96,17 +101,21 @@ class _RecurrentSequence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_spk, grad_mem):
-        mem, thr, beta, threshold, weight = ctx.saved_tensors
+        mem, thr, beta, threshold, weight, *projection = ctx.saved_tensors
         surrogate, reset, detach_reset, recurrence, rho, jump, tbptt, backend = ctx.options
         adaptive = thr is not None
         need_beta, need_th = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         if backend != "torch":
-            grad_in, acc_beta, acc_th, acc_w = kernels(backend).run_recurrent_backward(
+            grads = kernels(backend).run_recurrent_backward(
                 mem, thr, grad_spk, grad_mem, beta, threshold, weight, surrogate, reset, detach_reset, rho, jump, tbptt,
-                need_beta, need_th, ctx.needs_input_grad[3])
+                need_beta, need_th, ctx.needs_input_grad[3], **({"x": projection[0]} if projection else {}))
+            grad_in, acc_beta, acc_th, acc_w, *acc_in = grads  # acc_in: dL/dw_in, dL/dc_in where projected
+            grad_in_params = tuple(sum_to(acc, param) if need else None for acc, param, need in
+                                   zip(acc_in, projection[1:], ctx.needs_input_grad[14:])) if projection else (None,) * 2
             return (grad_in, sum_to(acc_beta, beta) if need_beta else None,
                     sum_to(acc_th, threshold) if need_th else None,
-                    acc_w.reshape(-1, weight.numel()).sum(0) if acc_w is not None else None, None) + (None,) * 9
+                    acc_w.reshape(-1, weight.numel()).sum(0) if acc_w is not None else None, None) + (None,) * 9 \
+                + grad_in_params
         acc_beta = torch.zeros_like(mem[0]) if need_beta else None
         acc_th = torch.zeros_like(mem[0]) if need_th else None
         grad_in = torch.empty_like(mem)
@@ -158,7 +167,7 @@ class _RecurrentSequence(torch.autograd.Function):
         if ctx.needs_input_grad[4]:
             grad_bias = grad_in.reshape(-1, mem.shape[-1]).sum(0)
         return (grad_in, sum_to(acc_beta, beta) if need_beta else None,
-                sum_to(acc_th, threshold) if need_th else None, grad_weight, grad_bias) + (None,) * 9
+                sum_to(acc_th, threshold) if need_th else None, grad_weight, grad_bias) + (None,) * 11
 
 
 class RLIF(LIF):
@@ -205,18 +214,29 @@ class RLIF(LIF):
             return nn.functional.linear(spk, self.recurrent_weight, self.recurrent_bias)
         return spk * self.recurrent_weight
 
-    def forward(self, current):
+    def takes_projection(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x, projection)`` can compute this layer's current from one input per step in its
+        kernel: the fused op on numba, for x [T, B] that needs no gradient."""
+        return ((self.recurrence is not None or self.jump != 0) and self.fused and not x.requires_grad
+                and self.recurrence != "all_to_all" and backends.choose(self.backend, x, self.surrogate) == "numba")
+
+    def forward(self, current, projection=None):
+        """current [T, B, n] -> (S, U). ``projection`` = (w_in, c_in), each [n] (``takes_projection``): current is
+        then one input per sample and step, x [T, B], and the layer's current I = c_in + x w_in."""
+        if projection is not None and not self.takes_projection(current):
+            raise ValueError("a projected current is computed in the numba kernel only (see takes_projection)")
         if self.recurrence is None and self.jump == 0:
             return super().forward(current)
         weight = getattr(self, "recurrent_weight", None)
         bias = getattr(self, "recurrent_bias", None)
         if self.fused:
             self.last_backend = backends.choose(self.backend, current, self.surrogate, self.recurrence != "all_to_all")
+            like = projection[0] if projection is not None else current
             return _RecurrentSequence.apply(
-                current, self.beta.to(current), self.threshold.to(current),
-                None if weight is None else weight.to(current), None if bias is None else bias.to(current),
+                current, self.beta.to(like), self.threshold.to(like),
+                None if weight is None else weight.to(like), None if bias is None else bias.to(like),
                 self.surrogate, self.reset, self.detach_reset, self.rectify, self.recurrence, self.rho, self.jump,
-                self.tbptt, self.last_backend)
+                self.tbptt, self.last_backend, *(projection or ()))
         kwargs = self._step_kwargs()
         spk, mem, adapt = (torch.zeros_like(current[0]) for _ in range(3))
         spikes, mems = [], []
