@@ -13,7 +13,7 @@ from snnrun.core.architectures import GATHER_BELOW, SpikingNetwork
 from snnrun.core.recurrent import ALIF
 
 pytest.importorskip("numba")
-from snnrun.core.numba_linear import FEW_OUTPUTS, GatheredLinear  # noqa: E402
+from snnrun.core.numba_linear import FEW_OUTPUTS, GatheredLinear, product  # noqa: E402
 
 
 def inputs(n, k, density, dtype, seed=0, values=(1.0,)):
@@ -54,6 +54,14 @@ def test_gathered_linear_equals_torchs(k, o, density, values, dtype):
         assert r.abs().sum() > 0, name
         torch.testing.assert_close(g, r, rtol=tol, atol=tol * r.abs().max().item(), msg=name)
     assert torch.equal(got[0][[0, 3]], layer.bias.detach().expand(2, o))  # an all-zero row is the bias
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_input_gradients_product_equals_torchs(dtype):
+    """dL/dx = g W (oneDNN's product in float32 where torch has it, torch.mm otherwise) on a hidden layer's shape."""
+    g = torch.Generator().manual_seed(0)
+    grad, weight = torch.randn(3000, 48, generator=g, dtype=dtype), torch.randn(48, 40, generator=g, dtype=dtype)
+    torch.testing.assert_close(product(grad, weight), grad.mm(weight))
 
 
 @pytest.mark.parametrize("o", [FEW_OUTPUTS, FEW_OUTPUTS + 1], ids=["gathered", "product"])

@@ -68,6 +68,16 @@ def gathered_weight_grad(x, g, acc):
                     aq[j] += v * gi[j]
 
 
+def product(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """g W for g [N, O], W [O, K]: oneDNN's matrix product in float32 where torch has it, else torch's (MKL's
+    sgemm, which runs AVX2 on AMD CPUs: measured 9.0 ms against oneDNN's 3.7 on [50176, 128] x [128, 128], two
+    threads of an AVX-512 AMD EPYC); both sum in the same order here."""
+    if grad.dtype == torch.float32 and ONEDNN:
+        return torch.ops.mkldnn._linear_pointwise(grad, weight.t().contiguous(), None, "none", [], "")
+    return grad.mm(weight)
+
+
+ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 FEW_OUTPUTS = 16  # dL/dx = g W by the gathering kernel below this many outputs (a readout), else a matrix product
 
 
@@ -101,7 +111,7 @@ class GatheredLinear(torch.autograd.Function):
                 gathered_rows(grad.numpy(), weight.detach().contiguous().numpy(), np.zeros(x.shape[1], x.numpy().dtype),
                               grad_x.numpy(), _chunks())
             else:
-                grad_x = grad.mm(weight.detach())
+                grad_x = product(grad, weight.detach())
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             acc = torch.empty(numba.get_num_threads(), x.shape[1] + 1, weight.shape[0], dtype=x.dtype)
             gathered_weight_grad(x.numpy(), grad.numpy(), acc.numpy())
