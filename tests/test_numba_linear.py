@@ -124,6 +124,11 @@ def test_a_pixel_layer_is_projected_in_its_kernel_where_it_runs_numba():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not first.projects(x)
         assert not first.projects(x.double()) and not first.projects(x.clone().requires_grad_())
+    bf16 = SpikingNetwork("RFC24-FC10", (1,), 10, partial(ALIF, recurrence="one_to_one"), precision="bf16")
+    calls = []
+    bf16.blocks[0].project = lambda x: calls.append(x)  # the linear layer runs in bf16 autocast, outside the kernel
+    bf16(x)
+    assert not calls and bf16.blocks[0].neuron.last_backend == "numba"
     (spk_ref, mem_ref, g_ref), (spk, mem, g) = out
     assert torch.equal(spk, spk_ref)
     torch.testing.assert_close(mem, mem_ref, rtol=1e-5, atol=1e-6)
