@@ -221,7 +221,7 @@ def main():
         task()
     finally:
         if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+            distributed.leave()
 
 
 if __name__ == "__main__":
