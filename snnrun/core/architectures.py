@@ -327,7 +327,9 @@ class SpikingNetwork(nn.Module):
         for i, block in enumerate(self.blocks):
             if self.counter is not None:
                 self.counter.add(i, x, static=i == 0 and time_steps is not None)
-            if self.precision != "bf16" and self.counter is None and time_steps is None and block.projects(x):
+            with bf16:  # under bf16 the linear layer runs in autocast, outside the kernel (projects says no)
+                projected = self.counter is None and time_steps is None and block.projects(x)
+            if projected:
                 spk, mem = block.project(x)
             else:
                 with bf16:

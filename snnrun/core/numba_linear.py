@@ -68,6 +68,9 @@ def gathered_weight_grad(x, g, acc):
                     aq[j] += v * gi[j]
 
 
+ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 def product(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """g W for g [N, O], W [O, K]: oneDNN's matrix product in float32 where torch has it, else torch's (MKL's
     sgemm, 9.0 ms against oneDNN's 3.7 on [50176, 128] x [128, 128], two threads of an AVX-512 AMD EPYC, where
@@ -77,7 +80,6 @@ def product(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return grad.mm(weight)
 
 
-ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 FEW_OUTPUTS = 16  # dL/dx = g W by the gathering kernel below this many outputs (a readout), else a matrix product
 
 
