@@ -151,7 +151,7 @@ def test_the_step_by_step_neuron_trains_the_same_network_as_the_fused_op(tmp_pat
 @needs_mnist
 def test_csnn_on_real_mnist(tmp_path):
     snnrun("model=csnn", "surrogate=fast_sigmoid", "trainer.max_steps=30", "optimizer.lr=2e-3",
-           "hydra.run.dir=run", cwd=tmp_path)
+           "hydra.run.dir=run", cwd=tmp_path, timeout=900)
     results = read_results(tmp_path / "run")
     assert results["steps"] == 30 and results["test_acc"] > 0.5
     assert set(results["firing_rates"]) == {"L1_12C5_MP2", "L2_64C5_MP2", "L3_FC10"}

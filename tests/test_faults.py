@@ -43,6 +43,15 @@ def refused(tmp_path, *args, key, base=FAST):
     ([f"device={BAD_DEVICE}"], "device"),
     (["task=eval"], "ckpt_path"),
     (["ckpt_path=/no/such/file.pt"], "ckpt_path"),
+    (["neuron.learn_beta=maybe"], "neuron.learn_beta"),  # a switch takes true or false, not any truthy string
+    (["data.num_test=0"], "data.num_test"),
+    (["data.num_train=-5"], "data.num_train"),
+    (["data.noise=-1"], "data.noise"),
+    (["scheduler=cosine", "scheduler.eta_min=-1"], "scheduler.eta_min"),
+    (["trainer.augment_shift=14"], "trainer.augment_shift"),
+    (["model.arch=FC100000000-FC10"], "model.arch"),  # 313 GB of weights: refused, not a traceback
+    (["data=smnist", "data.mode=foo"], "data.mode"),
+    (["data.num_classes=${nosuch.key}"], "data.num_classes"),  # an override that does not resolve
 ])
 def test_bad_value_is_refused(tmp_path, args, key):
     message = refused(tmp_path, *args, key=key)
@@ -54,6 +63,15 @@ def test_unknown_group_option_lists_the_valid_ones(tmp_path):
     proc = snnrun(*FAST, "surrogate=fastsigmoid", "hydra.run.dir=run", cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "surrogate" in proc.stderr and "fast_sigmoid" in proc.stderr and "atan" in proc.stderr
+
+
+@pytest.mark.e2e
+def test_an_unknown_preset_is_refused_not_skipped(tmp_path):
+    """experiment= and hparams_search= were optional groups: a mistyped preset trained the default config."""
+    for group in ("experiment", "hparams_search"):
+        proc = snnrun(*FAST, f"{group}=nosuch", "hydra.run.dir=run", cwd=tmp_path, check=False)
+        assert proc.returncode != 0 and f"Could not find '{group}/nosuch'" in proc.stderr, proc.stderr
+        assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.e2e
@@ -178,3 +196,60 @@ def test_resume_is_exact(tmp_path):
     wa = load_checkpoint(tmp_path / "straight/checkpoints/last.pt")["model"]
     wb = load_checkpoint(tmp_path / "second/checkpoints/last.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory):
+    """A finished run and an export of its best checkpoint (checkpoints/model.nir)."""
+    cwd = tmp_path_factory.mktemp("earlier")
+    snnrun(*FAST, "trainer.max_steps=2", "hydra.run.dir=run", cwd=cwd)
+    snnrun("task=export", "ckpt_path=run/checkpoints/best.pt", "export.approximate=true", "hydra.run.dir=export", cwd=cwd)
+    (cwd / "a_file").write_text("mine")
+    return cwd
+
+
+def _files(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("args, key", [
+    ([*FAST, "hydra.run.dir=run"], "hydra.run.dir"),
+    (["task=eval", "ckpt_path=run/checkpoints/best.pt", "hydra.run.dir=run"], "hydra.run.dir"),
+    (["-m", *FAST, "optimizer.lr=1e-3,2e-3", "hydra.sweep.dir=run"], "hydra.sweep.dir"),
+    ([*FAST, "hydra.run.dir=a_file"], "hydra.run.dir"),
+    (["task=export", "ckpt_path=run/checkpoints/last.pt", "export.approximate=true", "hydra.run.dir=new"],
+     "export.path"),  # the default path, checkpoints/model.nir, holds best.pt's graph
+    (["task=export", "ckpt_path=run/checkpoints/last.pt", "export.approximate=true",
+      "export.path=run/checkpoints/best.pt", "hydra.run.dir=new"], "export.path"),
+    (["task=export", "ckpt_path=run/checkpoints/last.pt", "export.approximate=true", "export.path=a_file/graph.nir",
+      "hydra.run.dir=new"], "export.path"),
+])
+def test_nothing_an_earlier_run_wrote_is_written_over(earlier, args, key):
+    """A run, an evaluation or a sweep into a folder that holds a run (or is a file), and an export onto an
+    existing file or below a file, are refused before anything is written: every file keeps its bytes."""
+    before = _files(earlier)
+    proc = snnrun(*args, cwd=earlier, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert key in proc.stderr and "For example: snnrun" in proc.stderr, proc.stderr
+    assert _files(earlier) == before  # nothing changed, nothing new (no folder for the refused run)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("args, key, fix", [
+    (["neuron=alif"], "neuron._target_", "neuron=lif"),
+    (["optimizer=sgd"], "optimizer._target_", "optimizer=adam"),
+    (["encoder=poisson"], "encoder._target_", "encoder=direct"),
+    (["data.seed=3"], "data.seed", "data.seed=0"),
+    (["time_steps=9"], "time_steps", "time_steps=8"),
+    (["trainer.max_steps=1"], "trainer.max_steps=2", "trainer.max_steps=2"),  # the plan ends before the step reached
+])
+def test_a_resume_must_continue_the_same_run(earlier, args, key, fix):
+    """A resume continues the checkpoint's run: another network, input, data or optimiser, or a plan that ends
+    before the step it reached, is refused, naming what the run was trained with."""
+    named = {a.split("=")[0] for a in args}
+    base = [a for a in [*FAST, "trainer.max_steps=4"] if a.split("=")[0] not in named]
+    proc = snnrun(*base, "ckpt_path=run/checkpoints/last.pt", *args, "hydra.run.dir=resumed", cwd=earlier, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert key in proc.stderr and fix in proc.stderr, proc.stderr
+    assert not (earlier / "resumed").exists()

@@ -2,6 +2,9 @@
 every gradient within 1e-5 relative (float32) or 1e-10 (float64), for every option combination;
 ``neuron.backend`` from the config, its choices and its refusals."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -272,12 +275,14 @@ def test_a_training_run_is_the_same_on_each_backend(compose, tmp_path, overrides
     assert got["test_loss"] == pytest.approx(ref["test_loss"], rel=1e-4)
 
 
-def test_numba_with_bf16_weights_is_refused(compose):
+def test_numba_runs_the_neurons_of_a_bf16_network(compose):
+    """bf16 runs the weight layers in autocast; the neurons integrate their current in fp32, so an explicit
+    neuron.backend=numba runs them, as auto does (it was refused while auto took it)."""
     from snnrun.run.assembly import assemble
-    from snnrun.run.rules import ConfigError
 
-    with pytest.raises(ConfigError, match="neuron.backend='numba'.*float32 or float64 on a CPU"):
-        assemble(compose(*FAST, "device=cpu", "neuron.backend=numba", "model.precision=bf16"))
+    model = assemble(compose(*FAST, "device=cpu", "neuron.backend=numba", "model.precision=bf16")).parts.model
+    model(torch.rand(8, 4, 1, 28, 28))
+    assert backends.used(model) == ["numba"]
 
 
 @pytest.mark.parametrize("make", [lambda b: neurons.Synaptic(alpha=0.8, backend=b),
@@ -304,3 +309,39 @@ def test_triton_without_a_gpu_is_refused(compose, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ConfigError, match="neuron.backend='triton'.*on a GPU"):
         assemble(compose(*FAST, "device=cpu", "neuron.backend=triton"))
+
+
+def test_numba_keeps_the_thread_count_torch_was_given():
+    """Numba's first call starts its OpenMP layer, which set OpenMP's thread count, torch's included, to all cores:
+    trainer.num_threads=1 ran on two. A fresh process, as the layer starts once per process."""
+    pytest.importorskip("numba")
+    code = ("import torch; torch.set_num_threads(1); from snnrun.core import numba_ops; numba_ops.set_threads(); "
+            "import numba; print(torch.get_num_threads(), numba.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.split() == ["1", "1"]
+
+
+@pytest.mark.parametrize("cls", [neurons.LIF, ALIF])
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_the_rectifier_treats_non_finite_currents_as_torch_does(cls, reset):
+    """max(U, 0) as torch's clamp: -inf becomes 0, NaN stays NaN (a diverged run shows as one), -0.0 stays."""
+    current = torch.tensor([[[-float("inf"), float("nan"), -0.0, 0.5]]]).expand(3, 1, 4).contiguous()
+    out = []
+    for backend in ("torch", "numba"):
+        extra = {"recurrence": "one_to_one", "recurrent": True} if cls is ALIF else {}
+        layer = cls(beta=0.9, reset=reset, rectify=True, shape=(4,), backend=backend, **extra)
+        with torch.no_grad():
+            out.append(layer(current))
+    for ref, got in zip(*out):
+        torch.testing.assert_close(got, ref, equal_nan=True, rtol=0, atol=0)
+    assert out[0][1][-1, 0, 0] == 0 and out[0][1][-1, 0, 1].isnan()
+
+
+@pytest.mark.parametrize("cls", [neurons.LIF, neurons.Synaptic])
+def test_an_empty_sequence_gives_empty_outputs_on_every_backend(cls):
+    """T = 0: the kernels' bridges reshaped [0, -1] and failed; the call now runs torch's op (nothing to loop)."""
+    layer = cls(beta=0.9, backend="numba")
+    x = torch.randn(0, 2, 4, requires_grad=True)
+    spk, mem = layer(x)
+    (spk.sum() + mem.sum()).backward()
+    assert spk.shape == mem.shape == x.grad.shape == (0, 2, 4) and layer.last_backend == "torch"

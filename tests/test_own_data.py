@@ -288,7 +288,7 @@ def test_data_the_gpu_cannot_hold_is_refused_before_it_is_moved(files, monkeypat
     check_data_fits(data, torch.device("cpu"))  # on the CPU the store stays where it is (a file's map)
 
 
-def test_a_bug_while_preparing_is_raised_by_the_task_not_prepared_twice(monkeypatch):
+def test_a_bug_while_preparing_is_raised_by_the_task_not_prepared_twice(monkeypatch, tmp_path):
     from snnrun.run import preflight
 
     calls = []
@@ -298,7 +298,8 @@ def test_a_bug_while_preparing_is_raised_by_the_task_not_prepared_twice(monkeypa
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(preflight, "prepare", broken)
-    preflight.Preflight().on_run_start(config=OmegaConf.create({"hydra": {"overrides": {"task": []}}}))
+    config = {"hydra": {"overrides": {"task": []}, "run": {"dir": str(tmp_path / "run")}}}
+    preflight.Preflight().on_run_start(config=OmegaConf.create(config))
     with pytest.raises(RuntimeError, match="a bug"):
         preflight.Preflight.take()
     assert calls == [1] and preflight.Preflight.take() is None

@@ -57,6 +57,19 @@ def test_filter_lif_by_hand():
         assert spk.flatten().tolist() == [0.0, 1.0, 1.0, 1.0] and mem.flatten().tolist() == [1.0, 2.5, 1.25, 4.625]
 
 
+def test_the_parallel_scan_names_its_backend_and_refuses_a_kernel():
+    """The scan is torch's tensor ops: results.json names torch for it, and an explicit kernel is refused with it."""
+    from snnrun.core import backends
+    from snnrun.core.options import OptionError
+
+    neuron = FilterLIF(beta=0.5, block=3, scan="parallel", shape=(2,))
+    neuron(torch.rand(4, 1, 2))
+    assert backends.used(torch.nn.Sequential(neuron)) == ["torch"]
+    pytest.importorskip("numba")
+    with pytest.raises(OptionError, match="scan"):
+        FilterLIF(beta=0.5, scan="parallel", backend="numba")
+
+
 def test_filter_lif_loop_equals_the_parallel_scan():
     torch.manual_seed(0)
     loop = FilterLIF(tau=5.0, tau_std=2.0, scan="loop", shape=(5,)).double()

@@ -296,3 +296,22 @@ def test_a_checkpoint_without_its_run_config_cannot_be_evaluated_or_exported():
         with pytest.raises(CheckpointError, match=r"ckpt_path=old.pt holds no run config to rebuild its network from"):
             checkpoints.saved_config(state, "old.pt")
     assert checkpoints.saved_config({"config": {"model": 1, "neuron": 2, "surrogate": 3, "data": 4}}, "x")["data"] == 4
+
+
+@pytest.mark.e2e
+def test_a_resumed_run_folder_holds_the_best_checkpoint_its_results_name(tmp_path):
+    """best.pt is written when an evaluation improves; a resume that does not improve on the best it took over
+    used to leave its folder without one. It now carries the earlier run's best.pt (found beside ckpt_path)."""
+    common = [*FAST, "optimizer.lr=3e-3", "trainer.eval_every=2"]
+    snnrun(*common, "trainer.max_steps=6", "hydra.run.dir=first", cwd=tmp_path)
+    snnrun(*common, "trainer.max_steps=8", "ckpt_path=first/checkpoints/last.pt", "hydra.run.dir=second", cwd=tmp_path)
+    results = read_results(tmp_path / "second")
+    assert results["best_step"] <= 6  # chosen in the first run: the second did not improve on it
+    best = checkpoints.load(tmp_path / "second" / "checkpoints" / "best.pt")
+    assert best["progress"]["step"] == results["best_step"]
+    assert (tmp_path / "second/checkpoints/best.pt").read_bytes() == (tmp_path / "first/checkpoints/best.pt").read_bytes()
+    (tmp_path / "first/checkpoints/best.pt").unlink()  # resumed from a folder without it: last.pt, when it is the best
+    snnrun(*common, "trainer.max_steps=8", "ckpt_path=first/checkpoints/last.pt", "hydra.run.dir=third", cwd=tmp_path)
+    carried, last = (checkpoints.load(tmp_path / f) for f in ("third/checkpoints/best.pt", "first/checkpoints/last.pt"))
+    assert last["progress"]["step"] == results["best_step"] == 6  # the first run's last evaluation was its best
+    assert all(torch.equal(carried["model"][k], last["model"][k]) for k in last["model"])

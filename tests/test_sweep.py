@@ -48,7 +48,8 @@ def test_two_surrogates_give_two_jobs_and_a_summary(tmp_path):
 
 @e2e
 def test_a_failed_job_is_a_failed_row_and_the_others_are_kept(tmp_path):
-    snnrun("-m", "neuron.beta=0.9,1.5,0.8", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    proc = snnrun("-m", "neuron.beta=0.9,1.5,0.8", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "1 job(s) of the sweep did not end ok" in proc.stderr  # after all three ran
     rows = summary(tmp_path / "sweep")
     assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
     failed = rows[-1]

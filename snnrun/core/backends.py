@@ -126,7 +126,9 @@ def numba_runs(backend: str, dtype: torch.dtype) -> bool:
 
 
 def choose(backend: str, current: torch.Tensor, surrogate, one_to_one: bool = True) -> str:
-    """The backend that runs this call."""
+    """The backend that runs this call (torch for an empty sequence, T = 0: there is no loop to run)."""
+    if current.shape[0] == 0:
+        return "torch"
     if backend == "auto":
         if not (current.dtype == torch.float32 and one_to_one and kernel_knows(surrogate)):
             return "torch"

@@ -82,7 +82,7 @@ def lif_forward(reset: int, rectify: bool):
                     if reset == SUBTRACT:
                         x = x - s[k] * th[k]
                     if rectify:
-                        x = max(x, x - x)  # max(U, 0) in the array's dtype
+                        x = NOUGHT if x < NOUGHT else x  # torch's clamp(min=0): -inf to 0, NaN and -0.0 kept
                     y = ONE if x > th[k] else NOUGHT
                     u[k], s[k], mo[k], so[k] = x, y, x, y
 
@@ -210,7 +210,7 @@ def recurrent_forward(adaptive: bool, reset: int, rectify: bool, one_to_one: boo
                     if reset == SUBTRACT:
                         x = x - sp * theta_prev
                     if rectify:
-                        x = max(x, x - x)
+                        x = NOUGHT if x < NOUGHT else x
                     theta = th[k]
                     if adaptive:
                         a = a * rho + rho_c * sp
@@ -316,8 +316,13 @@ def recurrent_backward(kind: int, adaptive: bool, reset: int, detach_reset: bool
 # -- the bridge from torch ----------------------------------------------------------------------
 
 def set_threads() -> None:
-    """As many numba threads as torch uses (``trainer.num_threads``), within numba's pool."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """As many numba threads as torch uses (``trainer.num_threads``), within numba's pool. Numba's first call
+    starts its OpenMP layer, which sets OpenMP's thread count (torch's too) to all cores: torch's is put back."""
+    wanted = torch.get_num_threads()
+    numba.get_num_threads()  # starts numba's threading layer, once
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+    numba.set_num_threads(max(1, min(wanted, numba.config.NUMBA_NUM_THREADS)))
 
 
 def block_size(m: int) -> int:

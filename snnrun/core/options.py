@@ -42,6 +42,13 @@ def non_negative(option: str, value, example=1.0) -> float:
     return float(value)
 
 
+def integer(option: str, value, low: int = 0, example=1) -> int:
+    """An integer >= low."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+        raise OptionError(option, value, f"an integer >= {low}", example)
+    return value
+
+
 def in_range(option: str, value, low: float, high: float, example, low_open: bool = True) -> float:
     """A number in (low, high] (or [low, high] with ``low_open=False``)."""
     if not (is_number(value) and (value > low if low_open else value >= low) and value <= high):

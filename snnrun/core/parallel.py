@@ -53,11 +53,16 @@ class FilterLIF(LIF):
         if not _is_count(block):
             raise OptionError("block", block, "a positive integer (steps per block of the scan)", 32)
         self.block, self.scan = block, one_of("scan", scan, SCANS)
+        if scan == "parallel" and self.backend in ("numba", "triton"):
+            raise OptionError("scan", scan, f"loop or auto with backend={self.backend} (the parallel scan is torch's "
+                              "tensor ops, not a kernel)", "loop")
 
     def forward(self, current):
-        parallel = self.scan == "parallel" or (self.scan == "auto" and current.is_cuda)
+        chosen = self.backend in ("numba", "triton")  # an explicit kernel: the loop, on any device
+        parallel = self.scan == "parallel" or (self.scan == "auto" and current.is_cuda and not chosen)
         if not (self.fused and parallel):
             return super().forward(current)  # lif's fused op, or with fused=False lif_step step by step
+        self.last_backend = "torch"
         mem = filter_scan(current, self.beta.to(current), self.block)
         return self.surrogate(mem - self.threshold.to(current)), mem
 

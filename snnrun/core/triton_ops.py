@@ -82,7 +82,7 @@ def _lif_forward(cur, beta, thr, mem, spk, steps, m, RESET: tl.constexpr, RECTIF
         if RESET == 0:
             x = x - s * th
         if RECTIFY:
-            x = tl.maximum(x, 0.0)
+            x = tl.where(x < 0.0, 0.0, x)  # torch's clamp(min=0): NaN kept
         y = (x > th).to(x.dtype)
         tl.store(mem + row, x, mask=mask)
         tl.store(spk + row, y, mask=mask)
@@ -192,7 +192,7 @@ def _recurrent_forward(cur, beta, th0, weight, mem, spk, thr, consts, steps, m, 
             else:
                 x = x - s * th
         if RECTIFY:
-            x = tl.maximum(x, 0.0)
+            x = tl.where(x < 0.0, 0.0, x)
         theta = th
         if ADAPTIVE:
             adapt = adapt * rho + rho_c * s

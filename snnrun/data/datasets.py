@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.options import OptionError, one_of
+from ..core.options import OptionError, integer, non_negative, one_of
 
 
 class DataError(RuntimeError):
@@ -230,6 +230,11 @@ def synthetic(num_train: int = 1024, num_test: int = 256, num_classes: int = 10,
               image_size: int = 28, noise: float = 0.2, seed: int = 0) -> Dataset:
     """A small learnable image task: each class is a fixed random pattern of bright blobs,
     samples are that pattern with random intensity and pixel noise. Deterministic in ``seed``."""
+    for option, value, low, example in (("num_train", num_train, 1, 1024), ("num_test", num_test, 1, 256),
+                                        ("num_classes", num_classes, 2, 10), ("image_size", image_size, 1, 28),
+                                        ("seed", seed, 0, 0)):
+        integer(option, value, low, example)
+    non_negative("noise", noise, example=0.2)
     g = torch.Generator().manual_seed(seed)
     coarse = math.ceil(image_size / 4)
     patterns = (torch.rand(num_classes, 1, coarse, coarse, generator=g) > 0.7).float()

@@ -128,6 +128,11 @@ def check_data(cfg: DictConfig, spec: DataSpec, options: TrainerOptions) -> None
     if options.augment_shift and len(spec.input_shape) != 3:
         raise ConfigError("trainer.augment_shift", options.augment_shift, "0 for samples that are not images "
                           f"(this dataset's samples are {list(spec.input_shape)}, not [C, H, W])", "trainer.augment_shift=0")
+    side = min(spec.input_shape[1:]) if len(spec.input_shape) == 3 else None
+    if options.augment_shift and side is not None and 2 * options.augment_shift >= side:
+        raise ConfigError("trainer.augment_shift", options.augment_shift, f"less than half the {side}-pixel side of "
+                          "these images (a shift that large moves most of an image out of its frame)",
+                          f"trainer.augment_shift={max(1, side // 8)}")
 
 
 def _loader(data_cfg: DictConfig):
@@ -244,10 +249,9 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
     check(cfg, rank.size)
     device = resolve_device(cfg.device, rank)
     backend = cfg.neuron.get("backend")
-    if backend in MODULES and (not runs_on(backend, device) or cfg.model.get("precision") == "bf16"):
-        raise ConfigError("neuron.backend", backend, f"auto or torch for this run: the {backend} kernels run float32 "
-                          f"or float64 on {'a GPU' if backend == 'triton' else 'a CPU'} (this run: "
-                          f"{cfg.model.get('precision', 'fp32')} on {device})", "neuron.backend=auto")
+    if backend in MODULES and not runs_on(backend, device):  # bf16 too: its neurons integrate in fp32
+        raise ConfigError("neuron.backend", backend, f"auto or torch for this run: the {backend} kernels run on "
+                          f"{'a GPU' if backend == 'triton' else 'a CPU'} (this run: {device})", "neuron.backend=auto")
     describe_data(cfg)
     with options_of("trainer", cfg.trainer):
         options = TrainerOptions.from_config(cfg)
@@ -263,8 +267,14 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
     torch.manual_seed(cfg.seed)
     surrogate = _part(cfg, "surrogate")
     neuron = _guarded("neuron", cfg.neuron, _part(cfg, "neuron"))
-    model = _part(cfg, "model", input_shape=spec.input_shape, num_classes=spec.num_classes, neuron=neuron,
-                  surrogate=surrogate)
+    try:
+        model = _part(cfg, "model", input_shape=spec.input_shape, num_classes=spec.num_classes, neuron=neuron,
+                      surrogate=surrogate)
+    except (RuntimeError, MemoryError) as err:  # torch's allocator: "can't allocate memory: you tried to allocate ..."
+        if isinstance(err, RuntimeError) and "allocate" not in str(err):
+            raise
+        raise ConfigError("model.arch", cfg.model.get("arch"), f"a network whose weights fit in this machine's memory "
+                          f"({str(err).splitlines()[0][:160]})", "model.arch=FC1000-FC10") from None
     if imported is not None:
         imported.load_into(model)
     if options.tbptt and not truncate(model, options.tbptt):
@@ -294,8 +304,10 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
     if val_size:
         _require(cfg, "data.val_size", lambda v: _is_int(v) and 0 <= v < len(dataset.train),
                  f"an integer from 0 to {len(dataset.train) - 1} (training samples held out for validation)",
-                 "data.val_size=5000")
+                 f"data.val_size={min(5000, len(dataset.train) // 10)}")
         dataset = datasets.hold_out(dataset, val_size)
+    if state is not None and cfg.task == "train":
+        checkpoints.check_progress(state, options.total_steps(len(dataset.train)), cfg.ckpt_path)
     if len(dataset.train) < options.batch_size:
         raise ConfigError("data.batch_size", options.batch_size, f"at most the {len(dataset.train)} training samples",
                           f"data.batch_size={len(dataset.train)}")

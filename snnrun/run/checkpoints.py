@@ -137,6 +137,15 @@ def restoring(path):
                               f"{str(err).splitlines()[0]}") from None
 
 
+def check_progress(state: dict, total_steps: int, path) -> None:
+    """Refuse a resume whose plan ends before the step the checkpoint has reached."""
+    done = (state.get("progress") or {}).get("step", 0)
+    if total_steps < done:
+        raise CheckpointError(f"ckpt_path={path} has trained {done} steps, past the {total_steps} of this run's plan: "
+                              f"a resume continues the run to the end of its plan; give it one at least that long, "
+                              f"e.g. trainer.max_steps={done} (or trainer.epochs)")
+
+
 def check_split(state: dict, val_size: int, path) -> None:
     """Refuse a resume that holds out another number of training samples: its training set would change."""
     saved = (state.get("config") or {}).get("data", {}).get("val_size", 0) or 0

@@ -27,8 +27,9 @@ from ..interop.nir_readers import READERS
 from . import checkpoints, distributed, reader_check
 from .logger import RunLogger, flatten
 from .loop import Interrupted, Trainer, TrainingError
-from .preflight import Preflight, prepare
+from .preflight import Preflight, export_path, overrides_of, prepare
 from .rules import USER_ERRORS
+from .sweep import SweepSummary
 
 log = logging.getLogger("snnrun")
 
@@ -87,7 +88,7 @@ def run(cfg: DictConfig) -> float:
     # a single run was prepared before its folder existed; a sweep's job prepares here
     prepared = Preflight.take()
     if prepared is None:
-        prepared = prepare(cfg, list(HydraConfig.get().overrides.task))
+        prepared = prepare(cfg, overrides_of(HydraConfig.get()))
         if world.main:
             save_job_config(cfg)
     if cfg.task == "export":
@@ -103,6 +104,8 @@ def run(cfg: DictConfig) -> float:
     if assembly.checkpoint is not None:
         with checkpoints.restoring(cfg.ckpt_path):
             trainer.restore(assembly.checkpoint, training=cfg.task == "train")
+        if cfg.task == "train" and world.main:
+            trainer.carry_best(Path(cfg.ckpt_path).expanduser())
         log.info("%s %s at step %d", "resumed from" if cfg.task == "train" else "loaded", cfg.ckpt_path, trainer.step)
     log.info("run folder %s  device %s  model %s  T=%d%s", run_dir, assembly.device, assembly.parts.model.arch,
              cfg.time_steps, f"  truncated BPTT every {assembly.options.tbptt} steps" if assembly.options.tbptt else "")
@@ -146,7 +149,7 @@ def export(cfg: DictConfig, built: tuple) -> float:
     """task=export: the checkpoint's network as a NIR graph (built by the preflight for export.reader), at
     export.path or next to the checkpoint."""
     graph, approximations = built
-    path = Path(cfg.export.path or Path(cfg.ckpt_path).expanduser().with_name("model.nir")).expanduser()
+    path = export_path(cfg)
     nir_export.write(graph, path)
     for item in approximations:
         log.warning("approximation: %s", item)
@@ -197,7 +200,7 @@ def task(cfg: DictConfig) -> float:
     except (TrainingError, reader_check.ReaderMismatch) as err:
         return _fail(str(err), 1)
     except Interrupted as err:
-        overrides = " ".join(HydraConfig.get().overrides.task)
+        overrides = " ".join(overrides_of(HydraConfig.get()))
         resume = f"snnrun {overrides} ckpt_path={err.checkpoint}".replace("  ", " ")
         return _fail(f"{err}. Resume with:\n  {resume}",
                      130 if err.signame == "SIGINT" else 143)
@@ -222,6 +225,10 @@ def main():
     finally:
         if torch.distributed.is_initialized():
             distributed.leave()
+    if SweepSummary.failed:
+        print(f"snnrun: error: {SweepSummary.failed} job(s) of the sweep did not end ok (their rows in summary.md "
+              "give the first line of each error)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

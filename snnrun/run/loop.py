@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..atomic import write_atomic
 from ..core.synops import ENERGY_KEYS
 from ..data.datasets import Dataset, batches, epoch_order, random_shift
 from . import checkpoints, schedules
@@ -128,6 +129,23 @@ class Trainer:
         self.started = time.perf_counter()
         self.scheduler = self.place_schedule()
         checkpoints.set_random_state(state["rng"], self.generator)
+
+    def carry_best(self, resumed: Path) -> None:
+        """A resumed run's folder gets the best.pt its progress names (the resumed run's, beside ``resumed``, or
+        ``resumed`` itself where it is that evaluation): best.pt is written again only when this run improves on it."""
+        step = self.progress.best.get("step")
+        for candidate in (resumed.with_name("best.pt"), resumed):
+            if step is not None and candidate.is_file():
+                try:
+                    progress = checkpoints.load(candidate)["progress"]
+                except checkpoints.CheckpointError:
+                    continue
+                if progress.get("best", {}).get("step") == step and progress["step"] == step:
+                    write_atomic(self.checkpoint("best"), candidate.read_bytes())
+                    return
+        if step is not None:
+            log.warning("the best evaluation so far (step %d) is not beside %s: this run writes best.pt when it "
+                        "improves on it", step, resumed)
 
     def checkpoint(self, name: str) -> Path:
         return self.run_dir / "checkpoints" / f"{name}.pt"

@@ -12,11 +12,12 @@ import warnings
 
 import torch
 
-from ..core.options import in_range
+from ..core.options import in_range, non_negative
 
 
 def cosine(optimizer, total_steps: int, eta_min: float = 0.0):
     """Cosine decay of the learning rate from its initial value to ``eta_min`` over the run."""
+    eta_min = non_negative("eta_min", eta_min, example=0.0)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=eta_min)
 
 

@@ -98,7 +98,10 @@ def write_summary(sweep_dir: str | Path) -> list[dict]:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: at the end of every multirun, summarise its jobs into one table."""
+    """Hydra callback: at the end of every multirun, summarise its jobs into one table; ``failed`` counts the
+    jobs that did not end ok (the command then exits 1)."""
+
+    failed = 0
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -106,4 +109,5 @@ class SweepSummary(Callback):
             return
         rows = write_summary(sweep_dir)
         ok = sum(r["status"] == "ok" for r in rows)
+        SweepSummary.failed = len(rows) - ok
         print(f"\nsweep summary ({ok} of {len(rows)} jobs ok): {sweep_dir / 'summary.md'}\n\n{markdown(rows)}", flush=True)
