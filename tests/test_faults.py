@@ -50,7 +50,6 @@ def refused(tmp_path, *args, key, base=FAST):
     (["scheduler=cosine", "scheduler.eta_min=-1"], "scheduler.eta_min"),
     (["trainer.augment_shift=14"], "trainer.augment_shift"),
     (["model.arch=FC100000000-FC10"], "model.arch"),  # 313 GB of weights: refused, not a traceback
-    (["data=smnist", "data.mode=foo"], "data.mode"),
     (["data.num_classes=${nosuch.key}"], "data.num_classes"),  # an override that does not resolve
 ])
 def test_bad_value_is_refused(tmp_path, args, key):
@@ -63,6 +62,13 @@ def test_unknown_group_option_lists_the_valid_ones(tmp_path):
     proc = snnrun(*FAST, "surrogate=fastsigmoid", "hydra.run.dir=run", cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "surrogate" in proc.stderr and "fast_sigmoid" in proc.stderr and "atan" in proc.stderr
+
+
+@pytest.mark.e2e
+def test_a_mode_the_dataset_has_not_is_refused_before_the_config_resolves(tmp_path):
+    """data.mode picks data.modes.<mode>: an unknown one named the interpolation in a traceback."""
+    message = refused(tmp_path, "data.mode=foo", key="data.mode", base=["data=smnist", "data.download=false"])
+    assert "rows or pixels" in message and "For example: snnrun data.mode=" in message
 
 
 @pytest.mark.e2e
@@ -120,8 +126,9 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"format": "snnrun-checkpoint-1", "model": _Exploit(str(marker))}, evil)
-    refused(tmp_path, f"ckpt_path={evil}", key="ckpt_path")
+    message = refused(tmp_path, f"ckpt_path={evil}", key="ckpt_path")
     assert not marker.exists()
+    assert "never unpickles" in message and "weights_only" not in message  # not torch's advice to load it anyway
     with pytest.raises(CheckpointError):
         load_checkpoint(evil)
     assert not marker.exists()

@@ -85,6 +85,8 @@ def load(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err) or "Weights only" in first:  # torch's advice to load it anyway is not for us
+            first = "it holds Python objects other than tensors and plain containers, which snnrun never unpickles"
         raise CheckpointError(f"ckpt_path={path}: not a readable snnrun checkpoint ({first})") from None
     if isinstance(state, dict) and state.get("format") == "snnrun-checkpoint-1":
         return _upgrade(state)
