@@ -48,13 +48,24 @@ def test_two_surrogates_give_two_jobs_and_a_summary(tmp_path):
 
 @e2e
 def test_a_failed_job_is_a_failed_row_and_the_others_are_kept(tmp_path):
-    proc = snnrun("-m", "neuron.beta=0.9,1.5,0.8", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path, check=False)
+    """A job refused only once its data is loaded (a validation split larger than the 256 training samples)."""
+    proc = snnrun("-m", "data.val_size=0,300,16", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "1 job(s) of the sweep did not end ok" in proc.stderr  # after all three ran
     rows = summary(tmp_path / "sweep")
     assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
     failed = rows[-1]
-    assert failed["overrides"] == "neuron.beta=1.5" and failed["test_acc"] == ""
-    assert "neuron.beta=1.5 is not allowed" in failed["error"] and "\n" not in failed["error"]
+    assert failed["overrides"] == "data.val_size=300" and failed["test_acc"] == ""
+    assert "data.val_size=300 is not allowed" in failed["error"] and "\n" not in failed["error"]
+
+
+@e2e
+def test_a_sweep_with_a_job_that_would_be_refused_runs_none(tmp_path):
+    """Every job's values and parts are checked before the first job runs: no hour of training before job 37's typo."""
+    proc = snnrun("-m", "neuron.beta=0.9,1.5", "surrogate=atan,sigmoid", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path,
+                  check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "job 2 of the sweep" in proc.stderr and "neuron.beta=1.5 is not allowed" in proc.stderr, proc.stderr
+    assert not (tmp_path / "sweep").exists()
 
 
 @e2e

@@ -242,9 +242,22 @@ def synced_batch_norm(model, cfg: DictConfig, device: torch.device):
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = None) -> Assembly:
+def optimiser(cfg: DictConfig, params, total_steps: int):
+    """The optimiser over ``params`` and the schedule factory (the trainer builds the schedule for its plan,
+    ``snnrun.run.schedules``), their options checked now against a probe."""
+    optimizer = _guarded("optimizer", cfg.optimizer, _part(cfg, "optimizer"))(params)
+    scheduler = None
+    if cfg.scheduler and "_target_" in cfg.scheduler:
+        scheduler = _guarded("scheduler", cfg.scheduler, _part(cfg, "scheduler"))
+        probe = _guarded("optimizer", cfg.optimizer, _part(cfg, "optimizer"))([torch.zeros(1, requires_grad=True)])
+        scheduler(probe, total_steps=max(total_steps, 1))
+    return optimizer, scheduler
+
+
+def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = None, dry: bool = False) -> Assembly | None:
     """Check the config, then build every part, read the checkpoint (unless its ``state`` is handed
-    in, already read) and load the data, once."""
+    in, already read) and load the data, once. ``dry``: build and check the parts, load no data, return None
+    (a sweep's jobs, checked before the first runs)."""
     rank = rank or world()
     check(cfg, rank.size)
     device = resolve_device(cfg.device, rank)
@@ -286,6 +299,9 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
     if getattr(model, "readout_neuron", "same") == "li":
         check_li_readout(cfg, loss)
     check_memory(model, options, device)
+    if dry:
+        optimiser(cfg, model.parameters(), options.max_steps or 1000)
+        return None
     if rank.size > 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         model = synced_batch_norm(model, cfg, device)
     val_size = cfg.data.get("val_size", 0)
@@ -314,12 +330,7 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
     check_data_fits(dataset, device)
     model = model.to(device)
     dataset = dataset.to(device)
-    optimizer = _guarded("optimizer", cfg.optimizer, _part(cfg, "optimizer"))(model.parameters())
-    scheduler = None  # a factory: the trainer builds the schedule for its plan (snnrun.run.schedules)
-    if cfg.scheduler and "_target_" in cfg.scheduler:
-        scheduler = _guarded("scheduler", cfg.scheduler, _part(cfg, "scheduler"))
-        probe = _guarded("optimizer", cfg.optimizer, _part(cfg, "optimizer"))([torch.zeros(1, requires_grad=True)])
-        scheduler(probe, total_steps=max(options.total_steps(len(dataset.train)), 1))  # refuse bad options now
+    optimizer, scheduler = optimiser(cfg, model.parameters(), options.total_steps(len(dataset.train)))
     parts = Parts(model, encoder, loss, READOUTS[cfg.readout], optimizer, scheduler)
     return Assembly(device, spec, dataset, parts, options, state, cfg if imported is not None else None)
 

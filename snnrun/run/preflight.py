@@ -12,7 +12,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
 from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
@@ -154,11 +157,22 @@ class Preflight(Callback):
             Preflight._failure = err
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        """A sweep's jobs are checked as each starts; its folder, before any job runs."""
+        """A sweep's folder, and the parts of each of its jobs (built without their data), before any job runs."""
         try:
             check_folder("hydra.sweep.dir", config.hydra.sweep.dir)
         except ConfigError as err:
             self.refuse(err)
+        threads = torch.get_num_threads()  # a job's trainer.num_threads is its own, when it runs
+        try:
+            for number, job in enumerate(sweep_jobs(config)):
+                try:
+                    check_job(compose(config_name="config", overrides=job), job)
+                except USER_ERRORS as err:
+                    print(f"snnrun: error: job {number} of the sweep ({' '.join(job)}) would be refused, so none "
+                          f"was run: {err}", file=sys.stderr)
+                    sys.exit(2)
+        finally:
+            torch.set_num_threads(threads)
 
     @staticmethod
     def refuse(err: Exception) -> None:
@@ -213,6 +227,24 @@ def check_switches(cfg: DictConfig, overrides: list[str]) -> None:
     for key, value in leaves(_plain(cfg)).items():
         if isinstance(shipped.get(key), bool) and not isinstance(value, bool):
             raise ConfigError(key, value, "true or false", f"{key}={str(not shipped[key]).lower()}")
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The overrides of each job of a sweep that Hydra's basic sweeper runs (every combination); none for
+    another sweeper (Optuna draws its jobs as it goes)."""
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return []
+    parsed = OverridesParser.create().parse_overrides(overrides_of(config.hydra))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def check_job(cfg: DictConfig, overrides: list[str]) -> None:
+    """What a sweep's job would refuse before it loads data: its values, switches and parts (a training job
+    from scratch; one that resumes or evaluates a checkpoint is checked when it runs)."""
+    check_resolves(cfg)
+    check_switches(cfg, overrides)
+    if cfg.task == "train" and not cfg.get("ckpt_path"):
+        assemble(cfg, dry=True)
 
 
 def prepare(cfg: DictConfig, overrides: list[str]) -> Assembly | tuple:
