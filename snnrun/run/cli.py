@@ -27,7 +27,8 @@ from ..interop.nir_readers import READERS
 from . import checkpoints, distributed, reader_check
 from .logger import RunLogger, flatten
 from .loop import Interrupted, Trainer, TrainingError
-from .preflight import Preflight, export_path, overrides_of, prepare
+from .guards import export_path
+from .preflight import Preflight, overrides_of, prepare
 from .rules import USER_ERRORS
 from .sweep import SweepSummary
 

@@ -10,7 +10,6 @@ run writes nothing, and hands what it built to the task; a sweep job assembles i
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 from hydra import compose
@@ -18,27 +17,13 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import InterpolationResolutionError
 
 from ..interop import nir_export
 from . import checkpoints
 from .assembly import Assembly, assemble, checkpoint_network
-from .rules import USER_ERRORS, ConfigError, _is_int, check, leaves, task_view
-
-IDENTITY = ("model", "neuron", "surrogate", "encoder", "time_steps", "data")  # what the checkpoint's network is
-# keys of the running machine and the run's own choices: never taken from the checkpoint
-LOCAL = ("task", "ckpt_path", "nir_path", "device", "export", "data.root", "data.download", "data.cache",
-         "trainer.num_threads")
-BATCHING = ("data.batch_size", "data.eval_batch_size", "data.val_size")  # compatible with any checkpoint
-RESUMED = IDENTITY + ("loss", "readout", "optimizer._target_")  # what a resume continues: the same run
-
-
-def _under(key: str, names) -> bool:
-    return any(key == n or key.startswith(n + ".") for n in names)
-
-
-def _plain(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(task_view(cfg), resolve=True)
+from .guards import (BATCHING, IDENTITY, LOCAL, check_export_path, check_folder, check_resolves, check_resume,
+                     check_switches, plain, under)
+from .rules import USER_ERRORS, ConfigError, check, leaves
 
 
 def checkpoint_config(cfg: DictConfig, overrides: list[str], state: dict) -> DictConfig:
@@ -49,80 +34,26 @@ def checkpoint_config(cfg: DictConfig, overrides: list[str], state: dict) -> Dic
     ``experiment=`` preset included); one that gives the network, its input or its data a value
     other than the checkpoint's is refused, naming both."""
     saved = checkpoints.saved_config(state, cfg.ckpt_path)
-    mine = leaves(_plain(cfg))
-    base = leaves(_plain(compose(config_name="config", overrides=[o for o in overrides if _under(
+    mine = leaves(plain(cfg))
+    base = leaves(plain(compose(config_name="config", overrides=[o for o in overrides if under(
         o.lstrip("+~").split("=", 1)[0], ("task", "ckpt_path"))])))
     touched = {k for k, v in mine.items() if base.get(k, object()) != v}  # what the overrides changed, presets too
     for override in overrides:  # and what they name, though it equals the default (data=mnist)
         named = override.lstrip("+~").split("=", 1)[0]
-        touched |= {k for k in mine if _under(k, (named,)) and not named.startswith("hydra")}
+        touched |= {k for k in mine if under(k, (named,)) and not named.startswith("hydra")}
     theirs = leaves(saved)
     for key in sorted(touched):
-        if _under(key, IDENTITY) and not _under(key, LOCAL + BATCHING) and key in theirs and theirs[key] != mine[key]:
+        if under(key, IDENTITY) and not under(key, LOCAL + BATCHING) and key in theirs and theirs[key] != mine[key]:
             raise ConfigError(key, mine[key], f"the checkpoint's value, {theirs[key]!r}: ckpt_path={cfg.ckpt_path} holds "
                               f"a network trained with {key}={theirs[key]!r} (task={cfg.task} takes the network, its "
                               "input and its data from the checkpoint; leave the override out)",
                               f"task={cfg.task} ckpt_path={cfg.ckpt_path}")
-    merged = OmegaConf.create({**_plain(cfg), **saved})  # the checkpoint's groups whole, not merged key by key
+    merged = OmegaConf.create({**plain(cfg), **saved})  # the checkpoint's groups whole, not merged key by key
     with open_dict(merged):
         for key, value in mine.items():
-            if key in touched or _under(key, LOCAL):
+            if key in touched or under(key, LOCAL):
                 OmegaConf.update(merged, key, value, force_add=True)
     return merged
-
-
-def check_folder(key: str, folder: str) -> None:
-    """Refuse a run's or a sweep's folder that is a file or already holds files: snnrun never writes over a
-    run (its checkpoints, results and logs would be replaced or mixed with this one's)."""
-    path = Path(folder).expanduser()
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
-        return
-    names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-    held = f"already holds {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}" if names else "is a file"
-    fresh = "each sweep gets a new folder under outputs/multirun/" if "sweep" in key else "each run gets a new folder"
-    raise ConfigError(key, folder, f"a new or empty folder: {path} {held}, and snnrun never writes over what an "
-                      f"earlier run wrote (leave {key} out and {fresh})", f"{key}={str(folder).rstrip('/')}-2")
-
-
-def export_path(cfg: DictConfig) -> Path:
-    """Where task=export writes the graph: export.path, else model.nir next to the checkpoint."""
-    return Path(cfg.export.path or Path(cfg.ckpt_path).expanduser().with_name("model.nir")).expanduser()
-
-
-def check_export_path(cfg: DictConfig) -> None:
-    """Refuse an export onto an existing file (a checkpoint, an earlier export) or below a file."""
-    path = export_path(cfg)
-    blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if path.exists() or blocked is not None:
-        why = f"{blocked} is a file" if blocked is not None else f"{path} exists"
-        ckpt = Path(cfg.ckpt_path).expanduser()
-        free = next(c for c in (ckpt.with_suffix(".nir"), ckpt.with_name(f"{ckpt.stem}-2.nir")) if not c.exists())
-        raise ConfigError("export.path", cfg.export.path, f"a new file: {why}, and snnrun never writes over a file "
-                          "(give the graph a name of its own)", f"task=export ckpt_path={cfg.ckpt_path} export.path={free}")
-
-
-def check_resume(cfg: DictConfig, state: dict) -> None:
-    """Refuse a resume (task=train with ckpt_path) whose network, input, data, loss, readout or optimiser is
-    not the checkpoint's: it continues that run (the plan, learning rate and budget may change)."""
-    theirs, mine = leaves(state.get("config") or {}), leaves(_plain(cfg))
-    for key in sorted(set(theirs) & set(mine)):
-        if _under(key, RESUMED) and not _under(key, LOCAL + BATCHING) and theirs[key] != mine[key]:
-            raise ConfigError(key, mine[key], f"the checkpoint's value, {theirs[key]!r}: ckpt_path={cfg.ckpt_path} "
-                              f"holds a run trained with {key}={theirs[key]!r}, and a resume continues that run (give "
-                              "it the run's overrides; start a new run without ckpt_path to train something else)",
-                              f"ckpt_path={cfg.ckpt_path} {_as_override(key, theirs[key])}")
-
-
-def _as_override(key: str, value) -> str:
-    """``neuron._target_`` = the LIF class -> ``neuron=lif``: the group option with that target, where one has it."""
-    from .cli import config_dir
-
-    group, _, leaf = key.partition(".")
-    if leaf == "_target_":
-        for option in sorted((Path(config_dir()) / group).glob("*.yaml")):
-            if f"_target_: {value}" in option.read_text().splitlines():
-                return f"{group}={option.stem}"
-    return f"{key}={value!r}"
 
 
 def overrides_of(hydra_node) -> list[str]:
@@ -199,34 +130,6 @@ def exported(cfg: DictConfig, model, saved: DictConfig) -> tuple:
                   "input": "the first layer's input at each step: the "
                            + ("dataset's frame" if saved.data.get("temporal") else f"{saved.encoder._target_} encoding")
                            + f" of {saved.data.get('_target_')} samples", "config": OmegaConf.to_container(saved)})
-
-
-def check_resolves(cfg: DictConfig) -> None:
-    """Every value resolves: a key that picks another (``data.mode`` picks ``data.modes.<mode>``) or divides a size
-    (``data.downsample``) is checked first, so the error names it and what it may be."""
-    data = cfg.get("data") or {}
-    if "modes" in data and data.get("mode") not in data.modes:
-        modes = list(data.modes)
-        raise ConfigError("data.mode", data.get("mode"), " or ".join(modes), f"data.mode={modes[-1]}")
-    if "downsample" in data and not (_is_int(data.get("downsample")) and data.downsample > 0):
-        raise ConfigError("data.downsample", data.get("downsample"), "a positive integer (the sensor's pixels are "
-                          "pooled in squares of this side)", "data.downsample=2")
-    try:
-        _plain(cfg)
-    except InterpolationResolutionError as err:
-        raw = leaves(OmegaConf.to_container(cfg, resolve=False)).get(err.full_key)
-        raise ConfigError(err.full_key, raw, f"a value that resolves ({str(err).splitlines()[0]})", "--cfg job  (prints the config "
-                          "as composed, before resolving)") from None
-
-
-def check_switches(cfg: DictConfig, overrides: list[str]) -> None:
-    """A key the shipped config sets to true or false takes only true or false (``neuron.learn_beta=maybe``
-    would read as true): the defaults come from composing the same group choices without the other overrides."""
-    choices = [o for o in overrides if "." not in o.lstrip("+~").split("=", 1)[0]]
-    shipped = leaves(_plain(compose(config_name="config", overrides=choices)))
-    for key, value in leaves(_plain(cfg)).items():
-        if isinstance(shipped.get(key), bool) and not isinstance(value, bool):
-            raise ConfigError(key, value, "true or false", f"{key}={str(not shipped[key]).lower()}")
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
