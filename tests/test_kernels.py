@@ -324,7 +324,8 @@ def test_numba_keeps_the_thread_count_torch_was_given():
 @pytest.mark.parametrize("cls", [neurons.LIF, ALIF])
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 def test_the_rectifier_treats_non_finite_currents_as_torch_does(cls, reset):
-    """max(U, 0) as torch's clamp: -inf becomes 0, NaN stays NaN (a diverged run shows as one), -0.0 stays."""
+    """max(U, 0) as torch's clamp: -inf becomes 0, NaN stays NaN (a diverged run shows as one). The sign of a zero
+    may differ (torch copies I[0] where a kernel adds it to U = 0: -0.0 becomes 0.0), as assert_close allows."""
     current = torch.tensor([[[-float("inf"), float("nan"), -0.0, 0.5]]]).expand(3, 1, 4).contiguous()
     out = []
     for backend in ("torch", "numba"):

@@ -254,6 +254,8 @@ def test_a_resume_on_other_training_files_is_refused(tmp_path, files, monkeypatc
     _, run_dir = snnrun.train(paths(files["train"], files["test"], "trainer.max_steps=2", *NET))
     ckpt = run_dir / "checkpoints" / "last.pt"
     assemble(compose(*paths(files["train"], files["test"], f"ckpt_path={ckpt}"), *NET))  # the same files resume
+    resumed, _ = snnrun.train(paths(files["train"], files["test"], "trainer.max_steps=3", f"ckpt_path={ckpt}", *NET))
+    assert resumed["steps"] == 3  # the shape, classes and T the files declare are not taken for another run's
     x, y = features(120)
     for train in (save(tmp_path / "reordered.npz", x[::-1].copy(), y[::-1].copy()),
                   save(tmp_path / "fewer.npz", x[:90], y[:90])):

@@ -82,7 +82,7 @@ def lif_forward(reset: int, rectify: bool):
                     if reset == SUBTRACT:
                         x = x - s[k] * th[k]
                     if rectify:
-                        x = NOUGHT if x < NOUGHT else x  # torch's clamp(min=0): -inf to 0, NaN and -0.0 kept
+                        x = NOUGHT if x < NOUGHT else x  # torch's clamp(min=0): -inf to 0, NaN kept
                     y = ONE if x > th[k] else NOUGHT
                     u[k], s[k], mo[k], so[k] = x, y, x, y
 

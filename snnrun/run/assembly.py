@@ -32,6 +32,7 @@ from ..interop import nir_import
 from . import checkpoints
 from .devices import check_memory, resolve_device
 from .distributed import World, main_rank_first, world
+from .guards import check_resume
 from .records import Parts, TrainerOptions
 from .rules import ConfigError, _is_int, _require, check, check_li_readout, task_view
 
@@ -266,6 +267,9 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
         raise ConfigError("neuron.backend", backend, f"auto or torch for this run: the {backend} kernels run on "
                           f"{'a GPU' if backend == 'triton' else 'a CPU'} (this run: {device})", "neuron.backend=auto")
     describe_data(cfg)
+    if cfg.task == "train" and cfg.get("ckpt_path"):  # a resume, once the data's own values are filled in
+        state = state if state is not None else checkpoints.load(cfg.ckpt_path)
+        check_resume(cfg, state)
     with options_of("trainer", cfg.trainer):
         options = TrainerOptions.from_config(cfg)
     if options.num_threads:

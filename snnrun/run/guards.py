@@ -19,6 +19,10 @@ LOCAL = ("task", "ckpt_path", "nir_path", "device", "export", "data.root", "data
          "trainer.num_threads")
 BATCHING = ("data.batch_size", "data.eval_batch_size", "data.val_size")  # compatible with any checkpoint
 RESUMED = IDENTITY + ("loss", "readout", "optimizer._target_")  # what a resume continues: the same run
+# how a layer computes and where the files are: a resume may change them (another machine, moved files; the
+# training set itself is held to the checkpoint's by checkpoints.check_data)
+HOW = ("neuron.backend", "neuron.fused", "neuron.scan", "neuron.block", "data.train_path", "data.test_path",
+       "data.val_path", "data.path")
 
 
 def under(key: str, names) -> bool:
@@ -54,7 +58,8 @@ def check_export_path(cfg: DictConfig) -> None:
     if path.exists() or blocked is not None:
         why = f"{blocked} is a file" if blocked is not None else f"{path} exists"
         ckpt = Path(cfg.ckpt_path).expanduser()
-        free = next(c for c in (ckpt.with_suffix(".nir"), ckpt.with_name(f"{ckpt.stem}-2.nir")) if not c.exists())
+        names = (ckpt.with_suffix(".nir"), *(ckpt.with_name(f"{ckpt.stem}-{n}.nir") for n in range(2, 1000)))
+        free = next((c for c in names if not c.exists()), ckpt.with_name(f"{ckpt.stem}-new.nir"))
         raise ConfigError("export.path", cfg.export.path, f"a new file: {why}, and snnrun never writes over a file "
                           "(give the graph a name of its own)", f"task=export ckpt_path={cfg.ckpt_path} export.path={free}")
 
@@ -64,7 +69,7 @@ def check_resume(cfg: DictConfig, state: dict) -> None:
     not the checkpoint's: it continues that run (the plan, learning rate and budget may change)."""
     theirs, mine = leaves(state.get("config") or {}), leaves(plain(cfg))
     for key in sorted(set(theirs) & set(mine)):
-        if under(key, RESUMED) and not under(key, LOCAL + BATCHING) and theirs[key] != mine[key]:
+        if under(key, RESUMED) and not under(key, LOCAL + BATCHING + HOW) and theirs[key] != mine[key]:
             raise ConfigError(key, mine[key], f"the checkpoint's value, {theirs[key]!r}: ckpt_path={cfg.ckpt_path} "
                               f"holds a run trained with {key}={theirs[key]!r}, and a resume continues that run (give "
                               "it the run's overrides; start a new run without ckpt_path to train something else)",
@@ -77,9 +82,10 @@ def _as_override(key: str, value) -> str:
 
     group, _, leaf = key.partition(".")
     if leaf == "_target_":
-        for option in sorted((Path(config_dir()) / group).glob("*.yaml")):
-            if f"_target_: {value}" in option.read_text().splitlines():
-                return f"{group}={option.stem}"
+        options = [o.stem for o in sorted((Path(config_dir()) / group).glob("*.yaml"))
+                   if f"_target_: {value}" in o.read_text().splitlines()]
+        if len(options) == 1:  # datasets share a loader (nmnist, dvs_gesture): no option to name then
+            return f"{group}={options[0]}"
     return f"{key}={value!r}"
 
 

@@ -140,7 +140,7 @@ class Trainer:
                     progress = checkpoints.load(candidate)["progress"]
                 except checkpoints.CheckpointError:
                     continue
-                if progress.get("best", {}).get("step") == step and progress["step"] == step:
+                if progress.get("best") == self.progress.best and progress["step"] == step:  # that evaluation
                     write_atomic(self.checkpoint("best"), candidate.read_bytes())
                     return
         if step is not None:

@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..interop import nir_export
 from . import checkpoints
 from .assembly import Assembly, assemble, checkpoint_network
-from .guards import (BATCHING, IDENTITY, LOCAL, check_export_path, check_folder, check_resolves, check_resume,
-                     check_switches, plain, under)
+from .guards import (BATCHING, IDENTITY, LOCAL, check_export_path, check_folder, check_resolves, check_switches,
+                     plain, under)
 from .rules import USER_ERRORS, ConfigError, check, leaves
 
 
@@ -90,14 +90,22 @@ class Preflight(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """A sweep's folder, and the parts of each of its jobs (built without their data), before any job runs."""
         try:
-            check_folder("hydra.sweep.dir", config.hydra.sweep.dir)
+            subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+            if subdir == "${hydra.job.num}":  # Hydra's default: jobs 0, 1, ... of one sweep, in a folder of its own
+                check_folder("hydra.sweep.dir", config.hydra.sweep.dir)
         except ConfigError as err:
             self.refuse(err)
         threads = torch.get_num_threads()  # a job's trainer.num_threads is its own, when it runs
+        checked = set()
         try:
             for number, job in enumerate(sweep_jobs(config)):
+                cfg = compose(config_name="config", overrides=job)
+                key = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "seed"]))
+                if key in checked:  # a sweep over seeds builds the same parts each time: once is enough
+                    continue
+                checked.add(key)
                 try:
-                    check_job(compose(config_name="config", overrides=job), job)
+                    check_job(cfg, job)
                 except USER_ERRORS as err:
                     print(f"snnrun: error: job {number} of the sweep ({' '.join(job)}) would be refused, so none "
                           f"was run: {err}", file=sys.stderr)
@@ -132,10 +140,16 @@ def exported(cfg: DictConfig, model, saved: DictConfig) -> tuple:
                            + f" of {saved.data.get('_target_')} samples", "config": OmegaConf.to_container(saved)})
 
 
+LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")  # jobs run on this machine
+
+
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
-    """The overrides of each job of a sweep that Hydra's basic sweeper runs (every combination); none for
-    another sweeper (Optuna draws its jobs as it goes)."""
-    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+    """The overrides of each job of a sweep that Hydra's basic sweeper runs (every combination) on this
+    machine; none where the jobs run elsewhere (a cluster's launcher: its nodes have other devices and
+    memory), come from ``hydra.sweeper.params``, or are drawn as the search goes (Optuna)."""
+    sweeper, launcher = (str(config.hydra[k].get("_target_", "")) for k in ("sweeper", "launcher"))
+    if (not sweeper.endswith("BasicSweeper") or not launcher.endswith(LOCAL_LAUNCHERS)
+            or config.hydra.sweeper.get("params")):
         return []
     parsed = OverridesParser.create().parse_overrides(overrides_of(config.hydra))
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
@@ -160,10 +174,9 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Assembly | tuple:
         if cfg.get("ckpt_path"):
             state = checkpoints.load(cfg.ckpt_path)
             cfg = checkpoint_config(cfg, overrides, state)
-    elif cfg.task == "train" and cfg.get("ckpt_path"):
+    elif cfg.task == "train" and cfg.get("ckpt_path"):  # a resume: assemble holds it to the checkpoint's run
         check(cfg)
         state = checkpoints.load(cfg.ckpt_path)
-        check_resume(cfg, state)
     if cfg.task == "export":  # the graph is built here: what NIR or the reader cannot hold is refused before the folder
         check_export_path(cfg)
         model, saved = checkpoint_network(cfg, state)
