@@ -122,7 +122,8 @@ def test_arch_override(compose):
     ("time_steps=0", "time_steps"), ("neuron.beta=1.5", "neuron.beta"), ("neuron.threshold=0", "neuron.threshold"),
     ("neuron.reset=soft", "neuron.reset"), ("neuron.tau=-2", "neuron.tau"), ("neuron=synaptic neuron.alpha=2", "neuron.alpha"),
     ("neuron.learn_beta=true neuron.beta=1.0", "neuron.beta"), ("neuron=graded neuron.decay=0", "neuron.decay"),
-    ("optimizer.lr=-1", "optimizer.lr"), ("optimizer.betas=[1.5,0.9]", "optimizer"),
+    ("optimizer.lr=-1", "optimizer.lr"), ("optimizer.betas=[1.5,0.9]", "optimizer.betas"),
+    ("optimizer=sgd optimizer.momentum=-1", "optimizer.momentum"),
     ("scheduler=onecycle scheduler.pct_start=1.5", "scheduler.pct_start"),
     ("scheduler=cosine +scheduler.warmup=3", "scheduler.warmup"), ("+neuron.colour=red", "neuron.colour"),
     ("+trainer.colour=red", "trainer.colour"), ("trainer.max_time=0", "trainer.max_time"),
@@ -227,4 +228,5 @@ def test_a_bug_inside_snnrun_is_not_reported_as_a_bad_option(compose, monkeypatc
     monkeypatch.undo()
     with pytest.raises(ConfigError) as err:  # torch.optim.Adam refuses the betas: a user error, exit 2
         assemble(compose(*SMALL, "optimizer.betas=[1.5,0.9]"))
-    assert err.value.key == "optimizer" and "Invalid beta parameter" in str(err.value)
+    assert err.value.key == "optimizer.betas" and "Invalid beta parameter" in str(err.value)  # the key torch names
+    assert "For example: snnrun optimizer.betas=[0.9,0.999]" in str(err.value)  # the shipped adam's value

@@ -10,12 +10,14 @@ that is not one of those is a bug and keeps its traceback.
 from __future__ import annotations
 
 import inspect
+import json
 import sysconfig
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from hydra.core.hydra_config import HydraConfig
@@ -74,9 +76,37 @@ def options_of(group: str, node):
             isinstance(cause, (TypeError, ValueError)) and _raised_by_library(cause))
         if user:
             target = node.get("_target_") if isinstance(node, DictConfig) else group
+            key = _named_in(str(cause), node)
+            if key is not None:  # torch's "Invalid beta parameter at index 0: 1.5" names optimizer.betas
+                raise ConfigError(f"{group}.{key}", node[key], f"a value {target} takes ({cause})",
+                                  f"{group}.{key}={_shipped(group, target, key)}") from None
             raise ConfigError(group, dict(node), f"valid options for {target} ({cause})",
                               f"{group}=<option> or {group}.<key>=<value>") from None
         raise cause  # a bug: the original exception, not Hydra's wrapper
+
+
+SPELLED = {"lr": "learning rate", "eps": "epsilon"}  # how torch's messages name these options
+
+
+def _named_in(message: str, node) -> str | None:
+    """The one option of ``node`` that a library's error message names (``betas`` in "Invalid beta parameter"), if one."""
+    if not isinstance(node, DictConfig):
+        return None
+    words = message.lower()
+    named = [k for k in node if not str(k).startswith("_") and
+             (SPELLED.get(k, str(k)).lower() in words or str(k).rstrip("s").lower() + " " in words)]
+    return named[0] if len(named) == 1 else None
+
+
+def _shipped(group: str, target: str, key: str) -> str:
+    """``key``'s value in the shipped option of ``group`` that builds ``target`` (compact, as an override)."""
+    from .cli import config_dir
+
+    for option in sorted((Path(config_dir()) / group).glob("*.yaml")):
+        values = yaml.safe_load(option.read_text()) or {}
+        if values.get("_target_") == target and key in values:
+            return json.dumps(values[key]).replace(" ", "")
+    return "<value>"
 
 
 def accepted_keys(target) -> set[str] | None:

@@ -105,6 +105,8 @@ def saved_config(state: dict, path) -> dict:
 
 def check_fits(state: dict, model, path) -> None:
     """Refuse a checkpoint of another architecture, input shape or set of parameters."""
+    if state.get("arch") is None:
+        raise CheckpointError(f"ckpt_path={path} names no architecture: it was not written by an snnrun run")
     if state.get("arch") != model.arch or tuple(state.get("input_shape", ())) != model.input_shape:
         raise CheckpointError(f"ckpt_path={path} holds a {state.get('arch')} network for "
                               f"{state.get('input_shape')} inputs, but the config builds {model.arch} for "

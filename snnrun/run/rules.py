@@ -69,6 +69,8 @@ def check(cfg: DictConfig, processes: int = 1) -> None:
         raise ConfigError(missing[0], "???", "given: the chosen config has no default for it"
                           + (f" (nor for {', '.join(missing[1:])})" if len(missing) > 1 else ""),
                           " ".join(f"{k}=<value>" for k in missing))
+    if _get(cfg, "data.time_steps") is not None:  # a temporal dataset's T, which time_steps follows: named as set
+        _require(cfg, "data.time_steps", lambda v: _is_int(v) and v > 0, "a positive integer", "data.time_steps=20")
     _require(cfg, "time_steps", lambda v: _is_int(v) and v > 0, "a positive integer", "time_steps=25")
     _require(cfg, "seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer", "seed=0")
     _require(cfg, "task", lambda v: v in ("train", "eval", "export", "check_nir"), "train, eval, export or check_nir",
