@@ -174,6 +174,11 @@ def test_a_run_too_large_for_memory_names_the_sizes(compose, monkeypatch):
     suggested = int(message.rsplit("time_steps=", 1)[1])
     assembly = assemble(compose(*SMALL, "trainer.max_steps=1"))
     check_memory(assembly.parts.model, replace(assembly.options, time_steps=suggested), torch.device("cpu"))  # fits
+    with pytest.raises(ConfigError) as err:  # not one step fits: the batch is named, not time_steps=1
+        check_memory(assembly.parts.model, replace(assembly.options, eval_batch_size=10**8), torch.device("cpu"))
+    assert err.value.key == "data.eval_batch_size"
+    smaller = int(str(err.value).rsplit("data.eval_batch_size=", 1)[1])
+    check_memory(assembly.parts.model, replace(assembly.options, eval_batch_size=smaller), torch.device("cpu"))
 
 
 def test_one_cycle_fits_runs_of_any_length():

@@ -53,10 +53,15 @@ def check_memory(model, options: TrainerOptions, device: torch.device) -> None:
     free = available_memory(device)
     if free is None or need <= free:
         return
-    fits = max(1, int((free - params) // per_step)) if free > params else 1
+    fits = int((free - params) // per_step) if free > params else 0  # steps that fit with these batches
     gib = 2 ** 30
     where = "this machine" if device.type == "cpu" else str(device)
-    raise ConfigError("time_steps", options.time_steps,
-                      f"small enough for the run to fit in memory: {model.arch} at T={options.time_steps} with batches "
-                      f"of {batch} needs about {need / gib:.1f} GiB, and {where} has {free / gib:.1f} GiB "
-                      "available (lower time_steps, data.batch_size or data.eval_batch_size)", f"time_steps={fits}")
+    why = (f"{model.arch} at T={options.time_steps} with batches of {batch} needs about {need / gib:.1f} GiB, and "
+           f"{where} has {free / gib:.1f} GiB available (lower time_steps, data.batch_size or data.eval_batch_size)")
+    if fits >= 1:
+        raise ConfigError("time_steps", options.time_steps, f"small enough for the run to fit in memory: {why}",
+                          f"time_steps={fits}")
+    key = "data.eval_batch_size" if options.eval_batch_size >= options.batch_size else "data.batch_size"
+    per_sample = per_step * options.time_steps / batch  # not even one step fits: the batch is what is too large
+    smaller = max(1, int((free - params) // per_sample)) if free > params else 1
+    raise ConfigError(key, batch, f"small enough for the run to fit in memory: {why}", f"{key}={smaller}")
