@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from hydra.core.hydra_config import HydraConfig
@@ -34,7 +33,7 @@ from ..interop import nir_import
 from . import checkpoints
 from .devices import check_memory, resolve_device
 from .distributed import World, main_rank_first, world
-from .guards import check_resume
+from .guards import check_resume, shipped_options
 from .records import Parts, TrainerOptions
 from .rules import ConfigError, _is_int, _require, check, check_li_readout, task_view
 
@@ -100,13 +99,8 @@ def _named_in(message: str, node) -> str | None:
 
 def _shipped(group: str, target: str, key: str) -> str:
     """``key``'s value in the shipped option of ``group`` that builds ``target`` (compact, as an override)."""
-    from .cli import config_dir
-
-    for option in sorted((Path(config_dir()) / group).glob("*.yaml")):
-        values = yaml.safe_load(option.read_text()) or {}
-        if values.get("_target_") == target and key in values:
-            return json.dumps(values[key]).replace(" ", "")
-    return "<value>"
+    values = (v[key] for v in shipped_options(group, target).values() if key in v)
+    return next((json.dumps(v).replace(" ", "") for v in values), "<value>")
 
 
 def accepted_keys(target) -> set[str] | None:

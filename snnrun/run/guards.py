@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
@@ -76,14 +77,19 @@ def check_resume(cfg: DictConfig, state: dict) -> None:
                               f"ckpt_path={cfg.ckpt_path} {_as_override(key, theirs[key])}")
 
 
-def _as_override(key: str, value) -> str:
-    """``neuron._target_`` = the LIF class -> ``neuron=lif``: the group option with that target, where one has it."""
+def shipped_options(group: str, target: str) -> dict[str, dict]:
+    """The shipped options of config group ``group`` that build ``target``: {option name: its values}."""
     from .cli import config_dir
 
+    options = {o.stem: yaml.safe_load(o.read_text()) or {} for o in sorted((Path(config_dir()) / group).glob("*.yaml"))}
+    return {name: values for name, values in options.items() if values.get("_target_") == target}
+
+
+def _as_override(key: str, value) -> str:
+    """``neuron._target_`` = the LIF class -> ``neuron=lif``: the group option with that target, where one has it."""
     group, _, leaf = key.partition(".")
     if leaf == "_target_":
-        options = [o.stem for o in sorted((Path(config_dir()) / group).glob("*.yaml"))
-                   if f"_target_: {value}" in o.read_text().splitlines()]
+        options = list(shipped_options(group, value))
         if len(options) == 1:  # datasets share a loader (nmnist, dvs_gesture): no option to name then
             return f"{group}={options[0]}"
     return f"{key}={value!r}"

@@ -134,18 +134,18 @@ class Trainer:
         """A resumed run's folder gets the best.pt its progress names (the resumed run's, beside ``resumed``, or
         ``resumed`` itself where it is that evaluation): best.pt is written again only when this run improves on it."""
         step = self.progress.best.get("step")
+        if step is None:  # no evaluation yet
+            return
         for candidate in (resumed.with_name("best.pt"), resumed):
-            if step is not None and candidate.is_file():
-                try:
-                    progress = checkpoints.load(candidate)["progress"]
-                except checkpoints.CheckpointError:
-                    continue
-                if progress.get("best") == self.progress.best and progress["step"] == step:  # that evaluation
-                    write_atomic(self.checkpoint("best"), candidate.read_bytes())
-                    return
-        if step is not None:
-            log.warning("the best evaluation so far (step %d) is not beside %s: this run writes best.pt when it "
-                        "improves on it", step, resumed)
+            try:
+                progress = checkpoints.load(candidate)["progress"]
+            except checkpoints.CheckpointError:  # missing or unreadable
+                continue
+            if progress.get("best") == self.progress.best and progress["step"] == step:  # that evaluation
+                write_atomic(self.checkpoint("best"), candidate.read_bytes())
+                return
+        log.warning("the best evaluation so far (step %d) is not beside %s: this run writes best.pt when it "
+                    "improves on it", step, resumed)
 
     def checkpoint(self, name: str) -> Path:
         return self.run_dir / "checkpoints" / f"{name}.pt"

@@ -168,15 +168,12 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Assembly | tuple:
     """What the task needs: for task=export the graph and its approximations, else the assembled run."""
     check_resolves(cfg)
     check_switches(cfg, overrides)
-    state = None  # a checkpoint to evaluate or export, read once
+    state = None  # a checkpoint to evaluate or export, read once (assemble reads a resume's)
     if cfg.task in ("eval", "export"):
         check(cfg)
         if cfg.get("ckpt_path"):
             state = checkpoints.load(cfg.ckpt_path)
             cfg = checkpoint_config(cfg, overrides, state)
-    elif cfg.task == "train" and cfg.get("ckpt_path"):  # a resume: assemble holds it to the checkpoint's run
-        check(cfg)
-        state = checkpoints.load(cfg.ckpt_path)
     if cfg.task == "export":  # the graph is built here: what NIR or the reader cannot hold is refused before the folder
         check_export_path(cfg)
         model, saved = checkpoint_network(cfg, state)
