@@ -289,6 +289,27 @@ def test_a_non_finite_gradient_is_skipped_counted_and_never_applied(compose, tmp
         t.fit()
 
 
+def test_without_skipping_a_non_finite_gradient_ends_the_run_before_its_update(compose, tmp_path):
+    """trainer.skip_nonfinite=0 (the default): the first NaN gradient under a finite loss stops the run at
+    its step, before the optimiser applies it; last.pt from the evaluation before stays finite."""
+    t = trainer_for(compose, tmp_path, "trainer.max_steps=6", "trainer.eval_every=2")
+    weight = t.model.blocks[0].stateless[-1].weight
+    calls = {"n": 0}
+
+    def poison(grad):
+        calls["n"] += 1
+        return torch.full_like(grad, float("nan")) if calls["n"] == 3 else grad
+
+    weight.register_hook(poison)
+    with pytest.raises(TrainingError, match=r"the gradient is nan at step 3 \(the loss [0-9.]+ is finite\); training "
+                                            r"stopped before that update\. The last good checkpoint, .*last\.pt, is intact"):
+        t.fit()
+    assert torch.isfinite(weight).all() and t.step == 2
+    saved = checkpoints.load(tmp_path / "checkpoints" / "last.pt")
+    assert saved["progress"]["step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
 def test_a_checkpoint_without_its_run_config_cannot_be_evaluated_or_exported():
     from snnrun.run.checkpoints import CheckpointError
 

@@ -187,7 +187,9 @@ class Trainer:
     def check_weights(self) -> None:
         """Never checkpoint NaN or inf weights over good ones."""
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
-            self.fail(f"the weights became NaN or inf in the update of step {self.step}; nothing after it was saved.")
+            since = f"after step {self.last_eval['step']}, " if self.last_eval else ""
+            self.fail(f"the weights became NaN or inf in an update {since}by step {self.step}; nothing after the last "
+                      "evaluation was saved.")
 
     def evaluate_and_save(self, final: bool = False) -> dict:
         self.check_weights()

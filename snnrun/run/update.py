@@ -3,8 +3,8 @@
 With ``trainer.skip_nonfinite=k`` an update whose loss or gradient norm is NaN or inf is skipped,
 not applied: the weights and the optimiser's state stay as they were, the step is listed in the
 run's progress (and so in the log, ``metrics.jsonl`` and ``results.json``), and the schedule still
-takes its step. More than k skips in a row end the run. With k = 0 the first non-finite loss ends
-it, and the gradient norm is not computed unless ``trainer.grad_clip`` asks for it.
+takes its step. More than k skips in a row end the run. With k = 0 the first non-finite loss or
+gradient ends it, before its update: the weights that were checkpointed stay finite.
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ class GuardedUpdate:
         finite = math.isfinite(mean_loss)
         if finite:
             loss.backward()
-            if self.clip or self.skips:  # under DDP the gradients, and so their norm, agree on every rank
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip or math.inf)
-                finite = bool(torch.isfinite(norm))
+            norm = self.gradient_norm()  # under DDP the gradients, and so their norm, agree on every rank
+            finite = bool(torch.isfinite(norm))
+            if not finite and not self.skips:
+                self.fail(f"the gradient is {norm.item()} at step {step} (the loss {mean_loss:.4g} is finite); "
+                          "training stopped before that update.")
         if finite:
             self.optimizer.step()
             self.in_a_row = 0
@@ -44,6 +46,13 @@ class GuardedUpdate:
             self.skip(step, "loss" if not math.isfinite(mean_loss) else "gradient", progress)
         if scheduler:
             scheduler.step()  # a skipped update still takes its step of the schedule
+
+    def gradient_norm(self) -> torch.Tensor:
+        """The gradients' global 2-norm, after clipping them to ``trainer.grad_clip`` where it is set."""
+        if self.clip:
+            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
     def skip(self, step: int, what: str, progress: Progress) -> None:
         progress.skipped.append(step)
