@@ -89,6 +89,18 @@ def test_recurrent_kernels(cls, recurrence, reset, detach_reset, tbptt, dtype):
     compare(make, dtype, shape=(6,), tbptt=tbptt, offset=0.4)
 
 
+@pytest.mark.parametrize("surrogate", [surrogates.StraightThrough(), surrogates.Heaviside()])
+def test_infinite_membranes_take_the_constant_surrogates_as_torch_does(surrogate):
+    """dS/dU of 1 (straight-through) or 0 (Heaviside) at U = +-inf, not inf * 0 = NaN."""
+    current = torch.randn(5, 2, 3, dtype=torch.float64)
+    current[4, 0, 1], current[4, 1, 2] = float("inf"), float("-inf")
+    weights = torch.randn(2, 5, 2, 3, dtype=torch.float64)
+    grads = [layer_grads(neurons.LIF(beta=0.9, surrogate=surrogate, backend=b).double().to(DEVICE),
+                         current.to(DEVICE), weights.to(DEVICE))[2] for b in ("torch", "triton")]
+    assert grads[0][4, 0, 1].isfinite()
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-10, equal_nan=True)
+
+
 def test_li_readout():
     compare(lambda b: neurons.LI(beta=0.85, learn_beta=True, per_neuron=True, shape=SHAPE, backend=b), torch.float64,
             spiking=False)

@@ -1,6 +1,8 @@
 """Compile every Triton kernel to a GPU binary (sm_90 cubin) for the option combinations below, with no
-GPU present: Triton's own compiler, front end to ptxas. Run by tests/test_triton.py in a process without
-TRITON_INTERPRET (which would hand the kernels to the interpreter instead). Prints one line per kernel."""
+GPU present: Triton's own compiler, front end to ptxas. Each twice: with the integer arguments (T, M, the
+truncation) as run-time values, and as Triton's launcher passes an integer equal to 1 (T = 1, M = 1: batch
+1 of one neuron), a compile-time constant. Run by tests/test_triton.py in a process without TRITON_INTERPRET
+(which would hand the kernels to the interpreter instead). Prints one line per kernel."""
 
 import itertools
 import sys
@@ -38,8 +40,9 @@ def main(dtype: str) -> None:
     target = GPUTarget("cuda", 90, 32)
     for name, pointers in POINTERS.items():
         fn = getattr(T, name)
-        for flags in OPTIONS[name]:
-            constexprs = {**flags, "BLOCK": T.BLOCK}
+        integers = [a for a in fn.arg_names if a.islower() and a not in pointers.split()]
+        for flags, ones in itertools.product(OPTIONS[name], FLAGS):
+            constexprs = {**flags, "BLOCK": T.BLOCK, **({a: 1 for a in integers} if ones else {})}
             signature = {a: ("constexpr" if a in constexprs else f"*{dtype}" if a in pointers.split() else "i32")
                          for a in fn.arg_names}
             src = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})

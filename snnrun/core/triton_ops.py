@@ -11,6 +11,8 @@ tensors in Triton's interpreter (the tests do, where no GPU is present).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import triton
 import triton.language as tl
@@ -38,18 +40,20 @@ def _derivative(KIND: tl.constexpr, p0, p1, p2, p3, p4, p5, x):
         d = ((1.0 + p1) * tl.exp(-(x * x) / p2) / p4
              - p1 * (tl.exp(-((x - p0) * (x - p0)) / p3) / p5 + tl.exp(-((x + p0) * (x + p0)) / p3) / p5))
     elif KIND == 5:
-        d = x * 0.0 + 1.0
+        d = tl.zeros_like(x) + 1.0  # not x * 0.0: an infinite x would give NaN
     else:
-        d = x * 0.0
+        d = tl.zeros_like(x)
     return d
 
 
 @triton.jit
 def _block(m, BLOCK: tl.constexpr):
-    """This program's neurons: their offsets in a row, the mask of those that exist, and M in 64 bits (rows
-    are addressed as t * M + offset, which may pass 2^31)."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    return offs, offs < m, m.to(tl.int64)
+    """This program's neurons: their offsets in a row, the mask of those that exist, and M, all in 64 bits
+    (rows are addressed as t * M + offset, which may pass 2^31). ``tl.cast``, not ``m.to``: Triton passes
+    an integer argument equal to 1 as a compile-time constant, a plain int."""
+    m64 = tl.cast(m, tl.int64)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < m64, m64
 
 
 @triton.jit
@@ -92,8 +96,8 @@ def _lif_forward(cur, beta, thr, mem, spk, steps, m, RESET: tl.constexpr, RECTIF
 
 @triton.jit
 def _lif_backward(mem, grad_spk, grad_mem, beta, thr, grad_in, acc_beta, acc_th, consts, steps, m, tbptt,
-                  RESET: tl.constexpr, RESET_PATH: tl.constexpr, KIND: tl.constexpr, HAS_GS: tl.constexpr, HAS_GM: tl.constexpr, NEED_BETA: tl.constexpr, NEED_TH: tl.constexpr,
-                  BLOCK: tl.constexpr):
+                  RESET: tl.constexpr, RESET_PATH: tl.constexpr, KIND: tl.constexpr, HAS_GS: tl.constexpr,
+                  HAS_GM: tl.constexpr, NEED_BETA: tl.constexpr, NEED_TH: tl.constexpr, BLOCK: tl.constexpr):
     offs, mask, m64 = _block(m, BLOCK)
     p0, p1, p2, p3, p4, p5, scale = _surrogate_constants(consts)
     be = tl.load(beta + offs, mask=mask, other=0.0)
@@ -286,9 +290,23 @@ def _grid(m: int):
     return (triton.cdiv(m, BLOCK),)
 
 
+def _on(x: torch.Tensor):
+    """Launch on ``x``'s GPU: Triton launches on the current device, which need not be the tensors' (cuda:1)."""
+    return torch.cuda.device(x.device) if x.is_cuda else nullcontext()
+
+
+_CONSTANTS: dict = {}
+
+
 def _constants(values, like: torch.Tensor) -> torch.Tensor:
-    """Scalars as a small tensor of the data's dtype (a Python float would reach the kernel as float32)."""
-    return torch.tensor([float(v) for v in values], dtype=like.dtype, device=like.device)
+    """Scalars as a small tensor of the data's dtype (a Python float would reach the kernel as float32),
+    made once per values, dtype and device: a copy from the host waits for the GPU's stream."""
+    key = (tuple(float(v) for v in values), like.dtype, like.device)
+    if key not in _CONSTANTS:
+        if len(_CONSTANTS) >= 256:  # the values are the config's; bounded all the same
+            _CONSTANTS.clear()
+        _CONSTANTS[key] = torch.tensor(key[0], dtype=like.dtype, device=like.device)
+    return _CONSTANTS[key]
 
 
 def _surrogate(surrogate, like, *more) -> tuple[int, torch.Tensor]:
@@ -299,9 +317,10 @@ def _surrogate(surrogate, like, *more) -> tuple[int, torch.Tensor]:
 def run_lif_forward(current, beta, threshold, reset, rectify):
     cur = flat(current)
     mem, spk = torch.empty_like(cur), torch.empty_like(cur)
-    _lif_forward[_grid(cur.shape[1])](cur, per_element(beta, current[0]), per_element(threshold, current[0]), mem,
-                                     spk, cur.shape[0], cur.shape[1], RESET=RESET_CODES[reset], RECTIFY=rectify,
-                                     BLOCK=BLOCK)
+    with _on(cur):
+        _lif_forward[_grid(cur.shape[1])](cur, per_element(beta, current[0]), per_element(threshold, current[0]), mem,
+                                         spk, cur.shape[0], cur.shape[1], RESET=RESET_CODES[reset], RECTIFY=rectify,
+                                         BLOCK=BLOCK)
     return spk.view(current.shape), mem.view(current.shape)
 
 
@@ -310,11 +329,12 @@ def run_lif_backward(mem, grad_spk, grad_mem, beta, threshold, surrogate, reset,
     kind, consts = _surrogate(surrogate, u)
     grad_in = torch.empty_like(u)
     acc_beta, acc_th = torch.empty_like(u[0]), torch.empty_like(u[0])
-    _lif_backward[_grid(u.shape[1])](
-        u, flat(grad_spk) if grad_spk is not None else u, flat(grad_mem) if grad_mem is not None else u,
-        per_element(beta, mem[0]), per_element(threshold, mem[0]), grad_in, acc_beta, acc_th, consts, u.shape[0],
-        u.shape[1], tbptt, RESET=RESET_CODES[reset], RESET_PATH=reset_path, KIND=kind, HAS_GS=grad_spk is not None,
-        HAS_GM=grad_mem is not None, NEED_BETA=need_beta, NEED_TH=need_th, BLOCK=BLOCK)
+    with _on(u):
+        _lif_backward[_grid(u.shape[1])](
+            u, flat(grad_spk) if grad_spk is not None else u, flat(grad_mem) if grad_mem is not None else u,
+            per_element(beta, mem[0]), per_element(threshold, mem[0]), grad_in, acc_beta, acc_th, consts, u.shape[0],
+            u.shape[1], tbptt, RESET=RESET_CODES[reset], RESET_PATH=reset_path, KIND=kind, HAS_GS=grad_spk is not None,
+            HAS_GM=grad_mem is not None, NEED_BETA=need_beta, NEED_TH=need_th, BLOCK=BLOCK)
     shape = mem[0].shape
     return (grad_in.view(mem.shape), acc_beta.view(shape) if need_beta else None,
             acc_th.view(shape) if need_th else None)
@@ -323,14 +343,16 @@ def run_lif_backward(mem, grad_spk, grad_mem, beta, threshold, surrogate, reset,
 def run_leaky_forward(current, alpha):
     cur = flat(current)
     out = torch.empty_like(cur)
-    _leaky_forward[_grid(cur.shape[1])](cur, out, _constants([alpha], cur), cur.shape[0], cur.shape[1], BLOCK=BLOCK)
+    with _on(cur):
+        _leaky_forward[_grid(cur.shape[1])](cur, out, _constants([alpha], cur), cur.shape[0], cur.shape[1], BLOCK=BLOCK)
     return out.view(current.shape)
 
 
 def run_leaky_backward(grad, alpha, tbptt):
     g = flat(grad)
     out = torch.empty_like(g)
-    _leaky_backward[_grid(g.shape[1])](g, out, _constants([alpha], g), g.shape[0], g.shape[1], tbptt, BLOCK=BLOCK)
+    with _on(g):
+        _leaky_backward[_grid(g.shape[1])](g, out, _constants([alpha], g), g.shape[0], g.shape[1], tbptt, BLOCK=BLOCK)
     return out.view(grad.shape)
 
 
@@ -339,10 +361,11 @@ def run_recurrent_forward(current, beta, threshold, weight, reset, rectify, rho,
     mem, spk = torch.empty_like(cur), torch.empty_like(cur)
     thr = torch.empty_like(cur) if jump != 0 else mem
     w = per_element(weight, current[0]) if weight is not None else cur[0]
-    _recurrent_forward[_grid(cur.shape[1])](
-        cur, per_element(beta, current[0]), per_element(threshold, current[0]), w, mem, spk, thr,
-        _constants([rho, 1 - rho, jump], cur), cur.shape[0], cur.shape[1], RESET=RESET_CODES[reset],
-        RECTIFY=rectify, ONE_TO_ONE=weight is not None, ADAPTIVE=jump != 0, BLOCK=BLOCK)
+    with _on(cur):
+        _recurrent_forward[_grid(cur.shape[1])](
+            cur, per_element(beta, current[0]), per_element(threshold, current[0]), w, mem, spk, thr,
+            _constants([rho, 1 - rho, jump], cur), cur.shape[0], cur.shape[1], RESET=RESET_CODES[reset],
+            RECTIFY=rectify, ONE_TO_ONE=weight is not None, ADAPTIVE=jump != 0, BLOCK=BLOCK)
     return spk.view(current.shape), mem.view(current.shape), thr.view(current.shape) if jump != 0 else None
 
 
@@ -352,13 +375,14 @@ def run_recurrent_backward(mem, thr, grad_spk, grad_mem, beta, threshold, weight
     kind, consts = _surrogate(surrogate, u, rho, 1 - rho, jump)
     grad_in = torch.empty_like(u)
     accs = [torch.empty_like(u[0]) for _ in range(3)]
-    _recurrent_backward[_grid(u.shape[1])](
-        u, flat(thr) if thr is not None else u, flat(grad_spk) if grad_spk is not None else u,
-        flat(grad_mem) if grad_mem is not None else u, per_element(beta, mem[0]), per_element(threshold, mem[0]),
-        per_element(weight, mem[0]) if weight is not None else u[0], grad_in, *accs, consts, u.shape[0], u.shape[1],
-        tbptt, RESET=RESET_CODES[reset], DETACH_RESET=detach_reset, KIND=kind, ONE_TO_ONE=weight is not None,
-        ADAPTIVE=jump != 0, HAS_GS=grad_spk is not None, HAS_GM=grad_mem is not None, NEED_BETA=need_beta,
-        NEED_TH=need_th, NEED_W=need_w, BLOCK=BLOCK)
+    with _on(u):
+        _recurrent_backward[_grid(u.shape[1])](
+            u, flat(thr) if thr is not None else u, flat(grad_spk) if grad_spk is not None else u,
+            flat(grad_mem) if grad_mem is not None else u, per_element(beta, mem[0]), per_element(threshold, mem[0]),
+            per_element(weight, mem[0]) if weight is not None else u[0], grad_in, *accs, consts, u.shape[0], u.shape[1],
+            tbptt, RESET=RESET_CODES[reset], DETACH_RESET=detach_reset, KIND=kind, ONE_TO_ONE=weight is not None,
+            ADAPTIVE=jump != 0, HAS_GS=grad_spk is not None, HAS_GM=grad_mem is not None, NEED_BETA=need_beta,
+            NEED_TH=need_th, NEED_W=need_w, BLOCK=BLOCK)
     shape = mem[0].shape
     return (grad_in.view(mem.shape), *(a.view(shape) if need else None
                                         for a, need in zip(accs, (need_beta, need_th, need_w))))
