@@ -219,10 +219,14 @@ def test_conv_layers_run_channels_last_with_unchanged_results():
 def test_bf16_runs_weight_layers_in_bf16_and_neurons_in_fp32():
     torch.manual_seed(0)
     net = SpikingNetwork("6C3-MP2-FC10", (1, 10, 10), 10, LIF, precision="bf16")
-    currents = []
+    currents, products = [], []
     net.blocks[0].neuron.register_forward_hook(lambda m, args, out: currents.append(args[0]))
+    for block in net.blocks:
+        weighted = [m for m in block.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        weighted[0].register_forward_hook(lambda m, args, out: products.append(out.dtype))
     x = torch.rand(4, 1, 10, 10) * 3
     spk, mem = net(x, time_steps=6)
+    assert products == [torch.bfloat16, torch.bfloat16]  # the conv and the linear layer, under autocast
     assert currents[0].dtype == torch.float32 and mem.dtype == spk.dtype == torch.float32
     assert set(spk.unique().tolist()) <= {0.0, 1.0}
     mem.sum().backward()

@@ -64,7 +64,7 @@ def test_temporal_spec_checks_the_per_step_shape():
     from snnrun.data.datasets import Dataset
 
     spec.check(Dataset(seq, seq), "shd")
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"shd: its train samples are \[50, 700\] but data.input_shape declares \[700\]"):
         DataSpec((700,), 20).check(Dataset(seq, seq), "shd")  # static: [T, 700] is not a [700] sample
 
 

@@ -160,7 +160,7 @@ def test_recurrent_weights_start_as_configured():
     v = net("orthogonal", "one_to_one", gain=0.5).recurrent_weight.detach()
     assert set(v.tolist()) <= {0.5, -0.5} and len(set(v.tolist())) == 2
     assert net("default", "one_to_one").recurrent_weight.abs().sum() == 0  # default one-to-one: V = 0
-    with pytest.raises(OptionError):
+    with pytest.raises(OptionError, match="recurrent_init must be default or zeros or orthogonal"):
         SpikingNetwork("RFC16-FC4", (8,), 4, neuron=RLIF, recurrent_init="identity")
 
 

@@ -62,13 +62,21 @@ def test_a_network_streams_one_step_at_a_time(arch, neuron, readout):
     torch.manual_seed(1)
     shape = (1, 10, 10) if "C" in arch else (12,)
     net = SpikingNetwork(arch, shape, 10, neuron=neuron, surrogate=surrogates.ATan(), readout_neuron=readout).eval()
+    recurrent = [m.recurrent_weight for m in net.modules() if hasattr(m, "recurrent_weight")]
+    with torch.no_grad():
+        for weight in recurrent:  # one-to-one weights start at 0: the state would carry no spikes back
+            weight.uniform_(-0.8, 0.8)
     x = torch.rand(9, 4, *shape) * 2
+    net.record = True
     with torch.no_grad():
         spk, mem = net(x)
+    net.record = False
+    assert all(s.sum() > 0 for s in net.recorded[:-1])  # every hidden layer fires, the recurrent one included
+    assert len(recurrent) == ("RFC" in arch)
+    with torch.no_grad():
         state, steps = None, []
         for x_t in x:
             s, m, state = net.step(x_t, state)
             steps.append((s, m))
     assert torch.equal(spk, torch.stack([s for s, _ in steps]))
     torch.testing.assert_close(torch.stack([m for _, m in steps]), mem, rtol=1e-5, atol=1e-5)
-    assert spk.sum() > 0 or readout == "li"
