@@ -172,8 +172,8 @@ def spikingjelly_rows(workload, args):
     name -> (first call, [seconds per round])."""
     rows = {}
     for impl in SJ_CUDA if DEVICE.type == "cuda" and args.spikingjelly and workload in ("lif", "on") else ():
-        cmd = [sys.executable, __file__, "--probe-spikingjelly", workload, "--device", "cuda", "--rounds",
-               str(args.rounds), "--iters", str(args.iters), "--on-neurons", str(args.on_neurons)]
+        cmd = [sys.executable, __file__, "--probe-spikingjelly", workload, "--workloads", workload, "--device", "cuda",
+               "--rounds", str(args.rounds), "--iters", str(args.iters), "--on-neurons", str(args.on_neurons)]
         env = {**os.environ, "SJ_LIF_CUDA_IMPLEMENTATION": impl}
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode:
@@ -355,8 +355,7 @@ def sweep(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", nargs="+",
-                        default=["lif", "alif_pixels", "smnist_pixels", "on", "sweep", "network"])
+    parser.add_argument("--workloads", nargs="+", help="default: all of them (on --device cuda: all but network)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iters", type=int, default=3, help="steps per timing")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -375,6 +374,9 @@ def main():
     DEVICE = torch.device(args.device)
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
+    if args.workloads is None:
+        args.workloads = ["lif", "alif_pixels", "smnist_pixels", "on", "sweep"] + (["network"] if DEVICE.type == "cpu"
+                                                                                 else [])
     if DEVICE.type == "cuda" and "network" in args.workloads:
         parser.error("the network workload runs on the CPU; bench/throughput.py --device cuda times the networks")
     args.on_neurons = args.on_neurons or (16384 if DEVICE.type == "cuda" else 512)

@@ -143,6 +143,18 @@ def snntorch_loss(cfg):
     return lambda spk, mem, y: rate(spk, y)
 
 
+def same_network(workload: str, variant: str, spikes: torch.Tensor, reference: torch.Tensor, device) -> None:
+    """Refuse to time a variant that is not snnTorch's network: on a CPU its spikes are snnTorch's to the bit; on
+    a GPU a spike may flip where a membrane sits within a rounding of the threshold (Triton fuses U*beta + I into
+    one multiply-add, cuDNN picks its own algorithms), so one in 10,000 may differ."""
+    differ = (spikes != reference).float().mean().item()
+    if differ > (1e-4 if device.type == "cuda" else 0.0):
+        raise SystemExit(f"{workload}: {variant} and snnTorch disagree before training on {differ:.2%} of the spikes; "
+                         "not the same network")
+    if differ:
+        print(f"{workload}: {variant}: {differ:.5%} of the spikes differ from snnTorch's (roundings)", file=sys.stderr)
+
+
 def make_variant(workload: str, variant: str, device: torch.device, batch: tuple[torch.Tensor, torch.Tensor]):
     """-> (one training step, the output spike counts on ``batch`` before training)."""
     from snnrun.run.assembly import assemble
@@ -354,9 +366,8 @@ def main() -> None:
                 step, spikes = make_variant(workload, variant, device, batch)
             if variant == "snnTorch 1.0":
                 reference = spikes
-            elif variant.startswith("snnrun") and variant != "snnrun bf16" and reference is not None \
-                    and not torch.equal(spikes, reference):
-                raise SystemExit(f"{workload}: {variant} and snnTorch disagree before training; not the same network")
+            elif variant.startswith("snnrun") and variant != "snnrun bf16" and reference is not None:
+                same_network(workload, variant, spikes, reference, device)
             step()  # warm-up
             steps[variant] = step
         seconds = {v: [] for v in steps}

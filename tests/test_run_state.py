@@ -310,6 +310,25 @@ def test_without_skipping_a_non_finite_gradient_ends_the_run_before_its_update(c
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
+def test_a_checkpoint_from_a_gpu_evaluates_and_resumes_on_a_cpu(compose, tmp_path, caplog):
+    """A CUDA generator's state (16 bytes: seed and offset) does not fit a CPU generator: evaluation does not
+    need the training streams at all; a resume goes on from a stream seeded by (seed, step), and says so."""
+    t = trainer_for(compose, tmp_path, "trainer.max_steps=2")
+    t.fit()
+    state = checkpoints.load(tmp_path / "checkpoints" / "last.pt")
+    state["rng"]["encoder"] = torch.zeros(16, dtype=torch.uint8)  # as torch.Generator("cuda").get_state() gives
+    evaluator = trainer_for(compose, tmp_path / "eval", "trainer.max_steps=2")
+    evaluator.restore(state, training=False)
+    assert evaluator.test()["test_acc"] == pytest.approx(t.last_eval["test_acc"])
+    resumed = trainer_for(compose, tmp_path / "resumed", "trainer.max_steps=4")
+    fresh = resumed.generator.get_state()
+    with caplog.at_level("WARNING", logger="snnrun"):
+        resumed.restore(state)
+    assert "drawn on another kind of device than cpu" in caplog.text
+    assert not torch.equal(resumed.generator.get_state(), fresh)  # not the stream the run started from
+    assert resumed.fit()["steps"] == 4
+
+
 def test_a_checkpoint_without_its_run_config_cannot_be_evaluated_or_exported():
     from snnrun.run.checkpoints import CheckpointError
 

@@ -44,11 +44,18 @@ def random_state(generator: torch.Generator) -> dict:
     return rng
 
 
-def set_random_state(rng: dict, generator: torch.Generator) -> None:
+def set_random_state(rng: dict, generator: torch.Generator) -> bool:
+    """Restore the streams a run drew from; False where the encoder's was saved on another kind of device (a
+    CUDA generator's state is not a CPU one's), which the caller then seeds afresh. CUDA's streams are restored
+    for the GPUs both machines have."""
     torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available():
+        for index, state in enumerate(rng.get("cuda", [])[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, index)
+    if rng["encoder"].numel() != generator.get_state().numel():
+        return False
     generator.set_state(rng["encoder"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    return True
 
 
 def _moved(node):

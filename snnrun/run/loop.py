@@ -16,6 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -120,15 +121,21 @@ class Trainer:
         }
 
     def restore(self, state: dict, training: bool = True) -> None:
-        """Load a checkpoint's weights, progress and random streams and, to train on (``training``), its
-        optimiser; the schedule is rebuilt for this run's plan at the step reached."""
+        """Load a checkpoint's weights and progress and, to train on (``training``), its optimiser and random
+        streams (evaluation draws from its own); the schedule is rebuilt for this run's plan at the step reached."""
         self.model.load_state_dict(state["model"])
         if training:
             self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress.from_state(state["progress"])
         self.started = time.perf_counter()
         self.scheduler = self.place_schedule()
-        checkpoints.set_random_state(state["rng"], self.generator)
+        if not training:
+            return
+        if not checkpoints.set_random_state(state["rng"], self.generator):
+            self.generator.manual_seed(int(np.random.SeedSequence([self.options.seed, self.step]).generate_state(1)[0]))
+            log.warning("the checkpoint's encoder stream was drawn on another kind of device than %s: it goes on "
+                        "from a stream seeded by (seed, step %d), so this resume does not retrace an uninterrupted "
+                        "run's random draws", self.device, self.step)
 
     def carry_best(self, resumed: Path) -> None:
         """A resumed run's folder gets the best.pt its progress names (the resumed run's, beside ``resumed``, or
