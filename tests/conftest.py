@@ -59,6 +59,15 @@ def compose():
     return composed
 
 
+def scalars(run_dir) -> dict:
+    """The TensorBoard scalars a run wrote, read back from its event files: {tag: [(step, value), ...]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
 def layer_grads(layer, current, weights):
     """Spikes, membranes, input gradient and parameter gradients of sum(w0*S + w1*U) through ``layer``."""
     layer.zero_grad()

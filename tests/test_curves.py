@@ -2,16 +2,9 @@
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import FAST, read_metrics, read_results, snnrun
+from conftest import FAST, read_metrics, read_results, scalars, snnrun
 from snnrun.data.datasets import fixed_subset, synthetic
-
-
-def scalars(run_dir) -> dict:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def test_the_subset_is_fixed_sorted_and_never_larger_than_the_split():

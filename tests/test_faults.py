@@ -249,6 +249,8 @@ def test_nothing_an_earlier_run_wrote_is_written_over(earlier, args, key):
     (["encoder=poisson"], "encoder._target_", "encoder=direct"),
     (["data.seed=3"], "data.seed", "data.seed=0"),
     (["time_steps=9"], "time_steps", "time_steps=8"),
+    (["data.batch_size=16"], "data.batch_size", "data.batch_size=32"),  # the epoch's position is counted in batches
+    (["seed=5"], "seed", "seed=0"),
     (["trainer.max_steps=1"], "trainer.max_steps=2", "trainer.max_steps=2"),  # the plan ends before the step reached
 ])
 def test_a_resume_must_continue_the_same_run(earlier, args, key, fix):

@@ -266,6 +266,24 @@ def test_a_resume_on_other_training_files_is_refused(tmp_path, files, monkeypatc
         assemble(compose(*paths(files["train"], files["test"], f"data.val_path={val}", f"ckpt_path={ckpt}"), *NET))
 
 
+def test_a_checkpoint_is_evaluated_on_moved_files(tmp_path, files, monkeypatch):
+    """Where the files are may change on eval (data=tensors data.test_path=...): the network, the shape and the
+    classes stay the checkpoint's."""
+    monkeypatch.chdir(tmp_path)
+    results, run_dir = snnrun.train(paths(files["train"], files["test"], "trainer.max_steps=2", *NET))
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("train", "test"):
+        files[name].rename(moved / files[name].name)
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    with pytest.raises(DataError, match="no such file"):
+        snnrun.evaluate(ckpt)
+    for overrides in (paths(moved / "train.npz", moved / "test.npz"),
+                      [f"+data.train_path={moved / 'train.npz'}", f"+data.test_path={moved / 'test.npz'}"]):
+        again = snnrun.evaluate(ckpt, overrides)
+        assert again.results["test_acc"] == results["test_acc"] and again.results["test_loss"] == results["test_loss"]
+
+
 def test_snnrun_train_raises_the_commands_error_and_writes_nothing(tmp_path, files, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (x, y), _ = bad_inputs(tmp_path)["negative"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import FAST, read_metrics, read_results, snnrun
+from conftest import FAST, read_metrics, read_results, scalars, snnrun
 from snnrun.run import checkpoints
 from snnrun.run.assembly import assemble
 from snnrun.run.logger import RunLogger
@@ -165,6 +165,50 @@ def test_max_time_ends_the_run_cleanly_with_the_plan_unchanged(compose, tmp_path
     assert kept["state"]["progress"]["step"] == 1
 
 
+def test_a_plan_that_ends_with_its_budget_is_reported_as_the_plan(compose, tmp_path):
+    """The budget runs out at the plan's last step: the plan ended the run, not max_time."""
+    results = trainer_for(compose, tmp_path, "trainer.max_steps=1", "trainer.max_time=1e-9").fit()
+    assert results["steps"] == 1 and results["stopped_by"] == "plan"
+
+
+def test_a_resume_of_a_spent_budget_trains_no_step(compose, tmp_path, caplog):
+    first = trainer_for(compose, tmp_path / "first", "trainer.max_steps=12", "trainer.max_time=1e-9")
+    assert first.fit()["steps"] == 1
+    again = trainer_for(compose, tmp_path / "again", "trainer.max_steps=12", "trainer.max_time=1e-9")
+    again.restore(checkpoints.load(tmp_path / "first" / "checkpoints" / "last.pt"))
+    with caplog.at_level("INFO", logger="snnrun"):
+        results = again.fit()
+    assert results["steps"] == 1 and results["stopped_by"] == "max_time"
+    assert "has passed trainer.max_time=1e-09: no step is trained" in caplog.text
+
+
+def test_the_throughput_counts_every_step_of_the_run_over_its_resumes(compose, tmp_path):
+    first = trainer_for(compose, tmp_path / "first", "trainer.max_steps=4")
+    first.fit()
+    saved = checkpoints.load(tmp_path / "first" / "checkpoints" / "last.pt")
+    assert saved["progress"]["trained"]["samples"] == 4 * 32 and saved["progress"]["trained"]["seconds"] > 0
+    resumed = trainer_for(compose, tmp_path / "resumed", "trainer.max_steps=6")
+    resumed.restore(saved)
+    results = resumed.fit()
+    trained = resumed.progress.trained
+    assert trained["samples"] == 6 * 32
+    assert results["train_samples_per_s"] == pytest.approx(trained["samples"] / trained["seconds"])
+    again = trainer_for(compose, tmp_path / "again", "trainer.max_steps=6")  # nothing left to train
+    again.restore(checkpoints.load(tmp_path / "resumed" / "checkpoints" / "last.pt"))
+    assert again.fit()["train_samples_per_s"] == results["train_samples_per_s"]
+
+
+def test_the_learning_rate_logged_is_the_one_the_step_used(compose, tmp_path):
+    t = trainer_for(compose, tmp_path, "scheduler=onecycle", "trainer.max_steps=4", "trainer.eval_every=1",
+                    "trainer.log_every=1")
+    used = []
+    t.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: used.append(optimizer.param_groups[0]["lr"]))
+    t.fit()
+    assert [r["lr"] for r in read_metrics(tmp_path)] == used and used[0] < used[1]  # one-cycle warms up
+    t.logger.writer.flush()
+    assert [value for _, value in scalars(tmp_path)["lr"]] == pytest.approx(used)
+
+
 def test_dropout_gives_each_sample_the_mask_it_gets_in_one_process():
     from snnrun.core.architectures import _Block
 
@@ -205,6 +249,8 @@ def test_eval_takes_the_network_input_and_data_from_the_checkpoint(compose, tmp_
     assert set(cfg.neuron) == set(compose("neuron=sliding_psn").neuron)  # the checkpoint's group whole, no lif keys
     assert assemble(cfg).parts.model.blocks[0].neuron.taps == 16
     assert merged("model.arch=FC32-FC10").model.arch == "FC32-FC10"  # repeating the checkpoint's value is fine
+    assert merged("neuron.backend=torch").neuron.backend == "torch"  # how it computes may change, as on resume
+    assert merged("loss=spike_count_ce").loss == compose("loss=spike_count_ce").loss  # another loss comes whole
     for override, key, theirs in (("time_steps=5", "time_steps", "6"), ("model=csnn", "model.arch", "'FC32-FC10'"),
                                   ("data=mnist", "data._target_", "'snnrun.data.datasets.synthetic'"),
                                   ("encoder=direct", "encoder._target_", "'snnrun.core.encoders.Poisson'")):

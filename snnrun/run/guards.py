@@ -19,7 +19,9 @@ IDENTITY = ("model", "neuron", "surrogate", "encoder", "time_steps", "data")  # 
 LOCAL = ("task", "ckpt_path", "nir_path", "device", "export", "data.root", "data.download", "data.cache",
          "trainer.num_threads")
 BATCHING = ("data.batch_size", "data.eval_batch_size", "data.val_size")  # compatible with any checkpoint
-RESUMED = IDENTITY + ("loss", "readout", "optimizer._target_")  # what a resume continues: the same run
+RESUMED = IDENTITY + ("loss", "readout", "optimizer._target_", "seed")  # what a resume continues: the same run
+# what a resume may change besides LOCAL and HOW: not data.batch_size (the epoch's position is counted in batches)
+RESUME_MAY = ("data.eval_batch_size", "data.val_size")  # val_size: refused by checkpoints.check_data, naming the set
 # how a layer computes and where the files are: a resume may change them (another machine, moved files; the
 # training set itself is held to the checkpoint's by checkpoints.check_data)
 HOW = ("neuron.backend", "neuron.fused", "neuron.scan", "neuron.block", "data.train_path", "data.test_path",
@@ -66,11 +68,11 @@ def check_export_path(cfg: DictConfig) -> None:
 
 
 def check_resume(cfg: DictConfig, state: dict) -> None:
-    """Refuse a resume (task=train with ckpt_path) whose network, input, data, loss, readout or optimiser is
-    not the checkpoint's: it continues that run (the plan, learning rate and budget may change)."""
+    """Refuse a resume (task=train with ckpt_path) whose network, input, data, batch size, loss, readout, optimiser
+    or seed is not the checkpoint's: it continues that run (the plan, learning rate and budget may change)."""
     theirs, mine = leaves(state.get("config") or {}), leaves(plain(cfg))
     for key in sorted(set(theirs) & set(mine)):
-        if under(key, RESUMED) and not under(key, LOCAL + BATCHING + HOW) and theirs[key] != mine[key]:
+        if under(key, RESUMED) and not under(key, LOCAL + RESUME_MAY + HOW) and theirs[key] != mine[key]:
             raise ConfigError(key, mine[key], f"the checkpoint's value, {theirs[key]!r}: ckpt_path={cfg.ckpt_path} "
                               f"holds a run trained with {key}={theirs[key]!r}, and a resume continues that run (give "
                               "it the run's overrides; start a new run without ckpt_path to train something else)",

@@ -85,6 +85,7 @@ class Trainer:
         self.stop_signal: str | None = None  # set by a signal handler at any time
         self.stopping = False  # whether any rank had a stop signal at the last step (agreed by all ranks)
         self.out_of_time = False  # whether trainer.max_time was reached (agreed by all ranks)
+        self.step_lr: float | None = None  # the learning rate of the last step trained
         self.world = world  # under torchrun: this rank; its replica syncs gradients through DDP
         self.replica = self.model
         if world.size > 1:
@@ -174,13 +175,14 @@ class Trainer:
             [loss.item() * len(y), correct, len(y), float(bool(self.stop_signal)),
              float(budget is not None and self.clock() >= budget)], self.device)
         self.stopping, self.out_of_time = stop > 0, late > 0
+        self.step_lr = self.lr  # the rate this update uses (the schedule moves on after it)
         self.update(loss, loss_sum / n, self.step + 1, self.progress, self.scheduler)
         w = self.progress.window
         w["loss"] += loss_sum
         w["correct"] += correct
         w["samples"] += int(n)
         if self.step % self.options.log_every == 0 and self.world.main:
-            self.logger.log_train(self.step + 1, loss_sum / n, correct / n, self.lr)
+            self.logger.log_train(self.step + 1, loss_sum / n, correct / n, self.step_lr)
 
     def fail(self, what: str):
         last = self.checkpoint("last")
@@ -209,7 +211,7 @@ class Trainer:
             "train_acc": w["correct"] / w["samples"] if w["samples"] else None,
             **metrics,
             "train_samples_per_s": w["samples"] / w["seconds"] if w["seconds"] else 0.0,
-            "lr": self.lr,
+            "lr": self.step_lr if self.step_lr is not None else self.lr,  # that of the last step trained
             "wall_s": self.clock(),  # training seconds so far, this evaluation included
         }
         improved = p.observe(metrics, self.selected_on, self.step, record["wall_s"])
@@ -232,7 +234,11 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict:
         self.started = time.perf_counter()
-        samples, seconds = 0, 0.0
+        budget, trained = self.options.max_time, self.progress.trained
+        if budget is not None and self.progress.wall_s >= budget:  # a resume of a run that spent its budget
+            self.out_of_time = True
+            log.info("the training clock (%.0f s) has passed trainer.max_time=%g: no step is trained", self.progress.wall_s,
+                     budget)
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.show_progress)
         with stop_on_signals(self):
@@ -243,14 +249,14 @@ class Trainer:
                     tic = time.perf_counter()
                     self.train_step(random_shift(x, self.options.augment_shift, self.generator), y)
                     if self.device.type == "cuda":
-                        torch.cuda.synchronize()
+                        torch.cuda.synchronize(self.device)
                     elapsed = time.perf_counter() - tic
                     self.progress.window["seconds"] += elapsed
-                    seconds += elapsed
-                    samples += len(y)
+                    trained["seconds"] += elapsed
+                    trained["samples"] += len(y)
                     self.progress.step += 1
                     bar.update(1)
-                    if self.out_of_time:
+                    if self.out_of_time and self.step < self.total_steps:
                         log.info("trainer.max_time=%gs reached after step %d of %d", self.options.max_time, self.step,
                                  self.total_steps)
                         break
@@ -269,14 +275,14 @@ class Trainer:
                  else self.evaluate_and_save(final=True))
         return {
             "status": "ok",
-            "stopped_by": "max_time" if self.out_of_time else "plan",
+            "stopped_by": "max_time" if self.step < self.total_steps else "plan",
             "test_acc": final["test_acc"],
             "test_loss": final["test_loss"],
             "best_test_acc": self.progress.best_test_acc,
             **self.progress.best_figures(self.selected_on),
             "steps": self.step,
             "epochs": self.step / self.steps_per_epoch,
-            "train_samples_per_s": samples / seconds if seconds else 0.0,
+            "train_samples_per_s": trained["samples"] / trained["seconds"] if trained["seconds"] else 0.0,
             "wall_s": self.clock(),
             "firing_rates": final["firing_rates"],
             "time_to_acc": dict(self.progress.reached),

@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..interop import nir_export
 from . import checkpoints
 from .assembly import Assembly, assemble, checkpoint_network
-from .guards import (BATCHING, IDENTITY, LOCAL, check_export_path, check_folder, check_resolves, check_switches,
-                     plain, under)
+from .guards import (BATCHING, HOW, IDENTITY, LOCAL, check_export_path, check_folder, check_resolves,
+                     check_switches, plain, under)
 from .rules import USER_ERRORS, ConfigError, check, leaves
 
 
@@ -34,24 +34,36 @@ def checkpoint_config(cfg: DictConfig, overrides: list[str], state: dict) -> Dic
     ``experiment=`` preset included); one that gives the network, its input or its data a value
     other than the checkpoint's is refused, naming both."""
     saved = checkpoints.saved_config(state, cfg.ckpt_path)
-    mine = leaves(plain(cfg))
+    ours = plain(cfg)
+    mine = leaves(ours)
+    # the defaults with this command's own network overrides (data=tensors): what a preset (experiment=) changed
+    # besides, and not what those overrides changed through interpolations (model.arch's FC${data.num_classes})
     base = leaves(plain(compose(config_name="config", overrides=[o for o in overrides if under(
-        o.lstrip("+~").split("=", 1)[0], ("task", "ckpt_path"))])))
-    touched = {k for k, v in mine.items() if base.get(k, object()) != v}  # what the overrides changed, presets too
-    for override in overrides:  # and what they name, though it equals the default (data=mnist)
-        named = override.lstrip("+~").split("=", 1)[0]
-        touched |= {k for k in mine if under(k, (named,)) and not named.startswith("hydra")}
+        o.lstrip("+~").split("=", 1)[0], ("task", "ckpt_path") + IDENTITY)])))
+    names = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    names = [n for n in names if not n.startswith("hydra")]
+    # what this command sets: the values it changed and the keys it names one by one (data.eval_batch_size=7)
+    taken = {k for k, v in mine.items() if base.get(k, object()) != v or under(k, [n for n in names if "." in n])}
+    # checked against the checkpoint besides: all a group option brings, though it equals the default (data=mnist)
+    touched = taken | {k for k in mine if under(k, names)}
     theirs = leaves(saved)
+    # a null under the network's groups is a value left to the data or the defaults (data=tensors' input_shape):
+    # the checkpoint's stands
+    touched -= {k for k in touched if under(k, IDENTITY) and mine[k] is None and theirs.get(k) is not None}
     for key in sorted(touched):
-        if under(key, IDENTITY) and not under(key, LOCAL + BATCHING) and key in theirs and theirs[key] != mine[key]:
+        if under(key, IDENTITY) and not under(key, LOCAL + BATCHING + HOW) and key in theirs and theirs[key] != mine[key]:
             raise ConfigError(key, mine[key], f"the checkpoint's value, {theirs[key]!r}: ckpt_path={cfg.ckpt_path} holds "
                               f"a network trained with {key}={theirs[key]!r} (task={cfg.task} takes the network, its "
                               "input and its data from the checkpoint; leave the override out)",
                               f"task={cfg.task} ckpt_path={cfg.ckpt_path}")
-    merged = OmegaConf.create({**plain(cfg), **saved})  # the checkpoint's groups whole, not merged key by key
+    merged = OmegaConf.create({**ours, **saved})  # the checkpoint's groups whole, not merged key by key
+    for override in overrides:  # another option of a group outside the network (loss=, readout=) comes whole
+        group = override.lstrip("+~").split("=", 1)[0]
+        if "." not in group and not under(group, IDENTITY + LOCAL) and isinstance(ours.get(group), dict):
+            merged[group] = ours[group]
     with open_dict(merged):
         for key, value in mine.items():
-            if key in touched or under(key, LOCAL):
+            if key in taken or under(key, LOCAL):
                 OmegaConf.update(merged, key, value, force_add=True)
     return merged
 
