@@ -140,6 +140,7 @@ def test_the_step_by_step_neuron_trains_the_same_network_as_the_fused_op(tmp_pat
         snnrun(*FAST, "model.arch=4C5-MP2-FC10", "trainer.max_steps=6", "trainer.eval_every=3", "optimizer.lr=2e-3",
                f"neuron.fused={fused}", f"hydra.run.dir=fused_{fused}", cwd=tmp_path)
     fused, stepwise = read_metrics(tmp_path / "fused_true"), read_metrics(tmp_path / "fused_false")
+    assert [r["step"] for r in fused] == [r["step"] for r in stepwise] == [3, 6]
     for a, b in zip(fused, stepwise):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-4) and abs(a["test_acc"] - b["test_acc"]) <= 1 / 128

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import get_object
 
 from snnrun.run import devices
 from snnrun.run.cli import config_dir
@@ -54,12 +55,20 @@ def test_every_group_has_the_documented_options():
 @pytest.mark.parametrize("group, option", [o for o in OPTIONS if o[0] != "data"],
                          ids=[f"{g}={o}" for g, o in OPTIONS if g != "data"])
 def test_option_builds_and_trains_a_step(compose, group, option):
+    """Each option builds the part its _target_ names, and one step of it changes the weights."""
     arch = [] if group == "model" else ["model.arch=4C5-MP2-FC10"]
     if (group, option) == ("neuron", "rlif"):  # rlif needs a recurrent layer, on a flat input
         arch = ["model.arch=4C5-MP2-FC16-RFC10"]
-    assembly = assemble(compose(f"{group}={option}", *SMALL, *arch))
+    cfg = compose(f"{group}={option}", *SMALL, *arch)
+    assembly = assemble(cfg)
     parts = assembly.parts
+    built = {"neuron": [m for m in parts.model.modules()], "model": [parts.model], "encoder": [parts.encoder],
+             "surrogate": [m.surrogate for m in parts.model.modules() if hasattr(m, "surrogate")],
+             "loss": [parts.loss], "optimizer": [parts.optimizer], "scheduler": [parts.scheduler]}[group]
+    target = cfg[group].get("_target_")
+    assert any(_maker(part) is (get_object(target) if target else None) for part in built)
     x, y = assembly.data.train.inputs[:2].float() / 255, assembly.data.train.labels[:2]
+    before = [p.detach().clone() for p in parts.model.parameters()]
     spk, mem = parts.model(parts.encoder(x, 4, torch.Generator().manual_seed(0)))
     loss = parts.loss(spk, mem, y)
     loss.backward()
@@ -68,6 +77,13 @@ def test_option_builds_and_trains_a_step(compose, group, option):
     if scheduler is not None:
         scheduler.step()
     assert spk.shape == (4, 2, 10) and torch.isfinite(loss)
+    changed = any(not torch.equal(a, b) for a, b in zip(before, parts.model.parameters()))
+    assert changed or option == "heaviside"  # no surrogate: no gradient reaches the weights behind a spike
+
+
+def _maker(part):
+    """What built ``part``: its class, or the function a partial wraps (None for None)."""
+    return None if part is None else getattr(part, "func", None) or type(part)
 
 
 DATASETS = {

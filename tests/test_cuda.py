@@ -3,6 +3,7 @@ bf16, and the snnrun command on device=cuda. Skipped on machines without a GPU."
 
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,9 +71,11 @@ def test_the_command_trains_on_cuda_and_its_checkpoint_exports_on_any_machine(tm
     assert results["status"] == "ok" and results["steps"] == 4
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert all(t.device.type == "cpu" for t in state["model"].values())
-    pytest.importorskip("nir")
+    nir = pytest.importorskip("nir")
     snnrun("task=export", "ckpt_path=run/checkpoints/last.pt", "hydra.run.dir=export", cwd=tmp_path)
-    assert (tmp_path / "run" / "checkpoints" / "model.nir").is_file()
+    graph = nir.read(tmp_path / "run" / "checkpoints" / "model.nir")
+    fc = [w for k, w in state["model"].items() if k.endswith("weight") and w.dim() == 2][-1]  # the readout's
+    assert np.array_equal(graph.nodes["L2_FC10.affine"].weight, fc.numpy())
 
 
 def test_batch_norm_is_synced_across_torchrun_ranks_on_gpus(compose):

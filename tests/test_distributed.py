@@ -116,9 +116,9 @@ def _rank_enters(rank: int, size: int, init: str, log_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def test_rank_zero_loads_the_data_first_and_the_others_read_what_it_cached(tmp_path):
-    """Under torchrun every rank used to bin the whole event dataset at once; now rank 0 loads (and
-    caches) it alone, and the other ranks start only when it is done."""
+def test_the_main_rank_goes_first_and_the_others_wait_for_it(tmp_path):
+    """main_rank_first, which prepare wraps around loading the data (rank 0 bins and caches an event
+    dataset alone; the others then read its cache): the other ranks enter only once rank 0 has left."""
     import torch.multiprocessing as mp
 
     mp.spawn(_rank_enters, args=(3, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=3)

@@ -2,7 +2,9 @@
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from conftest import FAST, read_results, snnrun
 
@@ -47,7 +49,13 @@ def test_training_starts_from_a_graph_and_exports_again(exported):
     assert results["status"] == "ok" and results["steps"] == 2
     snnrun("task=export", "ckpt_path=tuned/checkpoints/last.pt", "export.path=again.nir", "hydra.run.dir=export2",
            cwd=exported)
-    assert (exported / "again.nir").is_file()
+    nir = pytest.importorskip("nir")
+    again, first = nir.read(exported / "again.nir"), nir.read(exported / "run" / "checkpoints" / "model.nir")
+    assert set(again.nodes) == set(first.nodes)
+    tuned = torch.load(exported / "tuned" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    (fc,) = [w for k, w in tuned.items() if k.endswith("weight") and w.dim() == 2]  # FC10's, after the tuning
+    assert np.array_equal(again.nodes["L2_FC10.affine"].weight, fc.numpy())
+    assert not np.array_equal(first.nodes["L2_FC10.affine"].weight, fc.numpy())  # the graph it started from
 
 
 @pytest.mark.parametrize("args, message", [

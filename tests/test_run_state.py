@@ -5,6 +5,7 @@ Most tests drive the real ``Trainer`` in this process (real checkpoints, real Te
 the ones about the command line run the ``snnrun`` console script."""
 
 import copy
+import json
 import time
 
 import pytest
@@ -276,7 +277,10 @@ def test_a_checkpoint_evaluated_with_only_its_path_reproduces_its_reported_figur
     assert refused.returncode == 2 and not (tmp_path / "bad").exists()
     assert "time_steps=5 is not allowed" in refused.stderr and "time_steps=6" in refused.stderr
     snnrun("task=export", f"ckpt_path={ckpt}", "export.approximate=true", "hydra.run.dir=ex", cwd=tmp_path)
-    assert read_results(tmp_path / "ex")["status"] == "ok" and (tmp_path / "run" / "checkpoints" / "model.nir").is_file()
+    assert read_results(tmp_path / "ex")["status"] == "ok"
+    nir = pytest.importorskip("nir")
+    graph = nir.read(tmp_path / "run" / "checkpoints" / "model.nir")
+    assert json.loads(str(graph.metadata["snnrun"]))["config"]["model"]["arch"] == "4C5-BN-MP2-FC32-DO0.3-FC10"
 
 
 @pytest.mark.e2e
