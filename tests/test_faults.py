@@ -17,7 +17,7 @@ BAD_DEVICE = "cuda:99" if torch.cuda.is_available() else "cuda"
 
 def refused(tmp_path, *args, key, base=FAST):
     proc = snnrun(*base, *args, "hydra.run.dir=run", cwd=tmp_path, check=False)
-    assert proc.returncode != 0, proc.stdout
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # a refusal, not a crash (1)
     assert "Traceback" not in proc.stderr + proc.stdout
     assert key in proc.stderr, proc.stderr
     assert not (tmp_path / "run").exists(), "a refused run must not write its folder"

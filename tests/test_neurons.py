@@ -178,9 +178,15 @@ def test_fused_time_loop_matches_step_by_step_autograd(cls, reset, detach_reset,
 def test_fused_uses_any_surrogate(surrogate):
     current = torch.randn(10, 3, 7, dtype=torch.float64)
     weights = torch.randn(2, 10, 3, 7, dtype=torch.float64)
-    ref = _forward_backward(neurons.LIF, False, current, weights, surrogate=surrogate)
-    fused = _forward_backward(neurons.LIF, True, current, weights, surrogate=surrogate)
+    ref = _forward_backward(neurons.LIF, False, current, weights, surrogate=surrogate, learn_beta=True,
+                            learn_threshold=True)
+    fused = _forward_backward(neurons.LIF, True, current, weights, surrogate=surrogate, learn_beta=True,
+                              learn_threshold=True)
+    assert torch.equal(fused[0], ref[0])
     torch.testing.assert_close(fused[2], ref[2], rtol=1e-10, atol=1e-10)
+    assert fused[3].keys() == ref[3].keys() == {"beta_logit", "log_threshold"}
+    for name in ref[3]:
+        torch.testing.assert_close(fused[3][name], ref[3][name], rtol=1e-10, atol=1e-10)
 
 
 def test_fused_with_only_spikes_or_only_membrane_used():

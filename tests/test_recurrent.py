@@ -95,13 +95,18 @@ def test_fused_matches_step_by_step_in_float64(cls, recurrence, reset, detach_re
 
 def test_rectified_alif_fused_matches_step_by_step():
     torch.manual_seed(1)
-    layer = ALIF(beta=0.9, tau_adapt=10.0, adaptation=0.5, rectify=True, recurrent=True, shape=(5,)).double()
+    layer = ALIF(beta=0.9, tau_adapt=10.0, adaptation=0.5, rectify=True, recurrent=True, shape=(5,), learn_beta=True,
+                 learn_threshold=True).double()
     current = torch.randn(15, 2, 5, dtype=torch.float64)
     weights = torch.randn(2, 15, 2, 5, dtype=torch.float64)
     out = [layer_grads(layer, current, weights) for layer.fused in (True, False)]
-    assert torch.equal(out[0][0], out[1][0]) and (out[0][1] >= 0).all()
+    assert torch.equal(out[0][0], out[1][0]) and (out[0][1] >= 0).all() and (out[0][1] == 0).any()  # rectified
     for a, b in zip(out[0][1:3], out[1][1:3]):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    assert out[0][3].keys() == out[1][3].keys() >= {"beta_logit", "log_threshold", "recurrent_weight"}
+    for name, grad in out[0][3].items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grad, out[1][3][name], atol=1e-10, rtol=0)
 
 
 def test_li_learns_its_decay_per_neuron():
