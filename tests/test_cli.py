@@ -76,7 +76,28 @@ def test_tensorboard_events(trained):
     assert "_hparams_/experiment" in hp and "_hparams_/session_start_info" in hp
     assert b"neuron.beta" in hp["_hparams_/session_start_info"]
     assert b"hparams/best_test_acc" in hp["_hparams_/experiment"]
+    assert session_status(hp) == "STATUS_SUCCESS"
     assert not any(p.is_dir() and p.name[0].isdigit() for p in trained.iterdir())  # no extra hparams run folder
+
+
+def session_status(hparams_content: dict) -> str:
+    from tensorboard.plugins.hparams.api_pb2 import Status
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    data = HParamsPluginData.FromString(hparams_content["_hparams_/session_end_info"])
+    return Status.Name(data.session_end_info.status)
+
+
+@pytest.mark.parametrize("status, expected", [("failed", "STATUS_FAILURE"), ("interrupted", "STATUS_UNKNOWN")])
+def test_the_hparams_dashboard_shows_how_a_run_ended(tmp_path, status, expected):
+    """A failed or interrupted run is not listed as a success; a run still going has no end yet."""
+    from snnrun.run.logger import RunLogger
+
+    logger = RunLogger(tmp_path, {"neuron.beta": 0.9})
+    logger.writer.flush()
+    assert "_hparams_/session_end_info" not in events(tmp_path).PluginTagToContent("hparams")  # running
+    logger.finish({"status": status, "steps": 3})
+    assert session_status(events(tmp_path).PluginTagToContent("hparams")) == expected
 
 
 def test_figures_last_draws_the_rasters_only_at_the_last_evaluation(tmp_path):

@@ -103,16 +103,68 @@ def test_submitit_local_launcher(tmp_path):
 
 @e2e
 @needs("hydra_plugins.hydra_optuna_sweeper")
-def test_optuna_search_returns_a_best_value(tmp_path):
+def test_optuna_search_returns_a_best_value_past_a_failed_trial(tmp_path):
+    """A trial that fails (here T = 0, refused) is a failed trial and a failed row; the search goes on."""
     searched = [o for o in SWEEP if not o.startswith("time_steps=")]  # a fixed value would pin the searched T
-    proc = snnrun("hparams_search=optuna_lif", "hydra.sweeper.n_trials=3", *searched, "hydra.sweep.dir=sweep",
-                  cwd=tmp_path, timeout=600)
+    proc = snnrun("hparams_search=optuna_lif", "hydra.sweeper.n_trials=5", "hydra.sweeper.params.time_steps='choice(4,0)'",
+                  *searched, "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=600, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr  # 1: a job did not end ok
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
-    assert 0 <= best["best_value"] <= 1
+    assert 0 <= best["best_value"] <= 1 and best["best_params"]["time_steps"] == 4
     assert set(best["best_params"]) == {"optimizer.lr", "neuron.beta", "surrogate.slope", "time_steps"}
     rows = summary(tmp_path / "sweep")
-    assert len(rows) == 3 and float(rows[0]["test_acc"]) == pytest.approx(best["best_value"])
+    assert len(rows) == 5 and float(rows[0]["test_acc"]) == pytest.approx(best["best_value"])
+    failed = [r for r in rows if r["status"] != "ok"]
+    assert failed and all("time_steps=0" in r["overrides"] and "time_steps" in r["error"] for r in failed)
     assert "Best value" in proc.stdout + proc.stderr
+
+
+@e2e
+@pytest.mark.parametrize("launcher", ["basic", pytest.param("joblib", marks=needs("hydra_plugins.hydra_joblib_launcher"))])
+def test_a_signal_stops_the_whole_sweep(tmp_path, launcher):
+    """Ctrl-C (to the process group, as a terminal sends it) stops the sweep: the running jobs save and say how to
+    resume, no later job starts, the summary is written and the command exits 130."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import SNNRUN
+
+    parallel = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    proc = subprocess.Popen([SNNRUN, "-m", "seed=0,1,2,3", *parallel, *FAST, "trainer.max_steps=100000",
+                             "trainer.eval_every=5", "hydra.sweep.dir=sweep"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = tmp_path / "sweep" / "0" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not metrics.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert metrics.exists(), "job 0 never evaluated"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    rows = {r["job"]: r for r in summary(tmp_path / "sweep")}
+    assert rows["0"]["status"] == "interrupted" and "Resume this job with" in err
+    assert all(r["status"] in ("interrupted", "not run") for r in rows.values())
+    assert len(rows) < 4 or rows["3"]["status"] == "not run"  # job 3 never trained
+    assert "stopped by SIGINT" in out
+    resumed = f"ckpt_path={tmp_path / 'sweep' / '0' / 'checkpoints' / 'last.pt'}"
+    assert resumed in err and f"hydra.run.dir={tmp_path / 'sweep' / '0'}-resumed" in err
+
+
+@e2e
+def test_a_sweep_into_job_folders_of_an_earlier_one_is_refused(tmp_path):
+    """With a subdir of your own, a second sweep into the same folder would meet the first one's job folders."""
+    pattern = "hydra.sweep.subdir=r${hydra.job.num}"
+    snnrun("-m", "seed=0,1", *SWEEP, "hydra.sweep.dir=sweep", pattern, cwd=tmp_path)
+    before = {p: p.read_bytes() for p in (tmp_path / "sweep").rglob("*") if p.is_file()}
+    proc = snnrun("-m", "seed=5,6", *SWEEP, "hydra.sweep.dir=sweep", pattern, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "job 0" in proc.stderr and "sweep/r0, which already holds" in proc.stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "sweep").rglob("*") if p.is_file()} == before
+    named = "hydra.sweep.subdir=${hydra.job.override_dirname}"  # new folders in the shared sweep folder: allowed
+    snnrun("-m", "seed=5,6", *SWEEP, "hydra.sweep.dir=sweep", named, cwd=tmp_path)
+    assert (tmp_path / "sweep" / "multirun.1.yaml").read_bytes() == before[tmp_path / "sweep" / "multirun.yaml"]
+    assert len(summary(tmp_path / "sweep")) == 4  # the summary lists the jobs of both
 
 
 def test_the_summary_ranks_by_the_sweeps_objective_validation_when_held_out(tmp_path):

@@ -30,7 +30,8 @@ from .loop import Interrupted, Trainer, TrainingError
 from .guards import export_path
 from .preflight import Preflight, overrides_of, prepare
 from .rules import USER_ERRORS
-from .sweep import SweepSummary
+from . import sweep
+from .sweep import SweepStopped, SweepSummary
 
 log = logging.getLogger("snnrun")
 
@@ -177,21 +178,32 @@ def check_nir(cfg: DictConfig, assembly, run_dir: Path) -> float:
     return math.nan
 
 
-def _fail(message: str, code: int) -> float:
-    """Report a failure: one paragraph on stderr; in a sweep, a failed job (NaN) instead of an exit."""
+def _fail(message: str, code: int, status: str = "failed") -> None:
+    """Report a failure: one paragraph on stderr; in a sweep, a failed job instead of an exit. It returns no
+    value: Optuna marks the trial failed and searches on (a NaN made Optuna 2.10's sweeper crash)."""
     log.error(message)
     print(f"snnrun: error: {message}", file=sys.stderr)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         if not (run_dir / "results.json").exists():
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(run_dir / "results.json", {"status": "failed", "error": message})
-        return math.nan
+            write_json_atomic(run_dir / "results.json", {"status": status, "error": message})
+        return None
     sys.exit(code)
 
 
+_SWEEP_PID: int | None = None  # the command's process: a sweep's jobs run in it under Hydra's basic launcher
+
+
 @hydra.main(version_base=None, config_path=config_dir(), config_name="config")
-def task(cfg: DictConfig) -> float:
+def task(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    signame = sweep.stopped_by(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+    if signame:  # a job that starts after a signal stopped the sweep
+        _fail(f"not run: the sweep was stopped by {signame} before this job started", 1, status="not run")
+        if os.getpid() == _SWEEP_PID:
+            raise SweepStopped(hydra_cfg.sweep.dir, signame)
+        return None
     if os.environ.get("SNNRUN_DEBUG"):
         return run(cfg)
     try:
@@ -201,10 +213,17 @@ def task(cfg: DictConfig) -> float:
     except (TrainingError, reader_check.ReaderMismatch) as err:
         return _fail(str(err), 1)
     except Interrupted as err:
-        overrides = " ".join(overrides_of(HydraConfig.get()))
+        overrides = " ".join(overrides_of(hydra_cfg))
         resume = f"snnrun {overrides} ckpt_path={err.checkpoint}".replace("  ", " ")
-        return _fail(f"{err}. Resume with:\n  {resume}",
-                     130 if err.signame == "SIGINT" else 143)
+        code = 130 if err.signame == "SIGINT" else 143
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            return _fail(f"{err}. Resume with:\n  {resume}", code)
+        sweep.stop(hydra_cfg.sweep.dir, err.signame)  # no later job of the sweep starts
+        _fail(f"{err}. The sweep stops here: no later job starts. Resume this job with:\n  {resume} "
+              f"hydra.run.dir={hydra_cfg.runtime.output_dir}-resumed", code, status="interrupted")
+        if os.getpid() == _SWEEP_PID:
+            raise SweepStopped(hydra_cfg.sweep.dir, err.signame) from None
+        return None
     except Exception as err:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             raise
@@ -221,11 +240,18 @@ def main():
     OmegaConf.register_new_resolver("launch", launch.strftime, replace=True)
     if not world.main:
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    global _SWEEP_PID
+    _SWEEP_PID = os.getpid()
     try:
         task()
+    except SweepStopped as stopped:
+        SweepSummary.report(stopped.sweep_dir)
+        sys.exit(stopped.code)
     finally:
         if torch.distributed.is_initialized():
             distributed.leave()
+    if SweepSummary.stopped:
+        sys.exit(130 if SweepSummary.stopped == "SIGINT" else 143)
     if SweepSummary.failed:
         print(f"snnrun: error: {SweepSummary.failed} job(s) of the sweep did not end ok (their rows in summary.md "
               "give the first line of each error)", file=sys.stderr)

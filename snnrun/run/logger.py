@@ -34,9 +34,10 @@ class RunLogger:
         self.writer = SummaryWriter(log_dir=str(self.run_dir))
         # The hparams session goes into this run's own event file (no sub-run folder), with the
         # metric tags that log_eval keeps updating, so sweeps compare in the HPARAMS dashboard.
-        exp, ssi, sei = hparams_summary(hparams, {f"hparams/{m}": math.nan for m in HPARAM_METRICS})
+        # Its end (success, failure) is written when the run ends: until then the dashboard shows it running.
+        exp, ssi, _ = hparams_summary(hparams, {f"hparams/{m}": math.nan for m in HPARAM_METRICS})
         file_writer = self.writer._get_file_writer()
-        for summary in (exp, ssi, sei):
+        for summary in (exp, ssi):
             file_writer.add_summary(summary)
 
     def log_train(self, step: int, loss: float, acc: float, lr: float) -> None:
@@ -83,4 +84,20 @@ class RunLogger:
 
     def finish(self, results: dict) -> None:
         write_json_atomic(self.run_dir / "results.json", results)
+        self.writer._get_file_writer().add_summary(session_end(results["status"]))
         self.writer.close()
+
+
+def session_end(status: str):
+    """The end of the run's hparams session: SUCCESS for a run that ended ok, FAILURE for one that failed,
+    UNKNOWN for one that was interrupted (resume it to end it)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams.api_pb2 import Status
+    from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
+
+    code = {"ok": "STATUS_SUCCESS", "failed": "STATUS_FAILURE"}.get(status, "STATUS_UNKNOWN")
+    content = HParamsPluginData(session_end_info=SessionEndInfo(status=Status.Value(code)), version=PLUGIN_DATA_VERSION)
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME,
+                                                                      content=content.SerializeToString()))
+    return Summary(value=[Summary.Value(tag=SESSION_END_INFO_TAG, metadata=metadata)])

@@ -12,6 +12,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import signal
+import sys
 from pathlib import Path
 
 import yaml
@@ -97,17 +99,69 @@ def write_summary(sweep_dir: str | Path) -> list[dict]:
     return rows
 
 
+STOPPED = ".stopped"  # in a sweep's folder: the signal that stopped one of its jobs, so no later job starts
+
+
+def stop(sweep_dir: str | Path, signame: str) -> None:
+    """A job of the sweep was stopped by ``signame`` (Ctrl-C, a scheduler's SIGTERM): the jobs after it do not run."""
+    write_atomic(Path(sweep_dir) / STOPPED, signame)
+
+
+def stopped_by(sweep_dir: str | Path) -> str | None:
+    """The signal that stopped the sweep in ``sweep_dir``, or None while it runs on."""
+    path = Path(sweep_dir) / STOPPED
+    return path.read_text().strip() if path.is_file() else None
+
+
+def stop_on_signals(sweep_dir: str | Path) -> None:
+    """In the sweep's own process: SIGINT or SIGTERM stops the sweep. The jobs running (in this process or a
+    launcher's workers, which get the signal too) finish their step and save; no later job starts; the command
+    then writes the summary and exits 130 or 143. A second SIGINT aborts at once."""
+    seen = []
+
+    def request(signum, frame):
+        name = signal.Signals(signum).name
+        if name == "SIGINT" and "SIGINT" in seen:
+            raise KeyboardInterrupt
+        seen.append(name)
+        stop(sweep_dir, name)
+        print(f"snnrun: {name} received: the jobs running finish their step and save, no later job starts",
+              file=sys.stderr, flush=True)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, request)
+
+
+class SweepStopped(BaseException):
+    """A signal stopped a sweep's job in the sweep's own process: raised past Hydra's launcher (which would go on
+    to the next job) to the command, which writes the summary and exits 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, sweep_dir: Path, signame: str):
+        super().__init__(f"the sweep was stopped by {signame}")
+        self.sweep_dir, self.code = Path(sweep_dir), 130 if signame == "SIGINT" else 143
+
+
 class SweepSummary(Callback):
     """Hydra callback: at the end of every multirun, summarise its jobs into one table; ``failed`` counts the
-    jobs that did not end ok (the command then exits 1)."""
+    jobs that did not end ok (the command then exits 1), ``stopped`` the signal that stopped one (130 or 143)."""
 
     failed = 0
+    stopped: str | None = None
+    planned: int | None = None  # the jobs of a basic sweep, counted before the first runs (Preflight)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
-            return
+        if sweep_dir.is_dir():
+            SweepSummary.report(sweep_dir)
+
+    @staticmethod
+    def report(sweep_dir: Path) -> None:
+        """Write and print the summary of the jobs in ``sweep_dir``, and keep what the command's exit code needs."""
         rows = write_summary(sweep_dir)
         ok = sum(r["status"] == "ok" for r in rows)
-        SweepSummary.failed = len(rows) - ok
-        print(f"\nsweep summary ({ok} of {len(rows)} jobs ok): {sweep_dir / 'summary.md'}\n\n{markdown(rows)}", flush=True)
+        SweepSummary.failed, SweepSummary.stopped = len(rows) - ok, stopped_by(sweep_dir)
+        stopped = f"; stopped by {SweepSummary.stopped}" if SweepSummary.stopped else ""
+        if stopped and SweepSummary.planned and SweepSummary.planned > len(rows):
+            stopped += f": {SweepSummary.planned - len(rows)} of {SweepSummary.planned} jobs did not start"
+        print(f"\nsweep summary ({ok} of {len(rows)} jobs ok{stopped}): {sweep_dir / 'summary.md'}\n\n{markdown(rows)}",
+              flush=True)
