@@ -155,6 +155,8 @@ def test_a_missing_or_malformed_sensor_size_is_refused(tmp_path, compose):
         assemble(compose("data=event_folder", f"data.path={root}"))
     with pytest.raises(ConfigError, match=r"data.sensor_size.*\[width, height, polarities\]"):
         assemble(compose(*options(root, "data.sensor_size=[12,12]")))
+    with pytest.raises(ConfigError, match=r"data.sensor_size=12 is not allowed.*\[width, height, polarities\]"):
+        assemble(compose(*options(root, "data.sensor_size=12")))  # a number, not a list: refused, no TypeError
     with pytest.raises(ConfigError, match="data.downsample.*a divisor of the sensor's 12 x 12"):
         assemble(compose(*options(root, "data.downsample=5")))
 

@@ -47,6 +47,7 @@ def refused(tmp_path, *args, key, base=FAST):
     (["data.num_test=0"], "data.num_test"),
     (["data.num_train=-5"], "data.num_train"),
     (["data.noise=-1"], "data.noise"),
+    (["data.input_shape=12"], "data.input_shape"),  # a number where a list belongs: refused, no TypeError
     (["scheduler=cosine", "scheduler.eta_min=-1"], "scheduler.eta_min"),
     (["trainer.augment_shift=14"], "trainer.augment_shift"),
     (["model.arch=FC100000000-FC10"], "model.arch"),  # 313 GB of weights: refused, not a traceback

@@ -261,6 +261,9 @@ def test_a_resume_on_other_training_files_is_refused(tmp_path, files, monkeypatc
                   save(tmp_path / "fewer.npz", x[:90], y[:90])):
         with pytest.raises(CheckpointError, match=r"another data training set .*\(data.train_path, data.val_path\)"):
             assemble(compose(*paths(train, files["test"], f"ckpt_path={ckpt}"), *NET))
+    other = save(tmp_path / "other_inputs.npz", features(120, seed=7)[0], y)  # the same labels, other samples
+    with pytest.raises(CheckpointError, match=r"another data training samples .*\(data.train_path, data.val_path\)"):
+        assemble(compose(*paths(other, files["test"], f"ckpt_path={ckpt}"), *NET))
     val = save(tmp_path / "val.npz", *features(24, 2))
     with pytest.raises(CheckpointError, match="another data training set"):
         assemble(compose(*paths(files["train"], files["test"], f"data.val_path={val}", f"ckpt_path={ckpt}"), *NET))

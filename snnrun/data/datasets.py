@@ -11,6 +11,7 @@ stay on the training device: batches are slices, with no per-sample DataLoader.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,8 @@ class DataSpec:
         except Exception as err:  # an interpolation that names a missing entry, e.g. sizes.by3
             raise OptionError("input_shape", data_cfg._get_node("input_shape")._value(),
                               f"resolvable ({str(err).splitlines()[0]})", "[1,28,28]") from None
-        if not (shape and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        if not (isinstance(shape, Sequence) and shape
+                and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
             raise OptionError("input_shape", shape, "a list of positive sizes, e.g. [1, 28, 28] for C, H, W",
                               "[1,28,28]")
         classes = data_cfg.get("num_classes")

@@ -12,6 +12,7 @@ sensor and every file's name, size and modification time, so a changed folder is
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from .events import Recordings, bin_recordings, binned, cached, check_binning, f
 
 
 def _sensor(sensor_size) -> tuple[int, int, int]:
-    if not (sensor_size is not None and len(sensor_size) == 3 and all(
+    if not (isinstance(sensor_size, Sequence) and len(sensor_size) == 3 and all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sensor_size)):
         raise OptionError("sensor_size", sensor_size, "[width, height, polarities] of the sensor, positive integers "
                           "(a one-row sensor of channels: [channels, 1, 1])", "[34,34,2]")

@@ -12,6 +12,7 @@ network as stored, but static uint8 ones (pixels) divided by 255, unless ``unit`
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import warnings
 import zipfile
@@ -235,11 +236,20 @@ def tensor_dataset(train_path, test_path, val_path=None, temporal: bool = False,
     made = [Split(inputs, labels, unit if unit is not None else 255.0 if pixels and inputs.dtype == torch.uint8
                   else 1.0) for _, inputs, labels in splits]
     train, val = made[0], made[2] if len(made) > 2 else None
-    # what a resume checks: the training and validation samples are the ones the checkpoint was trained on
+    # what a resume checks: the training and validation samples are the ones the checkpoint was trained on (their
+    # sizes and labels in order, and the inputs of up to 1,024 samples spread over each)
     weights = torch.arange(1, len(train) + 1, dtype=torch.float64)
     fingerprint = torch.tensor([len(train), len(val) if val is not None else 0, float((train.labels * weights).sum())],
                                dtype=torch.float64)
-    return Dataset(train, made[1], meta={"training_set": fingerprint}, val=val)
+    samples = torch.tensor([_sampled(split.inputs) for split in (train, val) if split is not None], dtype=torch.float64)
+    return Dataset(train, made[1], meta={"training_set": fingerprint, "training_samples": samples}, val=val)
+
+
+def _sampled(inputs) -> int:
+    """A 48-bit hash of the inputs of up to 1,024 samples spread evenly over a split (exact in a float64)."""
+    rows = torch.linspace(0, max(len(inputs) - 1, 0), min(len(inputs), 1024)).round().long()
+    picked = inputs[rows].contiguous().numpy()
+    return int.from_bytes(hashlib.blake2b(picked.tobytes(), digest_size=6).digest(), "little")
 
 
 tensor_dataset.describe = describe

@@ -135,7 +135,7 @@ def check_data(state: dict, dataset, path) -> None:
                                   "configuration's" + (f"; use the one it was trained with: data.permutation_seed={seed}"
                                                        if key == "permutation" else "; resume with the files it was "
                                                        "trained on (data.train_path, data.val_path)"
-                                                       if key == "training_set" else ""))
+                                                       if key.startswith("training") else ""))
 
 
 @contextmanager
