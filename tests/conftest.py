@@ -32,8 +32,8 @@ def pytest_xdist_auto_num_workers(config):
 
 def snnrun(*args, cwd, env=None, timeout=300, check=True):
     """Run the installed ``snnrun`` console script in a subprocess."""
-    full_env = {**os.environ, "SNNRUN_DATA": str(SHARED_DATA), **(env or {})}
-    full_env.pop("SNNRUN_DEBUG", None)
+    inherited = {k: v for k, v in os.environ.items() if k not in ("SNNRUN_DEBUG", "HYDRA_FULL_ERROR")}
+    full_env = {**inherited, "SNNRUN_DATA": str(SHARED_DATA), **(env or {})}
     proc = subprocess.run([SNNRUN, *map(str, args)], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snnrun {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")

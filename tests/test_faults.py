@@ -59,6 +59,13 @@ def test_bad_value_is_refused(tmp_path, args, key):
 
 
 @pytest.mark.e2e
+def test_snnrun_debug_shows_the_traceback_of_a_refusal(tmp_path):
+    proc = snnrun(*FAST, "time_steps=0", "hydra.run.dir=run", cwd=tmp_path, env={"SNNRUN_DEBUG": "1"}, check=False)
+    assert proc.returncode == 2 and "Traceback" in proc.stderr and "rules.py" in proc.stderr, proc.stderr
+    assert "time_steps=0 is not allowed" in proc.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.e2e
 def test_unknown_group_option_lists_the_valid_ones(tmp_path):
     proc = snnrun(*FAST, "surrogate=fastsigmoid", "hydra.run.dir=run", cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr

@@ -128,7 +128,9 @@ def run(cfg: DictConfig) -> float:
         except (TrainingError, Interrupted) as err:
             status = "failed" if isinstance(err, TrainingError) else "interrupted"
             if logger:
-                logger.finish({"status": status, "error": str(err), "steps": trainer.step})
+                logger.finish({"status": status, "error": str(err), "steps": trainer.step,
+                               "skipped_updates": len(trainer.progress.skipped),
+                               "skipped_steps": list(trainer.progress.skipped)})
             raise
     used = backends.used(trainer.model)
     if used:
@@ -242,6 +244,8 @@ def main():
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
     global _SWEEP_PID
     _SWEEP_PID = os.getpid()
+    if os.environ.get("SNNRUN_DEBUG"):
+        os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra's own frames too
     try:
         task()
     except SweepStopped as stopped:

@@ -9,7 +9,9 @@ run writes nothing, and hands what it built to the task; a sweep job assembles i
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -142,6 +144,8 @@ class Preflight(Callback):
     def refuse(err: Exception) -> None:
         if not Preflight.exit_on_error:
             raise Refused(err) from None
+        if os.environ.get("SNNRUN_DEBUG"):  # the full traceback (raised here, Hydra would only warn and go on)
+            traceback.print_exception(err, file=sys.stderr)
         print(f"snnrun: error: {err}", file=sys.stderr)
         sys.exit(2)
 
