@@ -156,7 +156,7 @@ class LIF(SpikingNeuron):
             self._register("beta_logit", math.log(beta / (1 - beta)), True)
         else:
             self._register("beta_value", beta, False)
-        if non_negative("tau_std", tau_std, example=5.0):
+        if non_negative("tau_std", tau_std, example=0.0):
             self._spread_tau(tau, tau_std)
 
     @torch.no_grad()

@@ -11,6 +11,7 @@ stay on the training device: batches are slices, with no per-sample DataLoader.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,11 @@ class DataSpec:
                               f"resolvable ({str(err).splitlines()[0]})", "[1,28,28]") from None
         if not (isinstance(shape, Sequence) and shape
                 and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            raw = str(data_cfg._get_node("input_shape")._value()) if hasattr(data_cfg, "_get_node") else ""
+            derived = sorted(set(re.findall(r"\$\{data\.(\w+)\}", raw)))
+            if derived:  # input_shape: [1, ${data.image_size}, ...]: the size to fix is the one it is made of
+                raise OptionError(derived[0], data_cfg.get(derived[0]), "a positive integer (it sizes "
+                                  f"data.input_shape, {raw})", 28)
             raise OptionError("input_shape", shape, "a list of positive sizes, e.g. [1, 28, 28] for C, H, W",
                               "[1,28,28]")
         classes = data_cfg.get("num_classes")

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..core.neurons import IF, LI, Graded, Synaptic
-from ..core.parallel import PSN, SlidingPSN
+from ..core.parallel import PSN, FilterLIF, SlidingPSN
 from ..core.recurrent import ALIF, RLIF
 from ..core.synops import weight_layer
 from ..atomic import write_atomic
@@ -51,8 +51,9 @@ def exactness(model, precision: str) -> list[str]:
         if isinstance(neuron, (Graded, LI)):
             continue
         if neuron.reset != "zero":
+            retrain = "neuron=lif neuron.reset=zero" if isinstance(neuron, FilterLIF) else "neuron.reset=zero"
             issues.append(f"{block.name}: reset={neuron.reset} has no NIR form (NIR neurons reset to v_reset); "
-                          "exported as reset to zero (train with neuron.reset=zero)")
+                          f"exported as reset to zero (train with {retrain})")
         if neuron.rectify:
             issues.append(f"{block.name}: rectify (U clamped at 0) has no NIR form; exported without the clamp")
         if isinstance(neuron, ALIF) and neuron.jump:

@@ -9,6 +9,7 @@ that is not one of those is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import sysconfig
@@ -53,6 +54,20 @@ def _raised_by_library(err: BaseException) -> bool:
     return not where.is_relative_to(PACKAGE) and any(where.is_relative_to(lib) for lib in LIBRARIES)
 
 
+def _arch_example(node) -> str:
+    """An architecture that fits the run's input, classes and neuron: recurrent layers for rlif/alif, the
+    tutorial's convolutional network for an image of at least 28x28, else two fully connected layers."""
+    root = node._get_root()
+    classes = OmegaConf.select(root, "data.num_classes", default=None) or 10
+    shape = OmegaConf.select(root, "data.input_shape", default=None) or []
+    neuron = str(OmegaConf.select(root, "neuron._target_", default=""))
+    if neuron.endswith((".RLIF", ".ALIF")):
+        return f"RFC128-FC{classes}" if len(shape) < 2 else f"FC128-RFC128-FC{classes}"  # recurrent layers take flat input
+    if len(shape) == 3 and min(shape[1:]) >= 28:
+        return f"12C5-MP2-64C5-MP2-FC{classes}"
+    return f"FC128-FC{classes}"
+
+
 @contextmanager
 def options_of(group: str, node):
     """Turn an error about the options of the part built from config group ``group`` into a
@@ -70,7 +85,7 @@ def options_of(group: str, node):
                               f"{group}.{cause.option}={cause.example}") from None
         if isinstance(cause, ArchitectureError):
             raise ConfigError(f"{group}.arch", node.get("arch"), f"a valid architecture ({cause})",
-                              "model.arch=12C5-MP2-64C5-MP2-FC10") from None
+                              f"model.arch={_arch_example(node)}") from None
         user = (cause is err and isinstance(err, InstantiationException)) or isinstance(cause, ImportError) or (
             isinstance(cause, (TypeError, ValueError)) and _raised_by_library(cause))
         if user:
@@ -126,8 +141,13 @@ def _part(cfg: DictConfig, group: str, **kwargs):
     allowed = accepted_keys(target)
     unknown = sorted(k for k in node if not str(k).startswith("_") and allowed is not None and k not in allowed)
     if unknown:
-        raise ConfigError(f"{group}.{unknown[0]}", node[unknown[0]], f"an option of {node._target_} (its options: "
-                          + ", ".join(sorted(allowed - set(kwargs))) + ")", f"{group}=<option> or {group}.<key>=<value>")
+        key, options = unknown[0], sorted(allowed - set(kwargs))
+        close = difflib.get_close_matches(str(key), options, n=1)
+        named = sorted(shipped_options(group, node._target_))
+        example = (f"{group}.{close[0]}={node[key]}" if close else f"{group}={named[0]} (without {group}.{key})" if named
+                   else f"{group}.{options[0]}=... (without {group}.{key})")
+        raise ConfigError(f"{group}.{key}", node[key], f"an option of {node._target_} (its options: "
+                          + ", ".join(options) + ")", example)
     with options_of(group, node):
         return instantiate(node, **kwargs)
 
@@ -181,9 +201,10 @@ def describe_data(cfg: DictConfig) -> None:
     for key, value in found.items():
         given = declared.get(key)
         if given is not None and given != value:
+            choice = (HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized()
+                      else OmegaConf.select(cfg, "hydra.runtime.choices.data", default=None))
             raise ConfigError(f"data.{key}", given, f"{value!r}, what the data files hold (leave data.{key} out: it is "
-                              "read from them)", f"data={HydraConfig.get().runtime.choices.get('data', '<data>')}"
-                              if HydraConfig.initialized() else "data=tensors")
+                              "read from them)", f"data={choice or 'tensors'} (without data.{key})")
     with open_dict(cfg), read_write(cfg):
         for key, value in found.items():
             cfg.data[key] = value

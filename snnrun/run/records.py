@@ -8,12 +8,12 @@ can be forgotten by a checkpoint or survive a resume half-restored.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 import torch
 
-from ..core.options import OptionError
 from ..core.synops import E_AC_PJ, E_MAC_PJ
 
 FIGURES = ("every", "last")  # trainer.figures: at which evaluations the rasters are drawn
@@ -62,7 +62,13 @@ class TrainerOptions:
         known = {f.name for f in fields(cls)} - {"time_steps", "seed", "batch_size", "eval_batch_size"}
         for key in cfg.trainer:
             if key not in known:
-                raise OptionError(key, cfg.trainer[key], f"a trainer option ({', '.join(sorted(known))})", None)
+                from .rules import ConfigError
+
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                value = cfg.trainer[key]
+                raise ConfigError(f"trainer.{key}", value, f"a trainer option ({', '.join(sorted(known))})",
+                                  f"trainer.{close[0]}={value}" if close else "trainer.epochs=1 (leave +trainer."
+                                  f"{key} out: no part reads it)")
         return cls(time_steps=cfg.time_steps, seed=cfg.seed, batch_size=cfg.data.batch_size,
                    eval_batch_size=cfg.data.eval_batch_size, **cfg.trainer)
 

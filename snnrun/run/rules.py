@@ -104,7 +104,7 @@ def check(cfg: DictConfig, processes: int = 1) -> None:
                  "trainer.grad_clip=1.0")
     for key in ("trainer.energy_ac_pj", "trainer.energy_mac_pj"):
         _require(cfg, key, lambda v: is_number(v) and v >= 0,
-                 "a number of picojoules >= 0", f"{key}={0.9 if key.endswith('ac_pj') else 4.6}")
+                 "a number of picojoules >= 0", f"{key}={0.9 if key.endswith('_ac_pj') else 4.6}")
     if _get(cfg, "trainer.num_threads") is not None:
         _require(cfg, "trainer.num_threads", lambda v: _is_int(v) and v > 0, "null or a positive integer", "trainer.num_threads=2")
     if cfg.task in ("eval", "export") and not cfg.get("ckpt_path") and not (cfg.task == "eval" and cfg.get("nir_path")):
