@@ -148,6 +148,8 @@ def bin_recordings(recordings: Recordings, binning: dict, progress: bool) -> tup
     empty = lengths = 0
     for row in tqdm(range(recordings.count), desc=f"binning {recordings.title}", unit="rec", disable=not progress):
         events, label = recordings.read(row)
+        if row < 64:  # the whole recording's length, before the windows cut it (for the empty-frames message)
+            lengths += int(events["t"][-1] - events["t"][0]) if len(events) else 0
         try:
             if binning["time_window"] is not None and len(events):  # only the first time_steps windows are kept
                 events = events[events["t"] < events["t"][0] + time_steps * binning["time_window"]]
@@ -160,7 +162,6 @@ def bin_recordings(recordings: Recordings, binning: dict, progress: bool) -> tup
         labels[row] = int(label)
         if row < 64:  # the first recordings tell whether the binning leaves the frames empty
             empty += int((inputs[row].flatten(1).amax(1) == 0).sum())
-            lengths += int(events["t"][-1] - events["t"][0]) if len(events) else 0
             if row == min(63, recordings.count - 1) and empty > EMPTY_LIMIT * (row + 1) * time_steps:
                 raise DataError(_too_empty(recordings.title, binning, empty / ((row + 1) * time_steps),
                                            lengths / (row + 1), row + 1))
