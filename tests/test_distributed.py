@@ -53,6 +53,7 @@ def test_batch_must_split_evenly_over_processes(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "data.batch_size=33 is not allowed" in proc.stderr and "multiple of the 2 torchrun processes" in proc.stderr
+    assert proc.stderr.count("snnrun: error:") == 1  # said once, by rank 0; both ranks exit 2
     assert not (tmp_path / "outputs").exists()  # refused before any rank created the run folder
 
 

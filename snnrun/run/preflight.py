@@ -26,6 +26,7 @@ from . import checkpoints
 from .assembly import Assembly, assemble, checkpoint_network
 from .guards import (BATCHING, HOW, IDENTITY, LOCAL, check_export_path, check_folder, check_resolves,
                      check_switches, plain, under)
+from .distributed import world
 from .rules import USER_ERRORS, ConfigError, check, leaves
 from .sweep import SweepSummary, stop_on_signals as sweep_signals
 
@@ -144,9 +145,10 @@ class Preflight(Callback):
     def refuse(err: Exception) -> None:
         if not Preflight.exit_on_error:
             raise Refused(err) from None
-        if os.environ.get("SNNRUN_DEBUG"):  # the full traceback (raised here, Hydra would only warn and go on)
-            traceback.print_exception(err, file=sys.stderr)
-        print(f"snnrun: error: {err}", file=sys.stderr)
+        if world().main:  # under torchrun every rank refuses alike; rank 0 says it once
+            if os.environ.get("SNNRUN_DEBUG"):  # the full traceback (raised here, Hydra would only warn and go on)
+                traceback.print_exception(err, file=sys.stderr)
+            print(f"snnrun: error: {err}", file=sys.stderr)
         sys.exit(2)
 
     @staticmethod
