@@ -177,8 +177,8 @@ def test_bad_values_refused_before_work(compose, override, key):
     with pytest.raises(ConfigError) as err:
         assemble(compose(*SMALL, *override.split()))
     assert err.value.key == key and "For example: snnrun " in str(err.value)
-    if key == "ckpt_path":
-        return  # its example names a file no test has
+    if key == "ckpt_path" or "fit in memory" in str(err.value):
+        return  # a file no test has; the free memory, which moves (test_a_run_too_large_for_memory_names_the_sizes)
     example = str(err.value).split("For example: snnrun ")[1].split(" (")[0].split()
     kept = [o for o in override.split() if o.lstrip("+").split("=")[0] not in {e.split("=")[0] for e in example}
             and not o.lstrip("+").startswith(key + "=")]

@@ -53,7 +53,8 @@ def check_memory(model, options: TrainerOptions, device: torch.device) -> None:
     free = available_memory(device)
     if free is None or need <= free:
         return
-    fits = int((free - params) // per_step) if free > params else 0  # steps that fit with these batches
+    room = 0.8 * free  # what the example leaves room in: free memory moves while a machine works
+    fits = int((room - params) // per_step) if room > params else 0  # steps that fit with these batches
     gib = 2 ** 30
     where = "this machine" if device.type == "cpu" else str(device)
     why = (f"{model.arch} at T={options.time_steps} with batches of {batch} needs about {need / gib:.1f} GiB, and "
@@ -63,5 +64,5 @@ def check_memory(model, options: TrainerOptions, device: torch.device) -> None:
                           f"time_steps={fits}")
     key = "data.eval_batch_size" if options.eval_batch_size >= options.batch_size else "data.batch_size"
     per_sample = per_step * options.time_steps / batch  # not even one step fits: the batch is what is too large
-    smaller = max(1, int((free - params) // per_sample)) if free > params else 1
+    smaller = max(1, int((room - params) // per_sample)) if room > params else 1
     raise ConfigError(key, batch, f"small enough for the run to fit in memory: {why}", f"{key}={smaller}")
