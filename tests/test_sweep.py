@@ -47,6 +47,24 @@ def test_two_surrogates_give_two_jobs_and_a_summary(tmp_path):
 
 
 @e2e
+def test_seeds_are_gathered_into_a_mean_and_its_spread(tmp_path):
+    import statistics
+
+    proc = snnrun("-m", "seed=0,1,2", "surrogate=atan,fast_sigmoid", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    rows = summary(tmp_path / "sweep")
+    with open(tmp_path / "sweep" / "summary_seeds.csv") as f:
+        gathered = {r["config"]: r for r in csv.DictReader(f)}
+    assert set(gathered) == {"surrogate=atan", "surrogate=fast_sigmoid"}
+    for config, row in gathered.items():
+        accs = [float(r["test_acc"]) for r in rows if config in r["overrides"].split()]
+        assert len(accs) == 3 and row["jobs"] == row["ok"] == "3"
+        assert float(row["test_acc_mean"]) == pytest.approx(statistics.fmean(accs))
+        assert float(row["test_acc_std"]) == pytest.approx(statistics.stdev(accs))
+        assert float(row["objective_min"]) == pytest.approx(min(accs))
+    assert "Over seeds" in (tmp_path / "sweep" / "summary.md").read_text() and "Over seeds" in proc.stdout
+
+
+@e2e
 def test_a_failed_job_is_a_failed_row_and_the_others_are_kept(tmp_path):
     """A job refused only once its data is loaded (a validation split larger than the 256 training samples)."""
     proc = snnrun("-m", "data.val_size=0,300,16", *SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path, check=False)

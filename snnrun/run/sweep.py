@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import signal
+import statistics
 import sys
 from pathlib import Path
 
@@ -80,22 +81,64 @@ def _cell(value) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    return _table(rows, COLUMNS)
+
+
+SEED_COLUMNS = ("config", "jobs", "ok", "objective_mean", "objective_std", "objective_min", "objective_max",
+                "test_acc_mean", "test_acc_std")
+
+
+def over_seeds(rows: list[dict]) -> list[dict]:
+    """The jobs that differ only in ``seed=``, gathered: how many ended ok, and the mean, sample standard deviation,
+    min and max of their objective (best_val_acc with a validation split, else test_acc) and of test_acc, best
+    mean first. A headline figure is such a mean with its spread, never the best seed."""
+    groups: dict[str, list[dict]] = {}
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row[c]).replace("|", "\\|") for c in COLUMNS) + " |")
+        tokens = (row["overrides"] or "").split()
+        if any(t.startswith("seed=") for t in tokens):
+            groups.setdefault(" ".join(t for t in tokens if not t.startswith("seed=")) or "(all)", []).append(row)
+    gathered = []
+    for config, members in groups.items():
+        ok = [m for m in members if m["status"] == "ok"]
+        row = dict.fromkeys(SEED_COLUMNS)
+        row.update(config=config, jobs=len(members), ok=len(ok))
+        for name, values in (("objective", [objective(m) for m in ok]), ("test_acc", [m["test_acc"] for m in ok])):
+            if values:
+                row[f"{name}_mean"] = statistics.fmean(values)
+                row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+                if name == "objective":
+                    row["objective_min"], row["objective_max"] = min(values), max(values)
+        gathered.append(row)
+    return sorted(gathered, key=lambda r: -(r["objective_mean"] if r["objective_mean"] is not None else -1.0))
+
+
+def _table(rows: list[dict], columns) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[c]).replace("|", "\\|") for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_summary(sweep_dir: str | Path) -> list[dict]:
-    """Write summary.csv and summary.md into ``sweep_dir``; returns the rows."""
-    sweep_dir = Path(sweep_dir)
-    rows = collect(sweep_dir)
+def _csv(rows: list[dict], columns) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(sweep_dir / "summary.csv", buf.getvalue())
-    write_atomic(sweep_dir / "summary.md", markdown(rows))
+    return buf.getvalue()
+
+
+def write_summary(sweep_dir: str | Path) -> list[dict]:
+    """Write summary.csv and summary.md into ``sweep_dir`` (and, where jobs differ in ``seed=``, summary_seeds.csv
+    and a second table in summary.md); returns the rows."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    write_atomic(sweep_dir / "summary.csv", _csv(rows, COLUMNS))
+    seeds = [r for r in over_seeds(rows) if r["jobs"] > 1]
+    text = markdown(rows)
+    if seeds:
+        write_atomic(sweep_dir / "summary_seeds.csv", _csv(seeds, SEED_COLUMNS))
+        text += "\nOver seeds (mean and sample standard deviation of the jobs that ended ok):\n\n" + _table(seeds, SEED_COLUMNS)
+    write_atomic(sweep_dir / "summary.md", text)
     return rows
 
 
@@ -163,5 +206,6 @@ class SweepSummary(Callback):
         stopped = f"; stopped by {SweepSummary.stopped}" if SweepSummary.stopped else ""
         if stopped and SweepSummary.planned and SweepSummary.planned > len(rows):
             stopped += f": {SweepSummary.planned - len(rows)} of {SweepSummary.planned} jobs did not start"
-        print(f"\nsweep summary ({ok} of {len(rows)} jobs ok{stopped}): {sweep_dir / 'summary.md'}\n\n{markdown(rows)}",
+        print(f"\nsweep summary ({ok} of {len(rows)} jobs ok{stopped}): {sweep_dir / 'summary.md'}\n\n"
+              f"{(sweep_dir / 'summary.md').read_text()}",
               flush=True)
