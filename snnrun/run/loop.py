@@ -65,6 +65,12 @@ def stop_on_signals(trainer: "Trainer"):
             signal.signal(s, handler)
 
 
+def _rate(trained: dict, first: tuple[int, float] | None) -> float:
+    """Training samples per second over the steps after each process's first; the first alone if it is all."""
+    samples, seconds = (trained["samples"], trained["seconds"]) if trained["seconds"] or first is None else first
+    return samples / seconds if seconds else 0.0
+
+
 class Trainer:
     def __init__(self, parts: Parts, data: Dataset, options: TrainerOptions, *, run_dir: Path, logger, config: dict,
                  world: World = World()):
@@ -234,7 +240,7 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict:
         self.started = time.perf_counter()
-        budget, trained = self.options.max_time, self.progress.trained
+        budget, trained, first = self.options.max_time, self.progress.trained, None
         if budget is not None and self.progress.wall_s >= budget:  # a resume of a run that spent its budget
             self.out_of_time = True
             log.info("the training clock (%.0f s) has passed trainer.max_time=%g: no step is trained", self.progress.wall_s,
@@ -252,8 +258,11 @@ class Trainer:
                         torch.cuda.synchronize(self.device)
                     elapsed = time.perf_counter() - tic
                     self.progress.window["seconds"] += elapsed
-                    trained["seconds"] += elapsed
-                    trained["samples"] += len(y)
+                    if first is None:  # this process's first step loads or compiles the kernels: timed apart
+                        first = (len(y), elapsed)
+                    else:
+                        trained["seconds"] += elapsed
+                        trained["samples"] += len(y)
                     self.progress.step += 1
                     bar.update(1)
                     if self.out_of_time and self.step < self.total_steps:
@@ -282,7 +291,7 @@ class Trainer:
             **self.progress.best_figures(self.selected_on),
             "steps": self.step,
             "epochs": self.step / self.steps_per_epoch,
-            "train_samples_per_s": trained["samples"] / trained["seconds"] if trained["seconds"] else 0.0,
+            "train_samples_per_s": _rate(trained, first),
             "wall_s": self.clock(),
             "firing_rates": final["firing_rates"],
             "time_to_acc": dict(self.progress.reached),

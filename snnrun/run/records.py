@@ -88,7 +88,7 @@ class Progress:
     the first evaluation at or above it; ``window`` sums training figures since the last evaluation;
     ``wall_s`` is the training clock at the last save (a resumed run's clock continues from it);
     ``skipped`` lists the steps whose non-finite update was skipped; ``trained`` sums the samples and seconds of
-    every training step (the throughput of the whole run, over its resumes)."""
+    the training steps but each process's first (the throughput of the whole run, over its resumes)."""
 
     step: int = 0
     best_test_acc: float = -1.0
@@ -97,7 +97,7 @@ class Progress:
     window: dict = field(default_factory=_window)
     wall_s: float = 0.0
     skipped: list = field(default_factory=list)  # the steps whose update was skipped (non-finite loss or gradient)
-    trained: dict = field(default_factory=lambda: {"samples": 0, "seconds": 0.0})  # all training steps, resumes too
+    trained: dict = field(default_factory=lambda: {"samples": 0, "seconds": 0.0})  # training steps, resumes too
 
     def state(self, wall_s: float) -> dict:
         return {**asdict(self), "wall_s": wall_s}
