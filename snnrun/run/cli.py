@@ -27,8 +27,8 @@ from ..interop.nir_readers import READERS
 from . import checkpoints, distributed, reader_check
 from .logger import RunLogger, flatten
 from .loop import Interrupted, Trainer, TrainingError
-from .guards import export_path
-from .preflight import Preflight, overrides_of, prepare
+from .guards import export_path, overrides_of
+from .preflight import Preflight, prepare
 from .rules import USER_ERRORS
 from . import sweep
 from .sweep import SweepStopped, SweepSummary

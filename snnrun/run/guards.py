@@ -28,6 +28,11 @@ HOW = ("neuron.backend", "neuron.fused", "neuron.scan", "neuron.block", "data.tr
        "data.val_path", "data.path")
 
 
+def overrides_of(hydra_node) -> list[str]:
+    """The command's overrides as typed: an override may hold an interpolation (``time_steps=${data.steps}``)."""
+    return OmegaConf.to_container(hydra_node.overrides.task, resolve=False)
+
+
 def under(key: str, names) -> bool:
     return any(key == n or key.startswith(n + ".") for n in names)
 

@@ -12,20 +12,16 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from pathlib import Path
 
-import torch
 from hydra import compose
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..interop import nir_export
-from . import checkpoints
+from . import checkpoints, sweep_checks
 from .assembly import Assembly, assemble, checkpoint_network
 from .guards import (BATCHING, HOW, IDENTITY, LOCAL, check_export_path, check_folder, check_resolves,
-                     check_switches, plain, under)
+                     check_switches, overrides_of, plain, under)
 from .distributed import world
 from .rules import USER_ERRORS, ConfigError, check, leaves
 from .sweep import SweepSummary, stop_on_signals as sweep_signals
@@ -73,11 +69,6 @@ def checkpoint_config(cfg: DictConfig, overrides: list[str], state: dict) -> Dic
     return merged
 
 
-def overrides_of(hydra_node) -> list[str]:
-    """The command's overrides as typed: an override may hold an interpolation (``time_steps=${data.steps}``)."""
-    return OmegaConf.to_container(hydra_node.overrides.task, resolve=False)
-
-
 class Refused(BaseException):
     """A refused run, carried past Hydra's callback runner (which turns an ``Exception`` into a
     warning and goes on to create the folder) to ``snnrun.train``, which raises ``error``."""
@@ -105,41 +96,13 @@ class Preflight(Callback):
             Preflight._failure = err
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        """A sweep's folder (or with a subdir of your own, each job's), and the parts of each of its jobs (built
-        without their data), before any job runs."""
-        subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+        """Every job of a sweep (its folder, its values and parts) before the first runs; then Ctrl-C or SIGTERM
+        stops the whole sweep."""
         try:
-            if subdir == "${hydra.job.num}":  # Hydra's default: jobs 0, 1, ... of one sweep, in a folder of its own
-                check_folder("hydra.sweep.dir", config.hydra.sweep.dir)
-        except ConfigError as err:
+            SweepSummary.planned = sweep_checks.check_sweep(config) or None
+        except (*USER_ERRORS, sweep_checks.JobRefused) as err:
             self.refuse(err)
-        threads = torch.get_num_threads()  # a job's trainer.num_threads is its own, when it runs
-        checked = set()
-        jobs = sweep_jobs(config)
-        SweepSummary.planned = len(jobs) or None
         sweep_signals(config.hydra.sweep.dir)
-        try:
-            for number, job in enumerate(jobs):
-                if subdir != "${hydra.job.num}":
-                    try:
-                        check_job_folder(config, subdir, number, job)
-                    except ConfigError as err:
-                        self.refuse(err)
-                cfg = compose(config_name="config", overrides=job)
-                key = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "seed"]))
-                if key in checked:  # a sweep over seeds builds the same parts each time: once is enough
-                    continue
-                checked.add(key)
-                try:
-                    check_job(cfg, job)
-                except USER_ERRORS as err:
-                    print(f"snnrun: error: job {number} of the sweep ({' '.join(job)}) would be refused, so none "
-                          f"was run: {err}", file=sys.stderr)
-                    sys.exit(2)
-            if subdir != "${hydra.job.num}":
-                keep_earlier_record(Path(str(config.hydra.sweep.dir)))
-        finally:
-            torch.set_num_threads(threads)
 
     @staticmethod
     def refuse(err: Exception) -> None:
@@ -169,61 +132,6 @@ def exported(cfg: DictConfig, model, saved: DictConfig) -> tuple:
                   "input": "the first layer's input at each step: the "
                            + ("dataset's frame" if saved.data.get("temporal") else f"{saved.encoder._target_} encoding")
                            + f" of {saved.data.get('_target_')} samples", "config": OmegaConf.to_container(saved)})
-
-
-LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")  # jobs run on this machine
-
-
-def sweep_jobs(config: DictConfig) -> list[list[str]]:
-    """The overrides of each job of a sweep that Hydra's basic sweeper runs (every combination) on this
-    machine; none where the jobs run elsewhere (a cluster's launcher: its nodes have other devices and
-    memory), come from ``hydra.sweeper.params``, or are drawn as the search goes (Optuna)."""
-    sweeper, launcher = (str(config.hydra[k].get("_target_", "")) for k in ("sweeper", "launcher"))
-    if (not sweeper.endswith("BasicSweeper") or not launcher.endswith(LOCAL_LAUNCHERS)
-            or config.hydra.sweeper.get("params")):
-        return []
-    parsed = OverridesParser.create().parse_overrides(overrides_of(config.hydra))
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
-def keep_earlier_record(sweep_dir: Path) -> None:
-    """A sweep folder that an earlier sweep shares (jobs in subdirs of their own): Hydra writes this sweep's
-    multirun.yaml over the earlier one's, so the earlier one moves aside to multirun.<k>.yaml first."""
-    record = sweep_dir / "multirun.yaml"
-    if record.is_file():
-        k = next(k for k in range(1, 10**6) if not (sweep_dir / f"multirun.{k}.yaml").exists())
-        record.rename(sweep_dir / f"multirun.{k}.yaml")
-
-
-def check_job_folder(config: DictConfig, subdir: str, number: int, job: list[str]) -> None:
-    """Refuse a sweep whose job ``number`` would write into a folder that holds an earlier run: with a subdir of
-    your own (``r${hydra.job.num}``, ``${hydra.job.override_dirname}``), a second sweep into the same folder
-    would meet the first one's jobs there. The subdir is resolved as the launchers do, with the job's number."""
-    cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.job.num, cfg.hydra.job.name = number, config.hydra.job.name
-        launcher = str(config.hydra.launcher.get("_target_", ""))
-        cfg.hydra.job.id = f"{config.hydra.job.name}_{number}" if launcher.endswith("JoblibLauncher") else number
-        cfg.hydra.sweep.subdir = subdir
-    folder = Path(str(config.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-    try:
-        check_folder("hydra.sweep.subdir", str(folder))
-    except ConfigError:
-        held = sorted(p.name for p in folder.iterdir())[:4] if folder.is_dir() else []
-        raise ConfigError("hydra.sweep.subdir", subdir, f"a folder per job that holds no earlier run: job {number} "
-                          f"({' '.join(job)}) would write into {folder}, which "
-                          + (f"already holds {', '.join(held)}" if held else "is a file")
-                          + ", and snnrun never writes over what an earlier run wrote (give the sweep a new "
-                          "hydra.sweep.dir)", f"hydra.sweep.dir={str(config.hydra.sweep.dir).rstrip('/')}-2") from None
-
-
-def check_job(cfg: DictConfig, overrides: list[str]) -> None:
-    """What a sweep's job would refuse before it loads data: its values, switches and parts (a training job
-    from scratch; one that resumes or evaluates a checkpoint is checked when it runs)."""
-    check_resolves(cfg)
-    check_switches(cfg, overrides)
-    if cfg.task == "train" and not cfg.get("ckpt_path"):
-        assemble(cfg, dry=True)
 
 
 def prepare(cfg: DictConfig, overrides: list[str]) -> Assembly | tuple:
