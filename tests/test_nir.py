@@ -20,6 +20,7 @@ NETWORKS = {
     "csnn_ap_lif": ("6C5-AP2-8C5-AP2-FC10", (1, 28, 28), partial(LIF, beta=0.8, reset="zero", per_neuron=True), "same"),
     "rlif_all_to_all_li": ("FC32-RFC24-FC10", (28,), partial(RLIF, beta=0.8, reset="zero"), "li"),
     "rlif_one_to_one": ("FC32-RFC24-FC10", (28,), partial(RLIF, beta=0.8, reset="zero", recurrence="one_to_one"), "same"),
+    "rlif_image": ("FC32-RFC24-FC10", (1, 28, 28), partial(RLIF, beta=0.8, reset="zero"), "same"),  # a Flatten first
     "synaptic": ("FC64-FC10", (28,), partial(Synaptic, alpha=0.7, beta=0.8, reset="zero"), "same"),
     "if": ("FC64-FC10", (28,), partial(IF), "same"),
     "if_li": ("FC64-FC10", (28,), partial(IF), "li"),  # an li readout of if neurons: beta = 1, NIR's integrator I

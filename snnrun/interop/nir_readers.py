@@ -137,10 +137,22 @@ class _Rewrite:
         return w_rec
 
     def padded(self) -> tuple[dict, list]:
-        """The nodes and edges with zero-padded block numbers."""
+        """The nodes and edges named so that alphabetical order is the chain's: zero-padded block numbers, and a
+        block's weight, flatten and pooling nodes numbered in their order (``L01_FC32.0_flatten`` before
+        ``L01_FC32.1_affine``; snnTorch's importer needs a recurrent layer's inputs listed before it)."""
         width = max(2, len(str(sum(1 for n in self.nodes if n.endswith((".neuron", ".rnn"))))))
-        nodes = {_padded(n, width): node for n, node in self.nodes.items()}
-        return nodes, [(_padded(a, width), _padded(b, width)) for a, b in self.edges]
+        after = {a: b for a, b in self.edges}
+        renamed, node, count = {}, "input", {}
+        while node in after:
+            node = after[node]
+            block, _, kind = node.partition(".")
+            if kind and kind not in ("neuron", "rnn"):
+                count[block] = count.get(block, -1) + 1
+                renamed[node] = f"{block}.{count[block]}_{kind}"
+        def name(n: str) -> str:
+            return _padded(renamed.get(n, n), width)
+
+        return {name(n): node for n, node in self.nodes.items()}, [(name(a), name(b)) for a, b in self.edges]
 
 
 def _snntorch(rw: _Rewrite, name: str, node):
