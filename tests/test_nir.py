@@ -183,7 +183,7 @@ def test_an_approximate_export_keeps_the_rest_exact(tmp_path):
 
 @pytest.mark.parametrize("graph, message", [
     (lambda: nir.NIRGraph.from_list(nir.Affine(np.ones((3, 4)), np.zeros(3)), nir.Threshold(np.ones(3))),
-     "unsupported node Threshold"),
+     "unsupported node: Threshold node"),
     (lambda: nir.NIRGraph.from_list(nir.Affine(np.ones((3, 4)), np.zeros(3)), nir.Affine(np.ones((2, 3)), np.zeros(2)),
                                     nir.LIF(*(np.ones(2),) * 4)), "without a neuron between them"),
     (lambda: nir.NIRGraph.from_list(nir.Affine(np.ones((3, 4)), np.zeros(3)),
@@ -197,11 +197,26 @@ def test_an_approximate_export_keeps_the_rest_exact(tmp_path):
     (lambda: nir.NIRGraph.from_list(nir.Conv2d((8, 8), np.ones((2, 1, 3, 3)), (1, 2), 0, 1, 1, np.zeros(2)),
                                     nir.LIF(*(np.ones((2, 6, 3)),) * 2, np.zeros((2, 6, 3)), np.ones((2, 6, 3)))),
      "same stride and padding"),
+    (lambda: nir.NIRGraph.from_list(nir.Affine(np.ones((3, 4)), np.zeros(3)),  # tau below dt: beta = 1 - dt/tau < 0
+                                    nir.LIF(np.full(3, 5e-5), np.ones(3), np.zeros(3), np.ones(3))),
+     r"tau 5e-05 s <= dt 0.0001 s"),
+    (lambda: nir.NIRGraph.from_list(nir.Affine(np.ones((3, 4)), np.zeros(3)),  # fires at rest under NIR
+                                    nir.LIF(np.ones(3), np.ones(3), np.zeros(3), np.full(3, -0.5))),
+     r"v_threshold -0.5 <= 0"),
+    (lambda: _looped([("lif", "lif")]), "node 'lif' feeds itself"),
+    (lambda: _looped([("lif", "affine")]), "an edge from 'lif' back to 'affine' makes a cycle that is not a recurrent"),
 ])
 def test_graphs_snnrun_cannot_hold_are_refused(graph, message, tmp_path):
     nir.write(tmp_path / "g.nir", graph())
     with pytest.raises(nir_import.NIRError, match=message):
         nir_import.read(tmp_path / "g.nir")
+
+
+def _looped(extra: list) -> "nir.NIRGraph":
+    """Input -> a square Affine -> LIF -> output, with ``extra`` edges (a self-loop, a back edge)."""
+    nodes = {"input": nir.Input(input_type=np.array([3])), "affine": nir.Affine(np.eye(3), np.zeros(3)),
+             "lif": nir.LIF(np.ones(3), np.ones(3), np.zeros(3), np.ones(3)), "output": nir.Output(output_type=np.array([3]))}
+    return nir.NIRGraph(nodes=nodes, edges=[("input", "affine"), ("affine", "lif"), *extra, ("lif", "output")])
 
 
 def test_files_that_are_not_nir_are_refused(tmp_path):

@@ -43,6 +43,7 @@ class Imported:
     readout_neuron: str
     layers: list = field(repr=False)
     dt: float = 1e-4
+    dt_from_graph: bool = False  # the dt in the graph's snnrun metadata, which wins over export.dt
 
     def load_into(self, model) -> None:
         """Copy the graph's weights, decays, thresholds and recurrent weights into the built model."""
@@ -96,9 +97,11 @@ def read(path: str | Path, dt: float = 1e-4) -> Imported:
     if info is not None:
         dt = float(json.loads(str(info)).get("dt", dt))
     try:
-        return _interpret(graph, dt)
+        imported = _interpret(graph, dt)
     except NIRError as err:
         raise NIRError(f"nir_path={path}: {err}") from None
+    imported.dt_from_graph = info is not None
+    return imported
 
 
 def _chain(graph) -> list:
@@ -109,9 +112,16 @@ def _chain(graph) -> list:
     succ: dict[str, list[str]] = {}
     for a, b in edges:
         succ.setdefault(a, []).append(b)
-    loops = {}  # neuron name -> its recurrent weight node name
+    pred: dict[str, list[str]] = {}
     for a, b in edges:
-        if (b, a) in edges and isinstance(nodes[a], (nir.Affine, nir.Linear)):
+        pred.setdefault(b, []).append(a)
+        if a == b:
+            raise NIRError(f"node {a!r} feeds itself; snnrun reads a recurrence as a cycle through a weight node "
+                           "(neuron -> Affine or Linear -> neuron)")
+    loops = {}  # neuron name -> its recurrent weight node name: a weight node fed by the neuron alone, feeding it alone
+    for a, b in edges:
+        if ((b, a) in edges and isinstance(nodes[a], (nir.Affine, nir.Linear)) and pred.get(a) == [b]
+                and succ.get(a) == [b]):
             loops[b] = a
     starts = [n for n, node in nodes.items() if isinstance(node, nir.Input)]
     if len(starts) != 1:
@@ -127,6 +137,10 @@ def _chain(graph) -> list:
             order.append(("rnn", node, nodes[loops[current]]))
         elif not isinstance(node, nir.Input):
             order.append(node)
+        back = [b for b in succ.get(current, []) if b in seen and b != loops.get(current)]
+        if back:
+            raise NIRError(f"an edge from {current!r} back to {back[0]!r} makes a cycle that is not a recurrent layer "
+                           "(snnrun reads a cycle only between a neuron and a weight node that the neuron alone feeds)")
         nxt = [b for b in succ.get(current, []) if b not in seen and b != loops.get(current)]
         if isinstance(node, nir.Output) or not nxt:
             break
@@ -138,9 +152,21 @@ def _chain(graph) -> list:
     return order
 
 
+def _names(graph, prefix: str = "") -> dict[int, str]:
+    """Each node object's name in the file (a subgraph's nodes as ``outer.inner``), for the messages."""
+    nir = _nir()
+    names = {}
+    for name, node in graph.nodes.items():
+        names[id(node)] = prefix + name
+        if isinstance(node, nir.NIRGraph):
+            names.update(_names(node, f"{prefix}{name}."))
+    return names
+
+
 def _interpret(graph, dt: float) -> Imported:
     nir = _nir()
     chain = _chain(graph)
+    names = _names(graph)
     source = next(node for node in graph.nodes.values() if isinstance(node, nir.Input))  # _chain checked: exactly one
     input_shape = tuple(int(v) for v in np.asarray(source.input_type["input"]))
     layers: list[Layer] = []
@@ -148,33 +174,35 @@ def _interpret(graph, dt: float) -> Imported:
     for entry in chain:
         node = entry[1] if isinstance(entry, tuple) else entry
         kind = type(node).__name__
+        where = f"{kind} node {names.get(id(node), '?')!r}"
         if isinstance(entry, nir.Output):
             break
         if isinstance(node, nir.Flatten):
             continue
         if isinstance(node, (nir.Affine, nir.Linear, nir.Conv2d)):
             if pending is not None:
-                raise NIRError(f"two weight layers follow each other without a neuron between them ({kind}); "
+                raise NIRError(f"two weight layers follow each other without a neuron between them ({where}); "
                                "snnrun's layers are weight -> pooling -> neuron")
             pending = _weight_layer(node)
         elif isinstance(node, (nir.AvgPool2d, nir.SumPool2d)):
             if pending is None or not pending.token[0].isdigit():
-                raise NIRError("pooling must follow a convolution (snnrun's conv -> pool -> neuron)")
+                raise NIRError(f"pooling must follow a convolution (snnrun's conv -> pool -> neuron): {where}")
             pending.pool = _pool_size(node)
             if isinstance(node, nir.SumPool2d):  # a sum of k*k values is k*k times their average
                 pending.weight, pending.bias = pending.weight * pending.pool ** 2, pending.bias * pending.pool ** 2
         elif isinstance(node, (nir.LIF, nir.CubaLIF, nir.IF, nir.LI, nir.I)):
             if pending is None:
-                raise NIRError(f"a {kind} neuron without a weight layer before it")
+                raise NIRError(f"a neuron without a weight layer before it: {where}")
             pending.neuron, pending.gain = node, _input_gain(node, dt)
             if isinstance(entry, tuple):
                 if not pending.token.startswith("FC"):
-                    raise NIRError("a recurrent convolution; snnrun's recurrent layers (RFC) are fully connected")
+                    raise NIRError(f"a recurrent convolution ({where}); snnrun's recurrent layers (RFC) are fully "
+                                   "connected")
                 pending.recurrent, pending.token = entry[2], "R" + pending.token
             layers.append(pending)
             pending = None
         else:
-            raise NIRError(f"unsupported node {kind}; snnrun reads Affine, Linear, Conv2d, AvgPool2d, Flatten and "
+            raise NIRError(f"unsupported node: {where}; snnrun reads Affine, Linear, Conv2d, AvgPool2d, Flatten and "
                            "LIF, CubaLIF, IF, LI and I (readout) neurons (recurrent ones as a cycle through Affine or "
                            "Linear)")
     if pending is not None or not layers:
@@ -190,7 +218,7 @@ def _interpret(graph, dt: float) -> Imported:
         raise NIRError(f"neurons of several kinds ({', '.join(sorted(hidden))}); an snnrun network has one kind")
     kind = hidden.pop()
     for layer in layers:
-        _check_neuron(layer.neuron)
+        _check_neuron(layer.neuron, dt, names.get(id(layer.neuron), "?"))
     recurrent = [layer.recurrent for layer in layers if layer.recurrent is not None]
     target = {"LIF": "snnrun.core.neurons.LIF", "CubaLIF": "snnrun.core.neurons.Synaptic", "IF": "snnrun.core.neurons.IF"}[kind]
     neuron = {"_target_": target, "_partial_": True, "reset": "zero", "per_neuron": True}
@@ -262,16 +290,23 @@ def _input_gain(node, dt: float) -> float:
     return 1.0 if math.isclose(g, 1.0, rel_tol=1e-9) else g
 
 
-def _check_neuron(node) -> None:
+def _check_neuron(node, dt: float, where: str) -> None:
     nir = _nir()
-    name = type(node).__name__
+    name = f"{type(node).__name__} ({where!r})"
     if np.any(np.asarray(getattr(node, "v_leak", 0)) != 0):
         raise NIRError(f"a {name} with v_leak != 0; snnrun's neurons leak towards 0")
     if np.any(np.asarray(getattr(node, "v_reset", 0)) != 0):
         raise NIRError(f"a {name} with v_reset != 0; snnrun's neurons reset to 0")
     tau = getattr(node, "tau_mem", getattr(node, "tau", None))
-    if tau is not None and np.any(np.asarray(tau) <= 0):
-        raise NIRError(f"a {name} with tau <= 0")
+    if tau is not None and np.any(np.asarray(tau, np.float64) <= dt):
+        raise NIRError(f"a {name} with tau {float(np.min(tau)):g} s <= dt {dt:g} s: one step would give beta = 1 - dt/tau "
+                       "<= 0 (an unstable, sign-flipping membrane); read it at the graph's own time step (export.dt)")
+    if isinstance(node, nir.CubaLIF) and np.any(np.asarray(node.tau_syn, np.float64) <= dt):
+        raise NIRError(f"a {name} with tau_syn <= dt {dt:g} s: the synaptic decay 1 - dt/tau_syn would be <= 0")
+    threshold = getattr(node, "v_threshold", None)
+    if threshold is not None and np.any(np.asarray(threshold, np.float64) <= 0):
+        raise NIRError(f"a {name} with v_threshold {float(np.min(threshold)):g} <= 0; snnrun's thresholds are positive "
+                       "(a neuron at rest would fire at every step)")
     if isinstance(node, nir.CubaLIF) and len(np.unique(np.asarray(node.tau_syn))) > 1:
         raise NIRError("a CubaLIF whose tau_syn differs between neurons; snnrun's synaptic decay alpha is one per layer")
 

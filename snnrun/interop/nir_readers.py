@@ -202,13 +202,16 @@ def _sinabs(rw: _Rewrite, name: str, node, dt: float):
         rw.approximation(name, "its LIF/IF fire several spikes per step at v >= theta and reset by subtraction "
                                "(MultiSpike, MembraneSubtract), and its IF clamps v at -theta, where snnrun fires one "
                                "spike at U > theta and resets to 0")
-    if isinstance(node, nir.LIF):  # decay exp(-1/tau) per step, the input unscaled: tau = -1/ln(beta) steps, r = 1
-        beta = 1 - dt / np.asarray(node.tau, np.float64)
-        return nir.LIF(tau=-1 / np.log(beta), r=np.ones_like(beta), v_leak=node.v_leak, v_threshold=node.v_threshold,
-                       v_reset=node.v_reset)
+    # its decay is exp(-1/tau) per step and it adds the input unscaled: tau = -1/ln(beta) steps; r = tau, which its
+    # reader ignores, keeps NIR's meaning of the file (input gain r*dt/tau = 1, decay 1 - 1/tau ~ beta)
+    if isinstance(node, nir.LIF):
+        tau = -1 / np.log(1 - dt / np.asarray(node.tau, np.float64))
+        rw.approximation(name, "its decay exp(-1/tau) per step is beta, where NIR's Euler step of the same tau "
+                               "decays by 1 - 1/tau (a reader that follows NIR leaks slightly more)")
+        return nir.LIF(tau=tau, r=tau, v_leak=node.v_leak, v_threshold=node.v_threshold, v_reset=node.v_reset)
     if isinstance(node, nir.LI):
-        beta = 1 - dt / np.asarray(node.tau, np.float64)
-        return nir.LI(tau=-1 / np.log(beta), r=np.ones_like(beta), v_leak=node.v_leak)
+        tau = -1 / np.log(1 - dt / np.asarray(node.tau, np.float64))
+        return nir.LI(tau=tau, r=tau, v_leak=node.v_leak)
     if isinstance(node, nir.I):
         rw.refuse(name, "an integrator (I) readout, which its reader has no node for", "use model.readout_neuron=li "
                   "with beta < 1")

@@ -10,6 +10,7 @@ that is not one of those is a bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import logging
 import inspect
 import json
 import sysconfig
@@ -38,6 +39,7 @@ from .guards import check_resume, shipped_options
 from .records import Parts, TrainerOptions
 from .rules import ConfigError, _is_int, _require, check, check_li_readout, task_view
 
+log = logging.getLogger("snnrun")
 # ``${snnrun.div:128,${data.downsample}}``: sizes that configs derive from other keys (integer division)
 OmegaConf.register_new_resolver("snnrun.div", lambda a, b: int(a) // int(b), replace=True)
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -326,6 +328,9 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
     if cfg.get("nir_path"):
         imported = nir_import.read(cfg.nir_path, cfg.export.dt)
         cfg = network_of(cfg, imported, spec)
+        if not dry:
+            log.info("read %s as %s at dt=%g s (%s)", cfg.nir_path, imported.arch, imported.dt,
+                     "the graph's own, from its snnrun metadata" if imported.dt_from_graph else "export.dt")
     torch.manual_seed(cfg.seed)
     surrogate = _part(cfg, "surrogate")
     neuron = _guarded("neuron", cfg.neuron, _part(cfg, "neuron"))
