@@ -97,6 +97,35 @@ def test_time_windows_keep_the_first_frames(nmnist_root):
     assert per_recording.eq(12).all()
 
 
+@pytest.mark.parametrize("fields, size", [(("x", "y", "t", "p"), (5, 4, 2)), (("x", "t", "p"), (7, 1, 2)),
+                                          (("x", "y", "t", "p"), (5, 4, 1))])
+@pytest.mark.parametrize("time_window", [None, 37.0])
+def test_frames_are_tonics_and_a_hot_pixel_saturates(fields, size, time_window):
+    """The frames of tonic's ToFrame, bin for bin, on random recordings; but counted in int32: tonic's int16
+    counts wrap past 32,767 events in one pixel of one frame, and such a pixel read 0 instead of 255."""
+    import tonic.transforms as transforms
+
+    rng = np.random.default_rng(0)
+    dtype = np.dtype([(f, np.int64) for f in fields])
+    for n in (1, 50, 3000):
+        recording = np.zeros(n, dtype)
+        recording["x"] = rng.integers(0, size[0], n)
+        if "y" in fields:
+            recording["y"] = rng.integers(0, size[1], n)
+        recording["p"] = rng.integers(0, size[2], n)
+        recording["t"] = np.sort(rng.integers(0, 1000, n))
+        ours = events._to_frame(size, 6, time_window)(recording.copy())
+        theirs = (transforms.ToFrame(sensor_size=size, n_time_bins=6) if time_window is None else
+                  transforms.ToFrame(sensor_size=size, time_window=time_window, include_incomplete=True))(recording.copy())
+        assert ours.shape == np.asarray(theirs).shape and np.array_equal(ours, theirs)
+    hot = np.zeros(40_000, dtype)  # one pixel, one frame
+    hot["t"] = np.arange(40_000) // 1000
+    frames = events._to_frame(size, 1, None)(hot)
+    # tonic's one bin is [t0, t_last): the 1,000 events at t_last fall outside; its int16 count would read -26,536
+    assert frames.sum() == frames.max() == 39_000
+    assert torch.from_numpy(frames).clamp(0, 255).max() == 255
+
+
 def test_binning_that_leaves_frames_empty_is_refused_with_the_numbers(nmnist_root):
     with pytest.raises(DataError, match=r"% of the frames of the first 64 recordings are empty.*time_window=1 µs") as err:
         events.event_dataset("NMNIST", str(nmnist_root), download=False, time_steps=50, time_window=1, cache=False)

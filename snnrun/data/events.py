@@ -131,11 +131,36 @@ def _binner(sensor: tuple[int, int, int], time_steps: int, time_window: float | 
 
     width, height, polarities = sensor
     size = (width // downsample, height // downsample, polarities) if height > 1 else (width, height, polarities)
-    to_frame = (transforms.ToFrame(sensor_size=size, n_time_bins=time_steps) if time_window is None else
-                transforms.ToFrame(sensor_size=size, time_window=time_window, include_incomplete=True))
+    to_frame = _to_frame(size, time_steps, time_window)
     if downsample == 1:
         return to_frame
     return transforms.Compose([transforms.Downsample(spatial_factor=1 / downsample), to_frame])
+
+
+def _to_frame(size: tuple[int, int, int], time_steps: int, time_window: float | None) -> Callable:
+    """tonic's ``ToFrame`` of a non-empty recording (its slices, by ``time_steps`` bins or windows of ``time_window``
+    µs, and its layout [T, P, (H,) W]), counted in int32: tonic counts in int16, which wraps past 32,767 events in
+    one pixel of one frame (a hot pixel read 0 instead of saturating)."""
+    from tonic.slicers import slice_events_by_time, slice_events_by_time_bins
+
+    width, height, polarities = size
+
+    def to_frame(events: np.ndarray) -> np.ndarray:
+        if polarities == 1:
+            if np.unique(events["p"]).size > 1:
+                raise ValueError("Single polarity sensor, but events contain both polarities.")
+            events = events.copy()
+            events["p"] = 0
+        slices = (slice_events_by_time_bins(events, time_steps) if time_window is None else
+                  slice_events_by_time(events, time_window, include_incomplete=True))
+        spatial = (height, width) if "y" in events.dtype.names else (width,)
+        frames = np.zeros((len(slices), polarities, *spatial), dtype=np.int32)
+        for i, part in enumerate(slices):
+            where = (part["y"], part["x"]) if "y" in events.dtype.names else (part["x"],)
+            np.add.at(frames, (i, part["p"].astype(int), *where), 1)
+        return frames
+
+    return to_frame
 
 
 def bin_recordings(recordings: Recordings, binning: dict, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
