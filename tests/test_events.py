@@ -158,6 +158,15 @@ def test_a_damaged_recording_is_named(tmp_path, nmnist_root):
         events.event_dataset("NMNIST", str(cut), download=False, time_steps=4, cache=False)
 
 
+def test_the_cache_is_binned_again_when_the_dataset_files_change(tmp_path):
+    """The cache belongs to the files it was binned from: SHD written again with more recordings is binned again
+    (the cache used to give the first 6 recordings forever)."""
+    root = write_shd(tmp_path)
+    assert len(events.event_dataset("SHD", str(root), download=False, time_steps=10).train) == 6
+    write_shd(tmp_path, n_train=9)
+    assert len(events.event_dataset("SHD", str(root), download=False, time_steps=10).train) == 9
+
+
 def test_a_missing_dataset_offline_says_where_which_files_and_where_from(tmp_path):
     with pytest.raises(DataError) as err:
         events.event_dataset("NMNIST", str(tmp_path), download=False)

@@ -271,10 +271,19 @@ def cache_path(root: Path, name: str, split: str, binning: dict) -> Path:
     return root / "snnrun_cache" / name / folder / f"{split}.pt"
 
 
+def _files(root: Path, name: str, split: str) -> list[int]:
+    """What a split's cache was binned from: the number and total bytes of its files (an extraction that was cut
+    short, or files replaced since, bin again; an edit that keeps every size goes unseen)."""
+    _, folder, pattern, _ = SOURCES[name].files[split]
+    path = root / name / folder
+    files = ([path] if path.is_file() else []) if not pattern else [p for p in path.glob(f"**/{pattern}") if p.is_file()]
+    return [len(files), sum(p.stat().st_size for p in files)]
+
+
 def _split(name: str, root: Path, split: str, download: bool, binning: dict, use_cache: bool) -> Split:
     path = cache_path(root, name, split, binning) if use_cache else None
     source = SOURCES[name]
-    done = cached(path, binning) if path is not None else None
+    done = cached(path, {**binning, "files": _files(root, name, split)}) if path is not None else None
     if done is not None:
         return done
     ds = _open(name, root, split, download)
@@ -295,7 +304,7 @@ def _split(name: str, root: Path, split: str, download: bool, binning: dict, use
 
     recordings = Recordings(source.title, source.sensor, len(ds), read, where)
     shape = (len(ds), binning["time_steps"], *frame_shape(source.sensor, binning["downsample"]))
-    return binned(path, binning, f"{source.title} ({split})", shape,
+    return binned(path, {**binning, "files": _files(root, name, split)}, f"{source.title} ({split})", shape,
                   lambda: bin_recordings(recordings, binning, progress=sys.stderr.isatty()))
 
 
