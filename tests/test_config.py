@@ -203,11 +203,18 @@ def test_a_run_too_large_for_memory_names_the_sizes(compose, monkeypatch):
     suggested = int(message.rsplit("time_steps=", 1)[1])
     assembly = assemble(compose(*SMALL, "trainer.max_steps=1"))
     check_memory(assembly.parts.model, replace(assembly.options, time_steps=suggested), torch.device("cpu"))  # fits
+    sizes = (64, 10**8)  # a test split that large
     with pytest.raises(ConfigError) as err:  # not one step fits: the batch is named, not time_steps=1
-        check_memory(assembly.parts.model, replace(assembly.options, eval_batch_size=10**8), torch.device("cpu"))
+        check_memory(assembly.parts.model, replace(assembly.options, eval_batch_size=10**8), torch.device("cpu"), sizes)
     assert err.value.key == "data.eval_batch_size"
     smaller = int(str(err.value).rsplit("data.eval_batch_size=", 1)[1])
-    check_memory(assembly.parts.model, replace(assembly.options, eval_batch_size=smaller), torch.device("cpu"))
+    check_memory(assembly.parts.model, replace(assembly.options, eval_batch_size=smaller), torch.device("cpu"), sizes)
+    # a batch is never larger than its split: 10**8 over 16 test samples is a batch of 16
+    check_memory(assembly.parts.model, replace(assembly.options, eval_batch_size=10**8), torch.device("cpu"), (64, 16))
+    with pytest.raises(ConfigError) as err:  # temporal data: T is the data's, so the example lowers the batch
+        check_memory(assembly.parts.model, replace(assembly.options, time_steps=10**6), torch.device("cpu"), (64, 16),
+                     temporal=True)
+    assert err.value.key in ("data.batch_size", "data.eval_batch_size") and "the data's T" in str(err.value)
 
 
 def test_one_cycle_fits_runs_of_any_length():
@@ -237,7 +244,7 @@ def test_memory_estimate_counts_the_bytes_of_the_state_type(compose, monkeypatch
     for name, net in (("fp32", model), ("fp64", copy.deepcopy(model).double())):
         monkeypatch.setattr(devices, "available_memory", lambda device: 1)
         with pytest.raises(ConfigError) as err:
-            check_memory(net, options, torch.device("cpu"))
+            check_memory(net, options, torch.device("cpu"), (10**6, 10**6))  # splits larger than both batches
         need[name] = float(str(err.value).split("needs about ")[1].split(" GiB")[0])
     assert devices.state_bytes(model.double()) == 8
     batch = max(options.batch_size, options.eval_batch_size)

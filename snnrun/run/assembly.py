@@ -352,7 +352,7 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
     loss = _part(cfg, "loss")
     if getattr(model, "readout_neuron", "same") == "li":
         check_li_readout(cfg, loss)
-    check_memory(model, options, device)
+    check_memory(model, options, device, temporal=spec.temporal)  # the training batch, before any data loads
     if dry:
         optimiser(cfg, model.parameters(), options.max_steps or 1000)
         return None
@@ -381,6 +381,8 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
     if len(dataset.train) < options.batch_size:
         raise ConfigError("data.batch_size", options.batch_size, f"at most the {len(dataset.train)} training samples",
                           f"data.batch_size={len(dataset.train)}")
+    evaluated = max(len(dataset.test), len(dataset.val) if dataset.val is not None else 0)
+    check_memory(model, options, device, (len(dataset.train), evaluated), spec.temporal)  # the evaluation batch too
     check_data_fits(dataset, device)
     model = model.to(device)
     dataset = dataset.to(device)

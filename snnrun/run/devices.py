@@ -43,10 +43,19 @@ def state_bytes(model) -> int:
     return torch.promote_types(dtype, torch.float32).itemsize
 
 
-def check_memory(model, options: TrainerOptions, device: torch.device) -> None:
+def check_memory(model, options: TrainerOptions, device: torch.device, sizes: tuple[int, int] | None = None,
+                 temporal: bool = False) -> None:
     """Refuse a run whose per-step states (every layer's output, spikes, membranes and their
-    gradients, over T steps of the larger batch) cannot fit in the device's free memory."""
-    batch = max(options.batch_size, options.eval_batch_size)
+    gradients, over T steps of the larger batch) cannot fit in the device's free memory. ``sizes``: the
+    training and the largest evaluation split, once loaded (a batch is never larger than its split; before
+    the data loads, only the training batch is known to be used whole). ``temporal``: T is the data's, so the
+    example lowers a batch, not time_steps."""
+    if sizes is None:
+        eval_batch = 0
+        train_batch = options.batch_size
+    else:
+        train_batch, eval_batch = min(options.batch_size, sizes[0]), min(options.eval_batch_size, sizes[1])
+    batch = max(train_batch, eval_batch)
     per_step = state_bytes(model) * model.state_numel * batch
     params = 4 * sum(p.numel() * p.element_size() for p in model.parameters())  # weights, gradients, two moments
     need = per_step * options.time_steps + params
@@ -58,11 +67,13 @@ def check_memory(model, options: TrainerOptions, device: torch.device) -> None:
     gib = 2 ** 30
     where = "this machine" if device.type == "cpu" else str(device)
     why = (f"{model.arch} at T={options.time_steps} with batches of {batch} needs about {need / gib:.1f} GiB, and "
-           f"{where} has {free / gib:.1f} GiB available (lower time_steps, data.batch_size or data.eval_batch_size)")
-    if fits >= 1:
+           f"{where} has {free / gib:.1f} GiB available (lower "
+           + ("data.batch_size or data.eval_batch_size, or the data's T" if temporal else
+              "time_steps, data.batch_size or data.eval_batch_size") + ")")
+    if fits >= 1 and not temporal:
         raise ConfigError("time_steps", options.time_steps, f"small enough for the run to fit in memory: {why}",
                           f"time_steps={fits}")
-    key = "data.eval_batch_size" if options.eval_batch_size >= options.batch_size else "data.batch_size"
+    key = "data.eval_batch_size" if eval_batch >= train_batch else "data.batch_size"
     per_sample = per_step * options.time_steps / batch  # not even one step fits: the batch is what is too large
     smaller = max(1, int((room - params) // per_sample)) if room > params else 1
     raise ConfigError(key, batch, f"small enough for the run to fit in memory: {why}", f"{key}={smaller}")
