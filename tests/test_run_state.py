@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import FAST, read_metrics, read_results, scalars, snnrun
+from conftest import FAST, read_metrics, read_results, scalars, snnrun, write_idx_dataset
 from snnrun.run import checkpoints
 from snnrun.run.assembly import assemble
 from snnrun.run.logger import RunLogger
@@ -258,6 +258,30 @@ def test_eval_takes_the_network_input_and_data_from_the_checkpoint(compose, tmp_
         with pytest.raises(ConfigError) as err:
             merged(override)
         assert err.value.key == key and f"the checkpoint's value, {theirs}" in str(err.value)
+
+
+def test_eval_of_a_permuted_checkpoint_on_unpermuted_pixels_is_refused(compose, tmp_path):
+    """psmnist's permutation_seed is null under data=smnist: a null that means what it says (no permutation),
+    not a value left to the files, so it contradicts the checkpoint's seed."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from snnrun.run.cli import config_dir
+    from snnrun.run.preflight import checkpoint_config
+    from snnrun.run.rules import ConfigError
+
+    root = write_idx_dataset(tmp_path / "data", n_train=16, n_test=8)
+    net = ["model.arch=FC8-FC10", "data.batch_size=8", "data.val_size=0", "device=cpu", "trainer.curve_points=0",
+           "trainer.raster_samples=0", f"data.root={root}"]
+    cfg = compose("data=psmnist", "trainer.max_steps=1", *net)
+    a = assemble(cfg)
+    Trainer(a.parts, a.data, a.options, run_dir=tmp_path / "run", logger=RunLogger(tmp_path / "run", {}),
+            config=OmegaConf.to_container(cfg, resolve=True)).fit()
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    overrides = ["task=eval", f"ckpt_path={ckpt}", "data=smnist", "data.mode=pixels"]
+    with initialize_config_dir(config_dir=config_dir(), version_base=None):
+        with pytest.raises(ConfigError, match="data.permutation_seed=None is not allowed.*the checkpoint's value, 0"):
+            checkpoint_config(hydra_compose(config_name="config", overrides=overrides), overrides,
+                              checkpoints.load(ckpt))
 
 
 @pytest.mark.e2e

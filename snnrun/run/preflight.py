@@ -27,6 +27,9 @@ from .rules import USER_ERRORS, ConfigError, check, leaves
 from .sweep import SweepSummary, stop_on_signals as sweep_signals
 
 
+FROM_FILES = ("data.input_shape", "data.num_classes", "data.time_steps", "data.class_names")  # loaders' describe
+
+
 def checkpoint_config(cfg: DictConfig, overrides: list[str], state: dict) -> DictConfig:
     """The config of the checkpoint ``state`` (read from ``cfg.ckpt_path``), with this command's machine
     keys and its compatible overrides.
@@ -48,9 +51,9 @@ def checkpoint_config(cfg: DictConfig, overrides: list[str], state: dict) -> Dic
     # checked against the checkpoint besides: all a group option brings, though it equals the default (data=mnist)
     touched = taken | {k for k in mine if under(k, names)}
     theirs = leaves(saved)
-    # a null under the network's groups is a value left to the data or the defaults (data=tensors' input_shape):
-    # the checkpoint's stands
-    touched -= {k for k in touched if under(k, IDENTITY) and mine[k] is None and theirs.get(k) is not None}
+    # a null where a dataset's files declare the value (data=tensors' input_shape) is left to them: the checkpoint's
+    # stands (a null elsewhere means what it says: psmnist's permutation_seed, none for smnist)
+    touched -= {k for k in touched if k in FROM_FILES and mine[k] is None and theirs.get(k) is not None}
     for key in sorted(touched):
         if under(key, IDENTITY) and not under(key, LOCAL + BATCHING + HOW) and key in theirs and theirs[key] != mine[key]:
             raise ConfigError(key, mine[key], f"the checkpoint's value, {theirs[key]!r}: ckpt_path={cfg.ckpt_path} holds "
