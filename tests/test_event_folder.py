@@ -106,6 +106,13 @@ def corrupt(root, case):
         events["t"][10] = events["t"][9] - 1
         np.save(target, events)
         return target, r"the timestamps decrease at event 10 .*np.sort\(events, order='t'\)"
+    if case == "nan time":  # float fields: NaN has no frame (it was a ValueError from the binning)
+        floats = np.zeros(len(events), np.dtype([(f, "<f8") for f in ("x", "y", "t", "p")]))
+        for f in ("x", "y", "t", "p"):
+            floats[f] = events[f]
+        floats["t"][4] = np.nan
+        np.save(target, floats)
+        return target, r"event 4 has t=nan; the fields x, y, t \(µs\) and p are whole numbers"
     if case == "garbage":
         target.write_bytes(b"not an array at all")
         return target, "cannot be read .* truncated or not a .npy array"
@@ -136,7 +143,7 @@ def corrupt(root, case):
     raise AssertionError(case)
 
 
-CASES = ["fields", "outside", "polarity", "time", "garbage", "pickled", "empty class", "unknown class", "empty test",
+CASES = ["fields", "outside", "polarity", "time", "nan time", "garbage", "pickled", "empty class", "unknown class", "empty test",
          "no test"]
 
 

@@ -167,6 +167,18 @@ def test_the_cache_is_binned_again_when_the_dataset_files_change(tmp_path):
     assert len(events.event_dataset("SHD", str(root), download=False, time_steps=10).train) == 9
 
 
+def test_a_cache_file_that_is_not_snnruns_is_refused(tmp_path):
+    root = write_shd(tmp_path)
+    binning = {"time_steps": 10, "time_window": None, "frames": "count", "downsample": 1}
+    path = events.cache_path(root, "SHD", "train", binning)
+    path.parent.mkdir(parents=True)
+    for payload in (torch.zeros(3), {"format": events.CACHE_FORMAT, "inputs": torch.zeros(2, 10, 700, dtype=torch.uint8),
+                                     "labels": torch.zeros(3, dtype=torch.int64)}):
+        torch.save(payload, path)
+        with pytest.raises(DataError, match="are not a cache snnrun wrote .* delete the file"):
+            events.event_dataset("SHD", str(root), download=False, time_steps=10)
+
+
 def test_a_missing_dataset_offline_says_where_which_files_and_where_from(tmp_path):
     with pytest.raises(DataError) as err:
         events.event_dataset("NMNIST", str(tmp_path), download=False)

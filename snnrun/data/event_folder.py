@@ -74,6 +74,12 @@ def read_recording(file: Path, sensor: tuple[int, int, int]) -> np.ndarray:
     if events.ndim != 1 or any(f not in fields for f in needed):
         raise DataError(f"{file}: a recording must be a 1-D structured array with fields {', '.join(needed)} "
                         f"(tonic's event layout); this one has shape {list(events.shape)} and fields {list(fields)}")
+    for field in needed:  # the frames index by x, y and p and slice by t: whole numbers (float fields included)
+        values = events[field]
+        if values.dtype.kind == "f" and len(events) and not np.all(np.isfinite(values) & (values == np.round(values))):
+            index = int((~(np.isfinite(values) & (values == np.round(values)))).nonzero()[0][0])
+            raise DataError(f"{file}: event {index} has {field}={values[index]}; the fields x, y, t (µs) and p are whole "
+                            f"numbers (store them as integers)")
     for field, size in (("x", width), ("y", height), ("p", polarities)):
         if field in fields and len(events):
             values = events[field]

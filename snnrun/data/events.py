@@ -215,8 +215,13 @@ def cached(path: Path, key: dict) -> Split | None:
     except Exception as err:
         raise DataError(f"the cached frames {path} cannot be read ({str(err).strip().splitlines()[0]}); "
                         "delete the file and snnrun bins the recordings again") from None
+    inputs, labels = (saved.get("inputs"), saved.get("labels")) if isinstance(saved, dict) else (None, None)
+    if not (isinstance(inputs, torch.Tensor) and isinstance(labels, torch.Tensor) and inputs.dtype == torch.uint8
+            and labels.ndim == 1 and len(inputs) == len(labels)):
+        raise DataError(f"the cached frames {path} are not a cache snnrun wrote (a dict of uint8 frames and one label "
+                        "per recording); delete the file and snnrun bins the recordings again")
     if saved.get("format") == CACHE_FORMAT and saved.get("binning") == key:
-        return Split(saved["inputs"], saved["labels"], unit=1.0)
+        return Split(inputs, labels, unit=1.0)
     return None
 
 
