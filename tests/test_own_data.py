@@ -157,7 +157,9 @@ def test_files_that_cannot_be_read_are_refused_without_unpickling(tmp_path, file
     x, y = features(10)
     cases = {}
     torch.save({"inputs": torch.tensor(x), "labels": Anything()}, tmp_path / "object.pt")
-    cases["object.pt"] = "weights_only=True and never unpickles"
+    cases["object.pt"] = r"holds \S+, which snnrun never unpickles \(.pt files are loaded with weights_only=True\)"
+    torch.save({"inputs": x, "labels": y}, tmp_path / "numpy.pt")  # numpy arrays, not tensors
+    cases["numpy.pt"] = r"holds numpy\S+, which snnrun never unpickles .* torch.as_tensor\(x\)"
     whole = (tmp_path / "object.pt").read_bytes()
     save(tmp_path / "full.pt", x, y)
     (tmp_path / "cut.pt").write_bytes((tmp_path / "full.pt").read_bytes()[:300])

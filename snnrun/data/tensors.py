@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -112,7 +113,14 @@ def read(path, option: str) -> tuple[torch.Tensor, torch.Tensor]:
     except Exception as err:  # a truncated zip, a pickle of arbitrary objects, a foreign file...
         how = ("a dict of tensors saved with torch.save; snnrun loads .pt files with weights_only=True and never "
                "unpickles other objects" if path.suffix == ".pt" else "an archive written by np.savez of numeric arrays")
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch's message carries terminal colour codes
+        if "Unsupported global" in text or "numpy" in text:  # weights_only refused an object it does not allow
+            refused = re.search(r"GLOBAL ([\w.]+)", text)
+            raise DataError(f"{option}={path} holds {refused.group(1) if refused else 'objects other than tensors'}, "
+                            "which snnrun never unpickles (.pt files are loaded with weights_only=True); save tensors, "
+                            "torch.save({'inputs': torch.as_tensor(x), 'labels': torch.as_tensor(y)}, path) for numpy "
+                            "arrays, or the arrays with np.savez") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
         raise DataError(f"{option}={path} cannot be read ({type(err).__name__}: {first}): the file is truncated or "
                         f"not {how}") from None
     if not (isinstance(content, dict) and all(isinstance(content.get(k), torch.Tensor) for k in KEYS)):
