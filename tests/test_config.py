@@ -170,7 +170,7 @@ def test_arch_override(compose):
     ("trainer.skip_nonfinite=-1", "trainer.skip_nonfinite"),
     ("neuron=rlif model.arch=FC16-FC10", "model.arch"), ("+trainer.epoch=3", "trainer.epoch"),
     ("+trainer.colour=red", "trainer.colour"), ("trainer.energy_mac_pj=-1", "trainer.energy_mac_pj"),
-    ("data.image_size=0", "data.image_size"),
+    ("data.image_size=0", "data.image_size"), ("+data.nois=0.3", "data.nois"), ("+data.colour=1", "data.colour"),
 ])
 def test_bad_values_refused_before_work(compose, override, key):
     """Refused, naming the key, with an example that is itself accepted in place of the bad value."""

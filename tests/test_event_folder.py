@@ -143,6 +143,20 @@ def corrupt(root, case):
     raise AssertionError(case)
 
 
+def test_whole_numbers_in_float_fields_are_read_as_integers(tmp_path):
+    """float32 x/y (a common export) indexed the frames and failed inside the binning; whole numbers are events."""
+    from snnrun.data.event_folder import read_recording
+
+    events = recording(1, 3)
+    floats = np.zeros(len(events), np.dtype([("x", "<f4"), ("y", "<f4"), ("t", "<f8"), ("p", "<f4")]))
+    for f in ("x", "y", "t", "p"):
+        floats[f] = events[f]
+    np.save(tmp_path / "r.npy", floats)
+    read = read_recording(tmp_path / "r.npy", (12, 12, 2))
+    assert all(read.dtype[f] == np.int64 for f in ("x", "y", "t", "p"))
+    assert all(np.array_equal(read[f], events[f]) for f in ("x", "y", "t", "p"))
+
+
 CASES = ["fields", "outside", "polarity", "time", "nan time", "garbage", "pickled", "empty class", "unknown class", "empty test",
          "no test"]
 

@@ -88,6 +88,9 @@ def read_recording(file: Path, sensor: tuple[int, int, int]) -> np.ndarray:
                 index = int(outside.nonzero()[0][0])
                 raise DataError(f"{file}: event {index} has {field}={values[index]}, outside the sensor's 0..{size - 1} "
                                 f"(data.sensor_size={list(sensor)}); fix the recording or data.sensor_size")
+    floats = [f for f in needed if events.dtype[f].kind == "f"]  # whole numbers in float fields: as integers
+    if floats:
+        events = events.astype([(f, np.int64 if f in floats else events.dtype[f]) for f in fields])
     if len(events) > 1:
         back = np.diff(events["t"].astype(np.int64)) < 0
         if back.any():

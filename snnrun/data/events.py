@@ -100,7 +100,7 @@ def _missing(name: str, location: Path, split: str, cls, reason: str) -> DataErr
     source = SOURCES[name]
     archive, folder, pattern, _ = source.files[split]
     url = getattr(cls, f"{split}_url", None) or getattr(cls, "base_url", "") + archive
-    needed = f"{archive} and {folder}/" + ("…/" + pattern if pattern else "")
+    needed = f"{archive} and " + (f"{folder}/…/{pattern}" if pattern else folder)  # a folder of files, or one file
     return DataError(
         f"{source.title} ({split}) was not found in {location} and {reason}. tonic needs {needed} there "
         f"({source.recordings[split]:,} recordings; it checks for the downloaded archive too). Point data.root at the "

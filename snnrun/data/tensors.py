@@ -135,7 +135,8 @@ def _check_layout(inputs: torch.Tensor, path: Path, temporal: bool) -> None:
     if inputs.dim() < least:
         layout = "[N, T, *features] (data.temporal=true)" if temporal else "[N, *shape] (data.temporal=false)"
         raise DataError(f"{path}: inputs of shape {list(inputs.shape)} are not {layout}"
-                        + ("; a static [N, features] tensor needs data.temporal=false" if temporal else ""))
+                        + ("; a sequence of single values [N, T] is [N, T, 1] (x[..., None]), and a static "
+                           "[N, features] tensor needs data.temporal=false" if temporal else ""))
     if inputs.dtype.is_complex or inputs.dtype == torch.bool or inputs.layout != torch.strided:
         raise DataError(f"{path}: inputs of dtype {inputs.dtype} ({inputs.layout}) are not numbers the network can "
                         "take; store a dense tensor of floats or integers")

@@ -189,6 +189,26 @@ def _loader(data_cfg: DictConfig):
     return loader, inspect.signature(loader.func).parameters
 
 
+# what every dataset may declare besides its loader's options, and the machine's keys an evaluation carries over
+DATA_KEYS = ("_target_", "name", "input_shape", "num_classes", "temporal", "time_steps", "batch_size", "eval_batch_size",
+             "val_size", "class_names", "root", "download", "cache")
+
+
+def check_data_keys(data_cfg: DictConfig) -> None:
+    """Refuse a data key that nothing reads (``+data.time_windw=5000`` trained without a window): neither its loader's
+    option, nor a key every dataset may declare, nor one its shipped config has."""
+    _, accepted = _loader(data_cfg)
+    shipped = {k for values in shipped_options("data", data_cfg._target_).values() for k in values}
+    known = set(accepted) | set(DATA_KEYS) | shipped
+    for key in data_cfg:
+        if key not in known:
+            value = data_cfg._get_node(key)._value()
+            close = difflib.get_close_matches(str(key), sorted(known - {"_target_"}), n=1)
+            raise ConfigError(f"data.{key}", value, "a key this dataset reads (" + ", ".join(sorted(known - {"_target_"}))
+                              + ")", f"data.{close[0]}={value}" if close else
+                              f"data.batch_size={data_cfg.get('batch_size')} (leave data.{key} out: nothing reads it)")
+
+
 def describe_data(cfg: DictConfig) -> None:
     """Fill in what a dataset read from the user's files declares (its loader's ``describe``: the
     sample shape, T, the classes) into ``cfg.data``, so the run's config and checkpoints hold it.
@@ -313,6 +333,7 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
     if backend in MODULES and not runs_on(backend, device):  # bf16 too: its neurons integrate in fp32
         raise ConfigError("neuron.backend", backend, f"auto or torch for this run: the {backend} kernels run on "
                           f"{'a GPU' if backend == 'triton' else 'a CPU'} (this run: {device})", "neuron.backend=auto")
+    check_data_keys(cfg.data)
     describe_data(cfg)
     if cfg.task == "train" and cfg.get("ckpt_path"):  # a resume, once the data's own values are filled in
         state = state if state is not None else checkpoints.load(cfg.ckpt_path)
