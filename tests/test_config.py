@@ -107,6 +107,7 @@ def test_every_dataset_declares_what_it_yields(compose, option):
 def test_declared_shapes_follow_the_options_they_depend_on(compose):
     assert DataSpec.from_config(compose("data=smnist", "data.mode=pixels").data).time_steps == 784
     assert DataSpec.from_config(compose("data=dvs_gesture", "data.downsample=2").data).input_shape == (2, 64, 64)
+    assert DataSpec.from_config(compose("data=nmnist", "data.downsample=2").data).input_shape == (2, 17, 17)
     cfg = compose("data=nmnist", "data.time_steps=8")
     assert cfg.time_steps == 8 and DataSpec.from_config(cfg.data).time_steps == 8
 
