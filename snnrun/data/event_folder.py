@@ -111,7 +111,7 @@ def event_folder(path, sensor_size, time_steps: int = 20, time_window: float | N
     for split in ("train", "test"):
         files = _files(root, split, names)
         key = {**binning, "sensor": list(sensor), "classes": names, "files": _fingerprint(files)}
-        binned_as = f"T{time_steps}-{'bins' if time_window is None else f'window{time_window:g}us'}-{frames}-ds{downsample}"
+        binned_as = f"T{time_steps}-{'bins' if time_window is None else f'window{time_window!r}us'}-{frames}-ds{downsample}"
         where = root / "snnrun_cache" / binned_as / f"{split}.pt" if cache else None
         done = cached(where, key) if where is not None else None
         if done is None:

@@ -271,7 +271,7 @@ def check_binning(time_steps, time_window, frames, downsample, sensor: tuple[int
 
 
 def cache_path(root: Path, name: str, split: str, binning: dict) -> Path:
-    window = "bins" if binning["time_window"] is None else f"window{binning['time_window']:g}us"
+    window = "bins" if binning["time_window"] is None else f"window{binning['time_window']!r}us"
     folder = f"T{binning['time_steps']}-{window}-{binning['frames']}-ds{binning['downsample']}"
     return root / "snnrun_cache" / name / folder / f"{split}.pt"
 
