@@ -158,7 +158,7 @@ def test_arch_override(compose):
     ("neuron=alif neuron.tau=-1", "neuron.tau"), ("neuron=rlif neuron.tau=0 model.arch=FC16-RFC10", "neuron.tau"),
     ("neuron=rlif neuron.recurrence=full model.arch=FC16-RFC10", "neuron.recurrence"),
     ("neuron=rlif model.arch=FC16-FC10", "model.arch"), ("model.arch=RFC16-FC10", "model.arch"),
-    ("neuron=rlif model.arch=4C5-RFC10", "model.arch"), ("model.readout_neuron=spiking", "model.readout_neuron"),
+    ("model.readout_neuron=spiking", "model.readout_neuron"),
     ("model.readout_neuron=li loss=spike_count_ce", "model.readout_neuron"),
     ("model.readout_neuron=li readout=spike_count", "readout"),
     ("neuron=graded model.readout_neuron=li loss=membrane_sum_ce readout=membrane", "model.readout_neuron"),

@@ -117,6 +117,16 @@ def test_li_learns_its_decay_per_neuron():
     torch.testing.assert_close(grads[0], grads[1], atol=1e-10, rtol=0)
 
 
+def test_a_recurrent_layer_takes_an_image_flattened_as_fc_does():
+    """4C5-RFC10 or RFC32 on [1, 28, 28] (snnTorch's Flatten -> Linear -> RLeaky): the input is flattened first."""
+    for arch, flat in (("4C5-RFC16-FC10", 4 * 24 * 24), ("RFC16-FC10", 28 * 28)):
+        net = SpikingNetwork(arch, (1, 28, 28), 10, neuron=partial(RLIF))
+        block = next(b for b in net.blocks if getattr(b.neuron, "recurrence", None))
+        assert isinstance(block.stateless[0], torch.nn.Flatten) and block.stateless[-1].in_features == flat
+        spk, _ = net(torch.rand(5, 2, 1, 28, 28), time_steps=None)
+        assert spk.shape == (5, 2, 10)
+
+
 def test_rfc_token_parses_and_builds_a_recurrent_layer():
     assert parse("FC64-RFC32-FC10") == [("FC64", "fc", (64,)), ("RFC32", "rfc", (32,)), ("FC10", "fc", (10,))]
     net = SpikingNetwork("RFC32-FC10", (28,), 10, neuron=partial(ALIF), readout_neuron="li")
@@ -130,7 +140,6 @@ def test_rfc_token_parses_and_builds_a_recurrent_layer():
 
 @pytest.mark.parametrize("arch, neuron, reason", [
     ("RFC32-FC10", neurons.LIF, "needs neuron=rlif or neuron=alif"),
-    ("4C5-RFC10", RLIF, "needs a flat input"),
     ("FC32-FC10", RLIF, "has none"),
     ("RFCx-FC10", RLIF, "expected"),
 ])

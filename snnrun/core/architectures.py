@@ -285,10 +285,7 @@ class SpikingNetwork(nn.Module):
             return [conv], shape
         if kind == "rfc" and not getattr(self.neuron_class, "supports_recurrence", False):
             raise ArchitectureError(arch, token, "a recurrent layer needs neuron=rlif or neuron=alif")
-        if kind == "rfc" and len(shape) > 1:
-            raise ArchitectureError(arch, token, f"a recurrent layer needs a flat input, gets {list(shape)} "
-                                    "(recurrent conv layers are not supported); put an FC layer before it")
-        modules = [nn.Flatten()] if len(shape) > 1 else []
+        modules = [nn.Flatten()] if len(shape) > 1 else []  # FC and RFC take a [C, H, W] input flattened
         modules.append(nn.Linear(math.prod(shape), args[0]))
         self.state_numel += args[0]
         return modules, (args[0],)

@@ -64,7 +64,7 @@ def _arch_example(node) -> str:
     shape = OmegaConf.select(root, "data.input_shape", default=None) or []
     neuron = str(OmegaConf.select(root, "neuron._target_", default=""))
     if neuron.endswith((".RLIF", ".ALIF")):
-        return f"RFC128-FC{classes}" if len(shape) < 2 else f"FC128-RFC128-FC{classes}"  # recurrent layers take flat input
+        return f"RFC128-FC{classes}"
     if len(shape) == 3 and min(shape[1:]) >= 28:
         return f"12C5-MP2-64C5-MP2-FC{classes}"
     return f"FC128-FC{classes}"
