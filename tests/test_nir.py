@@ -242,6 +242,29 @@ def test_a_foreign_graph_with_a_gain_is_folded_into_the_weights(tmp_path):
     assert torch.allclose(net.blocks[0].neuron.beta, torch.tensor(1 - 0.2))
 
 
+def test_a_gain_per_neuron_is_folded_into_each_row(tmp_path):
+    """Norse's convention (r = 1) with a time constant per neuron: each neuron's input gain dt/tau_i scales its row
+    of the weights (and of a recurrent weight); a gain that differs within a conv channel is refused."""
+    dt, n = 1e-3, 3
+    tau = np.array([5e-3, 1e-2, 2e-2])
+    w = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
+    graph = nir.NIRGraph.from_list(nir.Affine(w, np.ones(n, np.float32)),
+                                   nir.LIF(tau=tau, r=np.ones(n), v_leak=np.zeros(n), v_threshold=np.full(n, 0.1)))
+    nir.write(tmp_path / "g.nir", graph)
+    net = rebuild(nir_import.read(tmp_path / "g.nir", dt=dt))
+    gain = dt / tau
+    np.testing.assert_allclose(net.blocks[0].stateless[-1].weight.detach().numpy(), w * gain[:, None], rtol=1e-6)
+    np.testing.assert_allclose(net.blocks[0].stateless[-1].bias.detach().numpy(), gain, rtol=1e-6)
+    np.testing.assert_allclose(net.blocks[0].neuron.beta.detach().numpy().ravel(), 1 - gain, rtol=1e-6)
+    uneven = np.ones((2, 4, 4))
+    uneven[0, 0, 0] = 2.0  # one pixel of channel 0 with another tau
+    conv = nir.NIRGraph.from_list(nir.Conv2d((6, 6), np.ones((2, 1, 3, 3)), 1, 0, 1, 1, np.zeros(2)),
+                                  nir.LIF(uneven * 1e-2, np.ones((2, 4, 4)), np.zeros((2, 4, 4)), np.ones((2, 4, 4))))
+    nir.write(tmp_path / "c.nir", conv)
+    with pytest.raises(nir_import.NIRError, match="differs within one output unit"):
+        nir_import.read(tmp_path / "c.nir", dt=dt)
+
+
 def snntorch_run(net, x):
     """Step an fx GraphModule from snnTorch's import_nir (state passed back each step) or an
     nn.Sequential of snnTorch layers with init_hidden=True; output spikes [T, B, C]."""

@@ -30,7 +30,13 @@ class Layer:
     neuron: object
     pool: int = 0
     recurrent: object = None  # the w_rec node of a recurrent layer
-    gain: float = 1.0
+    gain: float | np.ndarray = 1.0  # one step's input gain r*dt/tau: one number, or one per output unit (row)
+
+    def scaled(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (a weight, bias or recurrent weight of this layer, rows = output units) times the gain."""
+        if np.ndim(self.gain) == 0:
+            return values * self.gain
+        return values * np.asarray(self.gain).reshape(-1, *[1] * (np.ndim(values) - 1))
 
 
 @dataclass
@@ -50,8 +56,8 @@ class Imported:
         with torch.no_grad():
             for layer, block in zip(self.layers, model.blocks):
                 weight = weight_layer(block)
-                weight.weight.copy_(torch.from_numpy(layer.weight * layer.gain).to(weight.weight))
-                weight.bias.copy_(torch.from_numpy(layer.bias * layer.gain).to(weight.bias))
+                weight.weight.copy_(torch.from_numpy(layer.scaled(layer.weight)).to(weight.weight))
+                weight.bias.copy_(torch.from_numpy(layer.scaled(layer.bias)).to(weight.bias))
                 _load_neuron(block.neuron, layer, self.dt)
 
 
@@ -72,14 +78,14 @@ def _load_neuron(neuron, layer: Layer, dt: float) -> None:
     if isinstance(neuron, Synaptic) and hasattr(node, "tau_syn"):
         neuron.alpha = float(1 - dt / float(np.asarray(node.tau_syn).flat[0]))
     if layer.recurrent is not None:  # the loop's current enters through the same gain r*dt/tau as the layer's
-        w = (np.asarray(layer.recurrent.weight, dtype=np.float64) * layer.gain).astype(np.float32)
+        w = layer.scaled(np.asarray(layer.recurrent.weight, dtype=np.float64)).astype(np.float32)
         if neuron.recurrence == "one_to_one":
             neuron.recurrent_weight.copy_(torch.from_numpy(np.diag(w).copy()))
         else:
             neuron.recurrent_weight.copy_(torch.from_numpy(w))
             bias = getattr(layer.recurrent, "bias", None)
             neuron.recurrent_bias.copy_(torch.from_numpy(np.zeros(len(w), np.float32) if bias is None
-                                                         else (np.asarray(bias, np.float64) * layer.gain).astype(np.float32)))
+                                                         else layer.scaled(np.asarray(bias, np.float64)).astype(np.float32)))
 
 
 def read(path: str | Path, dt: float = 1e-4) -> Imported:
@@ -193,7 +199,7 @@ def _interpret(graph, dt: float) -> Imported:
         elif isinstance(node, (nir.LIF, nir.CubaLIF, nir.IF, nir.LI, nir.I)):
             if pending is None:
                 raise NIRError(f"a neuron without a weight layer before it: {where}")
-            pending.neuron, pending.gain = node, _input_gain(node, dt)
+            pending.neuron, pending.gain = node, _input_gain(node, dt, len(pending.bias), where)
             if isinstance(entry, tuple):
                 if not pending.token.startswith("FC"):
                     raise NIRError(f"a recurrent convolution ({where}); snnrun's recurrent layers (RFC) are fully "
@@ -271,9 +277,10 @@ def _pool_size(node) -> int:
     return int(k[0])
 
 
-def _input_gain(node, dt: float) -> float:
-    """How much one step scales the input current: r*dt/tau (1 for snnTorch-style graphs); folded
-    into the weights before the neuron. Must be one number for the layer."""
+def _input_gain(node, dt: float, units: int, where: str) -> float | np.ndarray:
+    """How much one step scales the input current: r*dt/tau (1 for snnTorch-style graphs); folded into the
+    weights before the neuron: one number, or one per output unit of the weight layer (a row of an Affine, a
+    channel of a Conv2d, where the gain is the same over the channel's pixels)."""
     nir = _nir()
     if isinstance(node, (nir.IF, nir.I)):
         gain = np.asarray(node.r, dtype=np.float64) * dt
@@ -283,11 +290,14 @@ def _input_gain(node, dt: float) -> float:
     else:
         gain = np.asarray(node.r, dtype=np.float64) * dt / np.asarray(node.tau, dtype=np.float64)
     gain = np.broadcast_to(gain, np.shape(gain) or (1,))
-    if not np.allclose(gain, gain.flat[0], rtol=1e-9, atol=0):
-        raise NIRError(f"a {type(node).__name__} whose input gain r*dt/tau differs between neurons; snnrun folds one "
-                       "gain per layer into the weights")
-    g = float(gain.flat[0])
-    return 1.0 if math.isclose(g, 1.0, rel_tol=1e-9) else g
+    if np.allclose(gain, gain.flat[0], rtol=1e-9, atol=0):
+        g = float(gain.flat[0])
+        return 1.0 if math.isclose(g, 1.0, rel_tol=1e-9) else g
+    rows = gain.reshape(units, -1) if gain.size % units == 0 else None  # [C, H, W] -> a row per channel
+    if rows is None or not np.allclose(rows, rows[:, :1], rtol=1e-9, atol=0):
+        raise NIRError(f"{where}: an input gain r*dt/tau that differs within one output unit of the weight layer "
+                       "before it (a conv channel's pixels); snnrun folds the gain into that layer's rows")
+    return rows[:, 0].copy()
 
 
 def _check_neuron(node, dt: float, where: str) -> None:
