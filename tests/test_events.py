@@ -126,6 +126,24 @@ def test_frames_are_tonics_and_a_hot_pixel_saturates(fields, size, time_window):
     assert torch.from_numpy(frames).clamp(0, 255).max() == 255
 
 
+def test_downsampling_pools_whole_squares_of_pixels():
+    """(x, y) counts into (x // k, y // k): tonic's Downsample multiplies by 1/k in floating point, and at k = 49
+    put pixel 49 (49 * (1/49) = 0.999...) into column 0."""
+    import tonic.transforms as transforms
+
+    recording = np.zeros(4, np.dtype([("x", np.int64), ("y", np.int64), ("t", np.int64), ("p", np.int64)]))
+    recording["x"], recording["y"], recording["t"] = [48, 49, 97, 0], [0, 49, 50, 97], [0, 1, 2, 3]
+    frames = events._binner((98, 98, 2), 1, 10.0, 49)(recording)  # one window of 10 µs: all four events
+    assert frames.shape == (1, 2, 2, 2) and frames[0, 0].tolist() == [[1, 0], [1, 2]]
+    assert transforms.Downsample(spatial_factor=1 / 49)(recording.copy())["x"][1] == 0  # what tonic would do
+    for k in (2, 7):  # where tonic's float product is exact, the frames are its
+        size = (98 // k, 98 // k, 2)
+        ours = events._binner((98, 98, 2), 1, 10.0, k)(recording.copy())
+        theirs = transforms.Compose([transforms.Downsample(spatial_factor=1 / k), transforms.ToFrame(
+            sensor_size=size, time_window=10.0, include_incomplete=True)])(recording.copy())
+        assert np.array_equal(ours, theirs)
+
+
 def test_binning_that_leaves_frames_empty_is_refused_with_the_numbers(nmnist_root):
     with pytest.raises(DataError, match=r"% of the frames of the first 64 recordings are empty.*time_window=1 µs") as err:
         events.event_dataset("NMNIST", str(nmnist_root), download=False, time_steps=50, time_window=1, cache=False)

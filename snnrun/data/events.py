@@ -127,14 +127,21 @@ def _open(name: str, root: Path, split: str, download: bool):
 
 
 def _binner(sensor: tuple[int, int, int], time_steps: int, time_window: float | None, downsample: int):
-    import tonic.transforms as transforms
-
+    """Recording -> frames; with ``downsample`` k, pixel (x, y) counts into (x // k, y // k), which tonic's
+    ``Downsample`` computes in floating point (x * (1/k), truncated: 49 * (1/49) fell into column 0)."""
     width, height, polarities = sensor
     size = (width // downsample, height // downsample, polarities) if height > 1 else (width, height, polarities)
     to_frame = _to_frame(size, time_steps, time_window)
     if downsample == 1:
         return to_frame
-    return transforms.Compose([transforms.Downsample(spatial_factor=1 / downsample), to_frame])
+
+    def pooled(events: np.ndarray) -> np.ndarray:
+        events = events.copy()
+        for axis in ("x", "y"):
+            events[axis] //= downsample
+        return to_frame(events)
+
+    return pooled
 
 
 def _to_frame(size: tuple[int, int, int], time_steps: int, time_window: float | None) -> Callable:
