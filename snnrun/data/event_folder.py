@@ -12,8 +12,8 @@ sensor and every file's name, size and modification time, so a changed folder is
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +76,9 @@ def read_recording(file: Path, sensor: tuple[int, int, int]) -> np.ndarray:
                         f"(tonic's event layout); this one has shape {list(events.shape)} and fields {list(fields)}")
     for field in needed:  # the frames index by x, y and p and slice by t: whole numbers (float fields included)
         values = events[field]
-        if values.dtype.kind == "f" and len(events) and not np.all(np.isfinite(values) & (values == np.round(values))):
-            index = int((~(np.isfinite(values) & (values == np.round(values)))).nonzero()[0][0])
+        whole = np.isfinite(values) & (values == np.round(values)) if values.dtype.kind == "f" else None
+        if whole is not None and not whole.all():
+            index = int((~whole).nonzero()[0][0])
             raise DataError(f"{file}: event {index} has {field}={values[index]}; the fields x, y, t (µs) and p are whole "
                             f"numbers (store them as integers)")
     for field, size in (("x", width), ("y", height), ("p", polarities)):

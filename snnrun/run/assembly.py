@@ -10,9 +10,9 @@ that is not one of those is a bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
-import logging
 import inspect
 import json
+import logging
 import sysconfig
 from contextlib import contextmanager
 from dataclasses import dataclass

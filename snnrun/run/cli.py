@@ -217,7 +217,7 @@ def task(cfg: DictConfig) -> float | None:
     except Interrupted as err:
         overrides = " ".join(overrides_of(hydra_cfg))
         resume = f"snnrun {overrides} ckpt_path={err.checkpoint}".replace("  ", " ")
-        code = 130 if err.signame == "SIGINT" else 143
+        code = sweep.exit_code(err.signame)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return _fail(f"{err}. Resume with:\n  {resume}", code)
         sweep.stop(hydra_cfg.sweep.dir, err.signame)  # no later job of the sweep starts
@@ -255,7 +255,7 @@ def main():
         if torch.distributed.is_initialized():
             distributed.leave()
     if SweepSummary.stopped:
-        sys.exit(130 if SweepSummary.stopped == "SIGINT" else 143)
+        sys.exit(sweep.exit_code(SweepSummary.stopped))
     if SweepSummary.failed:
         print(f"snnrun: error: {SweepSummary.failed} job(s) of the sweep did not end ok (their rows in summary.md "
               "give the first line of each error)", file=sys.stderr)

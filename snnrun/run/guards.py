@@ -41,14 +41,21 @@ def plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(task_view(cfg), resolve=True)
 
 
+def occupied(path: Path) -> str | None:
+    """What makes ``path`` unfit for a new run ("already holds a, b, ...", "is a file"), or None: new or empty."""
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return None
+    names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    return f"already holds {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}" if names else "is a file"
+
+
 def check_folder(key: str, folder: str) -> None:
     """Refuse a run's or a sweep's folder that is a file or already holds files: snnrun never writes over a
     run (its checkpoints, results and logs would be replaced or mixed with this one's)."""
     path = Path(folder).expanduser()
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+    held = occupied(path)
+    if held is None:
         return
-    names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-    held = f"already holds {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}" if names else "is a file"
     fresh = "each sweep gets a new folder under outputs/multirun/" if "sweep" in key else "each run gets a new folder"
     raise ConfigError(key, folder, f"a new or empty folder: {path} {held}, and snnrun never writes over what an "
                       f"earlier run wrote (leave {key} out and {fresh})", f"{key}={str(folder).rstrip('/')}-2")

@@ -145,6 +145,11 @@ def write_summary(sweep_dir: str | Path) -> list[dict]:
 STOPPED = ".stopped"  # in a sweep's folder: the signal that stopped one of its jobs, so no later job starts
 
 
+def exit_code(signame: str) -> int:
+    """The command's exit code after a signal stopped it: 128 + the signal's number, as a shell reports it."""
+    return 130 if signame == "SIGINT" else 143
+
+
 def stop(sweep_dir: str | Path, signame: str) -> None:
     """A job of the sweep was stopped by ``signame`` (Ctrl-C, a scheduler's SIGTERM): the jobs after it do not run."""
     write_atomic(Path(sweep_dir) / STOPPED, signame)
@@ -181,7 +186,7 @@ class SweepStopped(BaseException):
 
     def __init__(self, sweep_dir: Path, signame: str):
         super().__init__(f"the sweep was stopped by {signame}")
-        self.sweep_dir, self.code = Path(sweep_dir), 130 if signame == "SIGINT" else 143
+        self.sweep_dir, self.code = Path(sweep_dir), exit_code(signame)
 
 
 class SweepSummary(Callback):

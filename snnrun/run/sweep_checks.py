@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .assembly import assemble
-from .guards import check_folder, check_resolves, check_switches, overrides_of
+from .guards import check_folder, check_resolves, check_switches, occupied, overrides_of
 from .rules import USER_ERRORS, ConfigError
 
 DEFAULT_SUBDIR = "${hydra.job.num}"  # Hydra's: jobs 0, 1, ... of one sweep, in a folder of its own
@@ -91,16 +91,13 @@ def check_job_folder(config: DictConfig, subdir: str, number: int, job: list[str
         launcher = str(config.hydra.launcher.get("_target_", ""))
         cfg.hydra.job.id = f"{config.hydra.job.name}_{number}" if launcher.endswith("JoblibLauncher") else number
         cfg.hydra.sweep.subdir = subdir
-    folder = Path(str(config.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-    try:
-        check_folder("hydra.sweep.subdir", str(folder))
-    except ConfigError:
-        held = sorted(p.name for p in folder.iterdir())[:4] if folder.is_dir() else []
+    folder = Path(str(config.hydra.sweep.dir)).expanduser() / str(cfg.hydra.sweep.subdir)
+    held = occupied(folder)
+    if held is not None:
         raise ConfigError("hydra.sweep.subdir", subdir, f"a folder per job that holds no earlier run: job {number} "
-                          f"({' '.join(job)}) would write into {folder}, which "
-                          + (f"already holds {', '.join(held)}" if held else "is a file")
-                          + ", and snnrun never writes over what an earlier run wrote (give the sweep a new "
-                          "hydra.sweep.dir)", f"hydra.sweep.dir={str(config.hydra.sweep.dir).rstrip('/')}-2") from None
+                          f"({' '.join(job)}) would write into {folder}, which {held}, and snnrun never writes over "
+                          "what an earlier run wrote (give the sweep a new hydra.sweep.dir)",
+                          f"hydra.sweep.dir={str(config.hydra.sweep.dir).rstrip('/')}-2")
 
 
 def check_job(cfg: DictConfig, overrides: list[str]) -> None:
