@@ -39,6 +39,7 @@ def test_eval_from_the_graph_equals_eval_from_the_checkpoint(exported):
            "hydra.run.dir=eval_ckpt", cwd=exported)
     snnrun(*DATA, "task=eval", "nir_path=run/checkpoints/model.nir", "hydra.run.dir=eval_nir", cwd=exported)
     a, b = read_results(exported / "eval_ckpt"), read_results(exported / "eval_nir")
+    assert "at dt=0.0001 s (the graph's own, from its snnrun metadata)" in (exported / "eval_nir" / "snnrun.log").read_text()
     assert b["nir_path"] == "run/checkpoints/model.nir"
     assert (a["test_acc"], a["test_loss"], a["firing_rates"]) == (b["test_acc"], b["test_loss"], b["firing_rates"])
 

@@ -101,6 +101,17 @@ def test_infinite_membranes_take_the_constant_surrogates_as_torch_does(surrogate
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-10, equal_nan=True)
 
 
+def test_the_constants_tensor_is_made_once():
+    """A tensor made from host values waits for the GPU's stream: the kernels' constants are made once per values,
+    dtype and device, and a layer's next call takes the same tensor."""
+    from snnrun.core import triton_ops
+
+    x = torch.zeros(3, dtype=torch.float64, device=DEVICE)
+    first = triton_ops._constants([0.5, 0.25], x)
+    assert triton_ops._constants([0.5, 0.25], x) is first and first.dtype == torch.float64
+    assert triton_ops._constants([0.5, 0.25], x.float()) is not first  # another dtype, another tensor
+
+
 def test_li_readout():
     compare(lambda b: neurons.LI(beta=0.85, learn_beta=True, per_neuron=True, shape=SHAPE, backend=b), torch.float64,
             spiking=False)
