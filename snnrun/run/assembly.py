@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
-import logging
 import sysconfig
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +38,6 @@ from .guards import check_resume, shipped_options
 from .records import Parts, TrainerOptions
 from .rules import ConfigError, _is_int, _require, check, check_li_readout, task_view
 
-log = logging.getLogger("snnrun")
 # ``${snnrun.div:128,${data.downsample}}``: sizes that configs derive from other keys (integer division)
 OmegaConf.register_new_resolver("snnrun.div", lambda a, b: int(a) // int(b), replace=True)
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -296,6 +294,7 @@ class Assembly:
     options: TrainerOptions
     checkpoint: dict | None  # the state to resume or evaluate, already checked against the model
     config: DictConfig | None = None  # the config the run follows, where it is not the composed one (nir_path)
+    read_as: str | None = None  # how a NIR graph was read (nir_path): its network and the dt, for the run's log
 
 
 def synced_batch_norm(model, cfg: DictConfig, device: torch.device):
@@ -349,9 +348,6 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
     if cfg.get("nir_path"):
         imported = nir_import.read(cfg.nir_path, cfg.export.dt)
         cfg = network_of(cfg, imported, spec)
-        if not dry:
-            log.info("read %s as %s at dt=%g s (%s)", cfg.nir_path, imported.arch, imported.dt,
-                     "the graph's own, from its snnrun metadata" if imported.dt_from_graph else "export.dt")
     torch.manual_seed(cfg.seed)
     surrogate = _part(cfg, "surrogate")
     neuron = _guarded("neuron", cfg.neuron, _part(cfg, "neuron"))
@@ -409,6 +405,9 @@ def assemble(cfg: DictConfig, rank: World | None = None, state: dict | None = No
     dataset = dataset.to(device)
     optimizer, scheduler = optimiser(cfg, model.parameters(), options.total_steps(len(dataset.train)))
     parts = Parts(model, encoder, loss, READOUTS[cfg.readout], optimizer, scheduler)
-    return Assembly(device, spec, dataset, parts, options, state, cfg if imported is not None else None)
+    read_as = None if imported is None else (
+        f"read {cfg.nir_path} as {imported.arch} at dt={imported.dt:g} s ("
+        + ("the graph's own, from its snnrun metadata" if imported.dt_from_graph else "export.dt") + ")")
+    return Assembly(device, spec, dataset, parts, options, state, cfg if imported is not None else None, read_as)
 
 

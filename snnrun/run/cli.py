@@ -109,6 +109,8 @@ def run(cfg: DictConfig) -> float:
         if cfg.task == "train" and world.main:
             trainer.carry_best(Path(cfg.ckpt_path).expanduser())
         log.info("%s %s at step %d", "resumed from" if cfg.task == "train" else "loaded", cfg.ckpt_path, trainer.step)
+    if assembly.read_as:
+        log.info(assembly.read_as)
     log.info("run folder %s  device %s  model %s  T=%d%s", run_dir, assembly.device, assembly.parts.model.arch,
              cfg.time_steps, f"  truncated BPTT every {assembly.options.tbptt} steps" if assembly.options.tbptt else "")
     if assembly.parts.model.precision == "bf16" and assembly.device.type == "cpu" and not cpu_has_bf16():
